@@ -1,0 +1,45 @@
+# Every target creates/reuses .venv and installs requirements.txt on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+SANDBOX_PORT ?= 8765
+FAULTS ?=
+CONF ?=
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
+
+.PHONY: venv test demo sandbox scenario lint stack-test bench clean
+
+$(BIN)/.installed: requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+venv: $(BIN)/.installed
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff check --select AIR3 dags plugins
+
+sandbox: venv
+	SANDBOX_PORT=$(SANDBOX_PORT) $(BIN)/python -m include.sandbox
+
+scenario: venv
+	$(BIN)/python -m tests.harness.scenario --faults "$(FAULTS)" --conf '$(CONF)' --port $(SANDBOX_PORT)
+
+demo: venv
+	$(BIN)/python -m tests.harness.demo --port $(SANDBOX_PORT)
+
+stack-test: venv
+	$(BIN)/python -m pytest -q tests/stack
+
+bench: venv
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf build airflow_home .pytest_cache

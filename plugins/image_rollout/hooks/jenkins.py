@@ -1,0 +1,279 @@
+"""Jenkins: build status, console logs, artifacts and rebuilds of the image jobs."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+from image_rollout.hooks._http import ExternalSystemError, RolloutHttpHook
+
+#: Build references Jenkins accepts in place of a number.
+BUILD_ALIASES = frozenset(
+    {
+        "lastBuild",
+        "lastCompletedBuild",
+        "lastSuccessfulBuild",
+        "lastStableBuild",
+        "lastFailedBuild",
+        "lastUnsuccessfulBuild",
+    }
+)
+_QUEUE_ITEM = re.compile(r"/queue/item/(\d+)/?$")
+
+
+def job_url_path(job_path: str) -> str:
+    """
+    Map a folder path to Jenkins' URL form.
+
+    ``Conductors/oceanPI/immutable_image`` -> ``/job/Conductors/job/oceanPI/job/immutable_image``.
+    A path already in URL form (starting with ``job/``) is accepted as is.
+
+    :param job_path: the job's full name, folders separated by ``/``.
+    """
+    parts = [part for part in job_path.strip().split("/") if part]
+    if parts and parts[0] == "job":
+        parts = parts[1::2]
+    if not parts:
+        raise ValueError(f"empty Jenkins job path {job_path!r}")
+    return "".join(f"/job/{quote(part, safe='')}" for part in parts)
+
+
+class JenkinsHook(RolloutHttpHook):
+    """
+    Read and trigger the Jenkins jobs that build the worker image.
+
+    The rollout starts from a Jenkins build: its result, its ``image_ids.json`` artifact
+    and its console log (copied into the evidence file); the fleet report job publishes the
+    image-count logs the prod monitoring reads. Uses Jenkins' JSON API with basic auth
+    (login = user, password = API token).
+
+    :param jenkins_conn_id: connection with the Jenkins base URL as host (may include a
+        path prefix), login and API token.
+    :param timeout: seconds per request; default from the connection extra ``timeout``, else 30.
+    :param retries: retries on 5xx, connection errors and timeouts; default from extra ``retries``.
+    :param retry_wait: first backoff in seconds (doubles); default from extra ``retry_wait``.
+    """
+
+    conn_name_attr = "jenkins_conn_id"
+    default_conn_name = "jenkins_default"
+    conn_type = "http"
+    hook_name = "Jenkins"
+    system = "jenkins"
+
+    def __init__(
+        self,
+        *,
+        jenkins_conn_id: str = default_conn_name,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry_wait: float | None = None,
+    ) -> None:
+        super().__init__(conn_id=jenkins_conn_id, timeout=timeout, retries=retries, retry_wait=retry_wait)
+        self.jenkins_conn_id = jenkins_conn_id
+
+    @staticmethod
+    def _build_ref(number_or_alias: int | str) -> str:
+        ref = str(number_or_alias).strip()
+        if not (ref.isdigit() or ref in BUILD_ALIASES):
+            raise ValueError(f"not a Jenkins build number or alias: {number_or_alias!r}")
+        return ref
+
+    def get_job(self, job_path: str) -> dict[str, Any]:
+        """
+        Return the job's JSON (``builds``, ``lastBuild``, ``lastSuccessfulBuild``, ...).
+
+        :param job_path: e.g. ``Conductors/oceanPI/immutable_image``.
+        """
+        path = f"{job_url_path(job_path)}/api/json"
+        job = self.request_json("GET", path)
+        builds = job.get("builds", [])
+        if not isinstance(builds, list) or not all(isinstance(b, dict) and "number" in b for b in builds):
+            raise self.malformed(f"GET {path}", "'builds' is not a list of builds")
+        return job
+
+    def get_build(self, job_path: str, number_or_alias: int | str) -> dict[str, Any]:
+        """
+        Return one build's JSON (``result``, ``building``, ``displayName``, ``artifacts``, ``actions``).
+
+        :param job_path: e.g. ``Conductors/oceanPI/immutable_image``.
+        :param number_or_alias: a build number or ``lastBuild``, ``lastSuccessfulBuild``, ...
+        """
+        path = f"{job_url_path(job_path)}/{self._build_ref(number_or_alias)}/api/json"
+        build = self.request_json("GET", path)
+        self.require(build, "number", int, f"GET {path}")
+        return build
+
+    def find_build_by_name(self, job_path: str, build_name: str, *, limit: int = 100) -> dict[str, Any] | None:
+        """
+        Return the newest build whose ``displayName`` is ``build_name``, or None.
+
+        The image jobs name each build after the image build (``533-1251-880-20211101``), and a
+        rebuild keeps the name, so the newest match is the one that counts.
+
+        :param job_path: e.g. ``Conductors/oceanPI/immutable_image``.
+        :param build_name: the display name to look for.
+        :param limit: how many of the newest builds to scan.
+        """
+        path = f"{job_url_path(job_path)}/api/json"
+        # ``tree`` lets a real Jenkins answer in one call; without displayName we read each build.
+        job = self.request_json(
+            "GET", path, params={"tree": "builds[number,displayName,result,building,url,timestamp]"}
+        )
+        builds = job.get("builds") or []
+        if not isinstance(builds, list):
+            raise self.malformed(f"GET {path}", "'builds' is not a list")
+        numbers = sorted(
+            (b for b in builds if isinstance(b, dict) and isinstance(b.get("number"), int)),
+            key=lambda b: b["number"],
+            reverse=True,
+        )[:limit]
+        for summary in numbers:
+            if "displayName" in summary:
+                if summary["displayName"] != build_name:
+                    continue
+                return self.get_build(job_path, summary["number"])
+            build = self.get_build(job_path, summary["number"])
+            if build.get("displayName") == build_name:
+                return build
+        return None
+
+    def get_console_text(self, job_path: str, number: int | str) -> str:
+        """
+        Return a build's full console log (the evidence file quotes it).
+
+        :param job_path: e.g. ``Conductors/oceanPI/immutable_image``.
+        :param number: build number or alias.
+        """
+        response = self.request("GET", f"{job_url_path(job_path)}/{self._build_ref(number)}/consoleText")
+        return _text(response)
+
+    def _artifact_path(self, job_path: str, number: int | str, relative_path: str) -> str:
+        artifact = "/".join(quote(part) for part in relative_path.strip("/").split("/"))
+        return f"{job_url_path(job_path)}/{self._build_ref(number)}/artifact/{artifact}"
+
+    def get_artifact_text(self, job_path: str, number: int | str, relative_path: str) -> str:
+        """
+        Return an artifact's content as text.
+
+        :param job_path: e.g. ``Conductors/oceanPI/immutable_image``.
+        :param number: build number or alias.
+        :param relative_path: the artifact's ``relativePath``, e.g. ``image_ids.json``.
+        """
+        return _text(self.request("GET", self._artifact_path(job_path, number, relative_path)))
+
+    def get_artifact_json(self, job_path: str, number: int | str, relative_path: str) -> Any:
+        """
+        Return an artifact parsed as JSON (e.g. the build's ``image_ids.json`` image map).
+
+        :param job_path: e.g. ``Conductors/oceanPI/immutable_image``.
+        :param number: build number or alias.
+        :param relative_path: the artifact's ``relativePath``.
+        """
+        path = self._artifact_path(job_path, number, relative_path)
+        response = self.request("GET", path)
+        return self.decode_json(response, f"GET {path}", expect=(dict, list))  # type: ignore[arg-type]
+
+    def iter_artifact_lines(self, job_path: str, number: int | str, relative_path: str) -> Iterator[str]:
+        """
+        Yield an artifact's lines without holding it in memory (fleet reports run to 1M lines).
+
+        Lines are decoded as UTF-8 (undecodable bytes replaced) and have no line ending.
+
+        :param job_path: e.g. ``Conductors/Conductors-Infrastructure/reportCarrierWorkerIaasImageCounts``.
+        :param number: build number or alias.
+        :param relative_path: the artifact's ``relativePath``.
+        """
+        path = self._artifact_path(job_path, number, relative_path)
+        response = self.request("GET", path, stream=True)
+        with response:
+            pending = b""
+            try:
+                for chunk in response.iter_content(chunk_size=64 * 1024):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+            except OSError as exc:  # requests' ChunkedEncodingError etc. are OSErrors
+                raise ExternalSystemError(
+                    system=self.system,
+                    call=f"GET {path}",
+                    body=self.redact(f"{type(exc).__name__}: {exc}"),
+                    reason="broke off while streaming",
+                ) from None
+            if pending:
+                yield pending.rstrip(b"\r").decode("utf-8", errors="replace")
+
+    def _crumb_headers(self) -> dict[str, str]:
+        """Return the CSRF crumb header, or nothing when the server does not issue crumbs."""
+        response = self.request("GET", "/crumbIssuer/api/json", allowed_status=(403, 404))
+        if response.status_code != 200:
+            return {}
+        crumb = self.decode_json(response, "GET /crumbIssuer/api/json")
+        field, value = crumb.get("crumbRequestField"), crumb.get("crumb")
+        return {field: value} if isinstance(field, str) and isinstance(value, str) else {}
+
+    def rebuild(
+        self,
+        job_path: str,
+        *,
+        parameters: dict[str, str] | None = None,
+        wait_timeout: float = 600.0,
+        poll_interval: float = 2.0,
+    ) -> int:
+        """
+        Start a new build of the job and return its number, once Jenkins has assigned one.
+
+        Jenkins answers ``POST .../build`` with a queue item; the build number exists only
+        when the item leaves the queue, so this follows the item until it has an executable.
+
+        :param job_path: e.g. ``Conductors/oceanPI/immutable_image``.
+        :param parameters: build parameters; posts to ``buildWithParameters`` when given.
+        :param wait_timeout: seconds to wait for the queue item to start.
+        :param poll_interval: seconds between queue polls.
+        """
+        endpoint = "buildWithParameters" if parameters else "build"
+        path = f"{job_url_path(job_path)}/{endpoint}"
+        call = f"POST {path}"
+        response = self.request("POST", path, params=parameters, headers=self._crumb_headers())
+        match = _QUEUE_ITEM.search(response.headers.get("Location", ""))
+        if not match:
+            raise self.malformed(call, "no queue item in the Location header", response)
+        queue_path = f"/queue/item/{match.group(1)}/api/json"
+        deadline = time.monotonic() + wait_timeout
+        while True:
+            item = self.request_json("GET", queue_path)
+            if item.get("cancelled"):
+                raise ExternalSystemError(
+                    system=self.system, call=f"GET {queue_path}", reason="reports the build was cancelled"
+                )
+            executable = item.get("executable")
+            if isinstance(executable, dict):
+                number = self.require(executable, "number", int, f"GET {queue_path}")
+                self.log.info("Jenkins started %s #%d", job_path, number)
+                return number
+            if time.monotonic() >= deadline:
+                raise ExternalSystemError(
+                    system=self.system,
+                    call=f"GET {queue_path}",
+                    reason=f"still queued after {wait_timeout:.0f}s",
+                )
+            time.sleep(poll_interval)
+
+    def build_url(self, job_path: str, number: int | str) -> str:
+        """
+        Return the build's page URL, for links in evidence, Slack and change requests.
+
+        :param job_path: e.g. ``Conductors/oceanPI/immutable_image``.
+        :param number: build number or alias.
+        """
+        return self.url_from_endpoint(f"{job_url_path(job_path)}/{self._build_ref(number)}/")
+
+
+def _text(response) -> str:
+    """Decode a text body; Jenkins' ``text/plain`` often omits the charset, and it is UTF-8."""
+    if "charset" not in response.headers.get("Content-Type", "").lower():
+        response.encoding = "utf-8"
+    return response.text

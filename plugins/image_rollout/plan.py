@@ -1,0 +1,296 @@
+"""The rollout plan: the runbook's stage order, targets, counts, waits and channels as data.
+
+The DAG is generated from a plan file under ``include/plans/``. Production and the
+sandbox use the same stages; the sandbox plan only shortens the waits. A plan is
+validated on load, and a bad plan is refused with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PLANS_DIR = Path(__file__).resolve().parents[2] / "include" / "plans"
+PLAN_ENV = "ROLLOUT_PLAN"
+IMAGE_KEYS = ("dev", "prod", "prodfr2", "stage")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class PlanError(ValueError):
+    """A rollout plan file that cannot be used."""
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Return seconds for ``"24h"``, ``"90m"``, ``"5s"``, ``"250ms"`` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"duration must not be negative: {value!r}")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration (use e.g. '24h', '30m', '5s'): {value!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _seconds(value):
+    return parse_duration(value)
+
+
+class FlagPlan(_Strict):
+    project_key: str
+    environment_key: str
+    flag_key: str
+
+
+class JenkinsPlan(_Strict):
+    image_job: str
+    upstream_job: str
+    report_job: str
+    report_account: str
+    rebuilds_on_timeout: int = Field(ge=0, le=5)
+    poll: float
+
+    _d = field_validator("poll", mode="before")(_seconds)
+
+
+class EvidencePlan(_Strict):
+    directory: str
+    razee_link: str
+    concept_doc: str
+
+    @field_validator("directory")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a relative path inside the repo")
+        return value.strip("/")
+
+
+class ChangeRequestPlan(_Strict):
+    security_impact: str
+    backout_plan: str
+    poll: float
+    timeout: float
+
+    _d = field_validator("poll", "timeout", mode="before")(_seconds)
+
+
+class ReloadPlan(_Strict):
+    required: int = Field(ge=1)
+    max_failed: int = Field(ge=0)
+    grace: float
+    timeout: float
+    poll: float
+
+    _d = field_validator("grace", "timeout", "poll", mode="before")(_seconds)
+
+
+class SoakPlan(_Strict):
+    region: str
+    min_duration: float
+    min_autorecovery_reloads: int = Field(ge=1)
+    timeout: float
+    poll: float
+    incident_title: str
+
+    _d = field_validator("min_duration", "timeout", "poll", mode="before")(_seconds)
+
+    @model_validator(mode="after")
+    def _timeout_after_soak(self):
+        if self.timeout < self.min_duration:
+            raise ValueError("soak.timeout must be at least soak.min_duration")
+        return self
+
+
+class AdoptionPlan(_Strict):
+    threshold_percent: float = Field(gt=0, le=100)
+    timeout: float
+    poll: float
+
+    _d = field_validator("timeout", "poll", mode="before")(_seconds)
+
+
+class FreezePlan(_Strict):
+    variable: str
+    poll: float
+
+    _d = field_validator("poll", mode="before")(_seconds)
+
+
+class SlackPlan(_Strict):
+    progress_channel: str
+    patching_channel: str
+
+
+class TargetPlan(_Strict):
+    target: str
+    image_key: Literal["dev", "prod", "prodfr2", "stage"]
+
+    @field_validator("target")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", value):
+            raise ValueError(f"target {value!r} must be lower-case letters, digits and dashes")
+        return value
+
+
+class StagePlan(_Strict):
+    """One step of the runbook: a promotion (with its gates) or an evidence/bake/soak/monitoring step."""
+
+    id: str
+    kind: Literal["promote", "evidence_commit", "evidence_update", "bake", "soak_gate", "adoption"]
+    targets: tuple[TargetPlan, ...] = ()
+    carrier: str | None = None
+    change_request: bool = False
+    evidence_hash: Literal["first", "latest"] | None = None
+    human_approval: bool = False
+    after: str | None = None
+    wait: float | None = None
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _wait(cls, value):
+        return None if value is None else parse_duration(value)
+
+    @field_validator("id")
+    @classmethod
+    def _snake(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", value):
+            raise ValueError(f"stage id {value!r} must be snake_case")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.kind == "promote":
+            if not self.targets:
+                raise ValueError(f"stage {self.id}: a promote stage needs targets")
+            if self.carrier and len(self.targets) != 1:
+                raise ValueError(f"stage {self.id}: a reload check needs exactly one target")
+            if self.change_request and self.evidence_hash is None:
+                raise ValueError(f"stage {self.id}: a change request needs evidence_hash 'first' or 'latest'")
+            if self.human_approval and not self.change_request:
+                raise ValueError(f"stage {self.id}: human_approval needs change_request")
+        elif self.targets or self.carrier or self.change_request or self.human_approval:
+            raise ValueError(f"stage {self.id}: only promote stages have targets, carriers or change requests")
+        if self.kind == "bake" and (self.after is None or self.wait is None):
+            raise ValueError(f"stage {self.id}: a bake needs 'after' (a stage id) and 'wait'")
+        return self
+
+    @property
+    def is_gate(self) -> bool:
+        """A gate vouches for the targets promoted before it; a failed one rolls them back."""
+        return self.kind in ("bake", "soak_gate") or bool(self.carrier)
+
+
+class RolloutPlan(_Strict):
+    name: str
+    flag: FlagPlan
+    jenkins: JenkinsPlan
+    evidence: EvidencePlan
+    change_request: ChangeRequestPlan
+    reloads: ReloadPlan
+    soak: SoakPlan
+    adoption: AdoptionPlan
+    freeze: FreezePlan
+    slack: SlackPlan
+    airflow_base_url: str
+    stages: tuple[StagePlan, ...]
+
+    @model_validator(mode="after")
+    def _order(self):
+        ids = [s.id for s in self.stages]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"stage ids must be unique: {ids}")
+        targets = [t.target for s in self.stages for t in s.targets]
+        if len(set(targets)) != len(targets):
+            raise ValueError("a target appears in more than one stage")
+        if self.soak.region not in targets:
+            raise ValueError(f"soak.region {self.soak.region!r} is not a target of the plan")
+        seen: list[str] = []
+        committed = False
+        for stage in self.stages:
+            if stage.kind == "evidence_commit":
+                committed = True
+            if stage.kind == "evidence_update" and not committed:
+                raise ValueError(f"stage {stage.id}: evidence_update before evidence_commit")
+            if stage.change_request and not committed:
+                raise ValueError(f"stage {stage.id}: a change request needs the evidence commit before it")
+            if stage.after is not None and stage.after not in seen:
+                raise ValueError(f"stage {stage.id}: 'after' must name an earlier stage, not {stage.after!r}")
+            seen.append(stage.id)
+        kinds = [s.kind for s in self.stages]
+        for required in ("promote", "evidence_commit", "soak_gate"):
+            if required not in kinds:
+                raise ValueError(f"the plan has no {required} stage")
+        return self
+
+    # -- lookups used by the DAG and the operators -------------------------------------------------
+    def stage(self, stage_id: str) -> StagePlan:
+        for stage in self.stages:
+            if stage.id == stage_id:
+                return stage
+        raise KeyError(f"no stage {stage_id!r} in plan {self.name!r}")
+
+    @property
+    def targets(self) -> list[TargetPlan]:
+        return [t for s in self.stages for t in s.targets]
+
+    def image_key(self, target: str) -> str:
+        for t in self.targets:
+            if t.target == target:
+                return t.image_key
+        raise KeyError(f"unknown target {target!r}")
+
+    def evidence_path(self, build_name: str) -> str:
+        return f"{self.evidence.directory}/immutableimage_{build_name}_evidence.md"
+
+    def as_timedelta(self, seconds: float) -> timedelta:
+        return timedelta(seconds=seconds)
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"rollout plan {path} is invalid:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(plan)"
+        lines.append(f"  - {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_plan(path: str | os.PathLike | None = None) -> RolloutPlan:
+    """Load and validate a plan; ``path`` defaults to ``$ROLLOUT_PLAN`` or ``include/plans/default.json``.
+
+    A bare name (``sandbox``) means ``include/plans/<name>.json``.
+    """
+    raw = str(path or os.environ.get(PLAN_ENV) or "default")
+    plan_path = Path(raw)
+    if not plan_path.suffix:
+        plan_path = PLANS_DIR / f"{raw}.json"
+    return _load(plan_path.resolve())
+
+
+@lru_cache(maxsize=8)
+def _load(plan_path: Path) -> RolloutPlan:
+    try:
+        data = json.loads(plan_path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"rollout plan {plan_path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"rollout plan {plan_path} is not valid JSON: {exc}") from None
+    try:
+        return RolloutPlan.model_validate(data)
+    except ValidationError as exc:
+        raise PlanError(_format_errors(plan_path, exc)) from None
