@@ -155,6 +155,7 @@ class StagePlan(_Strict):
     kind: Literal["promote", "evidence_commit", "evidence_update", "bake", "soak_gate", "adoption"]
     targets: tuple[TargetPlan, ...] = ()
     carrier: str | None = None
+    evidence_section: Literal["dev", "prestage", "stage"] | None = None
     change_request: bool = False
     evidence_hash: Literal["first", "latest"] | None = None
     human_approval: bool = False
@@ -180,6 +181,8 @@ class StagePlan(_Strict):
                 raise ValueError(f"stage {self.id}: a promote stage needs targets")
             if self.carrier and len(self.targets) != 1:
                 raise ValueError(f"stage {self.id}: a reload check needs exactly one target")
+            if self.carrier and self.evidence_section is None:
+                raise ValueError(f"stage {self.id}: a reload check needs evidence_section dev, prestage or stage")
             if self.change_request and self.evidence_hash is None:
                 raise ValueError(f"stage {self.id}: a change request needs evidence_hash 'first' or 'latest'")
             if self.human_approval and not self.change_request:

@@ -15,15 +15,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 import tenacity
-from requests.auth import AuthBase
-
 from airflow.providers.common.compat.sdk import AirflowException
 from airflow.providers.http.hooks.http import HttpHook
+from requests.auth import AuthBase
 
 if TYPE_CHECKING:
-    from requests import Response, Session
-
     from airflow.sdk import Connection
+    from requests import Response, Session
 
 T = TypeVar("T")
 
@@ -37,6 +35,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 4
 DEFAULT_RETRY_WAIT = 1.0
 DEFAULT_RETRY_MAX_WAIT = 30.0
+
 
 class ExternalSystemError(AirflowException):
     """
@@ -220,16 +219,26 @@ class RolloutHttpHook(HttpHook):
             return int(self._retries)
         return int(self.extra("retries", DEFAULT_RETRIES))
 
+    @property
+    def retry_wait(self) -> float:
+        """Seconds before the first retry; each further retry waits twice as long."""
+        if self._retry_wait is not None:
+            return float(self._retry_wait)
+        return float(self.extra("retry_wait", DEFAULT_RETRY_WAIT))
+
+    @property
+    def retry_max_wait(self) -> float:
+        """Cap on a single backoff."""
+        if self._retry_max_wait is not None:
+            return float(self._retry_max_wait)
+        return float(self.extra("retry_max_wait", DEFAULT_RETRY_MAX_WAIT))
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based), e.g. after a 409 conflict."""
+        return min(self.retry_wait * 2 ** (attempt - 1), self.retry_max_wait)
+
     def _wait(self) -> tenacity.wait.wait_base:
-        first = float(
-            self._retry_wait if self._retry_wait is not None else self.extra("retry_wait", DEFAULT_RETRY_WAIT)
-        )
-        cap = float(
-            self._retry_max_wait
-            if self._retry_max_wait is not None
-            else self.extra("retry_max_wait", DEFAULT_RETRY_MAX_WAIT)
-        )
-        return tenacity.wait_exponential(multiplier=first, max=cap)
+        return tenacity.wait_exponential(multiplier=self.retry_wait, max=self.retry_max_wait)
 
     def secrets(self) -> list[str]:
         """Strings that must never appear in an error or a log line (the connection's password)."""
@@ -273,7 +282,7 @@ class RolloutHttpHook(HttpHook):
             what = f"HTTP {exc.status}" if isinstance(exc, _HttpStatusError) else type(exc).__name__
             wait = state.next_action.sleep if state.next_action else 0
             self.log.warning(
-                "%s %s failed (%s), retrying in %.1fs (attempt %d of %d)",
+                "%s %s failed (%s), retrying in %.2fs (attempt %d of %d)",
                 self.system,
                 call,
                 what,
@@ -363,7 +372,9 @@ class RolloutHttpHook(HttpHook):
                 reason=f"got no answer after {self.retries + 1} attempts",
             ) from None
 
-    def request_json(self, method: str, path: str, *, expect: type = dict, **kwargs: Any) -> Any:
+    def request_json(
+        self, method: str, path: str, *, expect: type | tuple[type, ...] = dict, **kwargs: Any
+    ) -> Any:
         """
         Send a request (see :meth:`request`) and return the decoded JSON body.
 
@@ -372,14 +383,14 @@ class RolloutHttpHook(HttpHook):
         response = self.request(method, path, **kwargs)
         return self.decode_json(response, f"{method.upper()} {path}", expect=expect)
 
-    def decode_json(self, response: Response, call: str, *, expect: type = dict) -> Any:
+    def decode_json(self, response: Response, call: str, *, expect: type | tuple[type, ...] = dict) -> Any:
         """Decode a JSON body or raise :class:`ExternalSystemError` ("malformed response")."""
         try:
             value = response.json()
         except ValueError:
             value = _NOT_JSON
         if not isinstance(value, expect):
-            raise self.malformed(call, f"expected a JSON {expect.__name__}", response)
+            raise self.malformed(call, f"expected a JSON {_type_names(expect)}", response)
         return value
 
     def malformed(self, call: str, what: str, response: Response | None = None) -> ExternalSystemError:
@@ -403,12 +414,16 @@ class RolloutHttpHook(HttpHook):
     def require(self, value: Any, key: str, expect: type | tuple[type, ...], call: str) -> Any:
         """Return ``value[key]`` when it exists with the expected type, else raise "malformed response"."""
         if not isinstance(value, dict) or not isinstance(value.get(key), expect):
-            names = expect.__name__ if isinstance(expect, type) else "/".join(t.__name__ for t in expect)
-            raise self.malformed(call, f"'{key}' missing or not {names}")
+            raise self.malformed(call, f"'{key}' missing or not {_type_names(expect)}")
         return value[key]
 
 
 _NOT_JSON = object()
+
+
+def _type_names(expect: type | tuple[type, ...]) -> str:
+    types = expect if isinstance(expect, tuple) else (expect,)
+    return " or ".join("object" if t is dict else "array" if t is list else t.__name__ for t in types)
 
 
 class _StatusOnlyResponse(requests.Response):

@@ -106,7 +106,9 @@ class JenkinsHook(RolloutHttpHook):
         self.require(build, "number", int, f"GET {path}")
         return build
 
-    def find_build_by_name(self, job_path: str, build_name: str, *, limit: int = 100) -> dict[str, Any] | None:
+    def find_build_by_name(
+        self, job_path: str, build_name: str, *, limit: int = 100
+    ) -> dict[str, Any] | None:
         """
         Return the newest build whose ``displayName`` is ``build_name``, or None.
 
@@ -174,7 +176,7 @@ class JenkinsHook(RolloutHttpHook):
         """
         path = self._artifact_path(job_path, number, relative_path)
         response = self.request("GET", path)
-        return self.decode_json(response, f"GET {path}", expect=(dict, list))  # type: ignore[arg-type]
+        return self.decode_json(response, f"GET {path}", expect=(dict, list))
 
     def iter_artifact_lines(self, job_path: str, number: int | str, relative_path: str) -> Iterator[str]:
         """

@@ -1,0 +1,91 @@
+"""LaunchDarkly REST v2 (what Razee fronts): the worker-image flag, semantic patches, approval requests."""
+
+from __future__ import annotations
+
+import copy
+
+from include.sandbox import seed
+from include.sandbox.core import Sandbox, SandboxError
+from include.sandbox.web import Request, Response, json_response
+
+SEMANTIC_PATCH = "domain-model=launchdarkly.semanticpatch"
+
+
+def _error(status: int, message: str, code: str = "invalid_request") -> Response:
+    return json_response({"code": code, "message": message}, status)
+
+
+def _public(request: dict) -> dict:
+    return copy.deepcopy(request)
+
+
+def handle(sb: Sandbox, req: Request) -> Response:
+    try:
+        return _route(sb, req)
+    except SandboxError as exc:
+        code = {404: "not_found", 409: "conflict"}.get(exc.status, exc.code)
+        return _error(exc.status, exc.message, code)
+
+
+def _check(project: str, flag: str, env: str | None = None) -> None:
+    if project != seed.PROJECT:
+        raise SandboxError(404, f"Unknown project {project!r}")
+    if flag != seed.FLAG_KEY:
+        raise SandboxError(404, f"Unknown flag {flag!r}")
+    if env is not None and env != seed.ENVIRONMENT:
+        raise SandboxError(404, f"Unknown environment {env!r}")
+
+
+def _route(sb: Sandbox, req: Request) -> Response:
+    segs = [s for s in req.path.split("/") if s]
+    if segs[:2] != ["api", "v2"]:
+        raise SandboxError(404, "Unknown resource")
+    segs = segs[2:]
+    # /flags/{project}[/{flag}]
+    if segs[:1] == ["flags"] and len(segs) == 2 and req.method == "GET":
+        _check(segs[1], seed.FLAG_KEY)
+        return json_response({"items": [copy.deepcopy(sb.flag)], "totalCount": 1})
+    if segs[:1] == ["flags"] and len(segs) == 3:
+        _check(segs[1], segs[2])
+        if req.method == "GET":
+            return json_response(copy.deepcopy(sb.flag))
+        if req.method == "PATCH":
+            return _patch(sb, req)
+        raise SandboxError(405, f"{req.method} not allowed")
+    # /projects/{project}/flags/{flag}/environments/{env}/approval-requests[/{id}[/reviews|/apply]]
+    if len(segs) >= 7 and segs[0] == "projects" and segs[2] == "flags" and segs[4] == "environments" \
+            and segs[6] == "approval-requests":
+        _check(segs[1], segs[3], segs[5])
+        rest = segs[7:]
+        if not rest:
+            if req.method == "GET":
+                return json_response({"items": [_public(r) for r in reversed(sb.approvals.values())],
+                                      "totalCount": len(sb.approvals)})
+            if req.method == "POST":
+                body = req.json()
+                if "instructions" not in body:
+                    raise SandboxError(400, "instructions are required")
+                return json_response(_public(sb.create_approval(body)), 201)
+            raise SandboxError(405, f"{req.method} not allowed")
+        request = sb.approvals.get(rest[0])
+        if request is None:
+            raise SandboxError(404, f"Unknown approval request {rest[0]!r}")
+        if len(rest) == 1 and req.method == "GET":
+            return json_response(_public(request))
+        if rest[1:] == ["reviews"] and req.method == "POST":
+            return json_response(_public(sb.review_approval(request, req.json())))
+        if rest[1:] == ["apply"] and req.method == "POST":
+            return json_response(_public(sb.apply_approval(request, req.json())))
+    raise SandboxError(404, "Unknown resource")
+
+
+def _patch(sb: Sandbox, req: Request) -> Response:
+    if SEMANTIC_PATCH not in req.headers.get("content-type", "").replace(" ", ""):
+        raise SandboxError(400, "the sandbox supports semantic patch only: send "
+                                f"Content-Type: application/json; {SEMANTIC_PATCH}")
+    body = req.json()
+    env = body.get("environmentKey")
+    if env != seed.ENVIRONMENT:
+        raise SandboxError(400, f"environmentKey must be {seed.ENVIRONMENT!r}, got {env!r}")
+    sb.apply_instructions(body.get("instructions"), comment=str(body.get("comment") or ""))
+    return json_response(copy.deepcopy(sb.flag))

@@ -1,0 +1,189 @@
+"""Jenkins JSON API shapes (as python-jenkins reads them) over the sandbox's jobs and builds."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+from include.sandbox import seed
+from include.sandbox.core import Sandbox, epoch_ms
+from include.sandbox.web import Request, Response, json_response, text_response
+
+VERSION_HEADERS = {"X-Jenkins": "2.426.3"}
+FOLDER_CLASS = "com.cloudbees.hudson.plugins.folder.Folder"
+JOB_CLASS = "hudson.model.FreeStyleProject"
+BUILD_CLASS = "hudson.model.FreeStyleBuild"
+
+
+def _job_url(base: str, full_name: str) -> str:
+    return base + "/" + "".join(f"job/{quote(p, safe='')}/" for p in full_name.split("/"))
+
+
+def _not_found(what: str) -> Response:
+    resp = text_response(f"<html><body><h2>HTTP ERROR 404 Not Found</h2><p>{what}</p></body></html>", 404,
+                         "text/html; charset=utf-8")
+    resp.headers.update(VERSION_HEADERS)
+    return resp
+
+
+def _children(sb: Sandbox, base: str, folder: str) -> list[dict]:
+    """Direct children of a folder ("" = root), folders carrying their own `jobs` (python-jenkins recurses)."""
+    prefix = folder + "/" if folder else ""
+    out = []
+    for name in seed.FOLDERS:
+        if name.startswith(prefix) and "/" not in name[len(prefix):]:
+            out.append({"_class": FOLDER_CLASS, "name": name.rsplit("/", 1)[-1], "fullname": name,
+                        "url": _job_url(base, name), "jobs": _children(sb, base, name)})
+    for name in sb.jobs:
+        if name.startswith(prefix) and "/" not in name[len(prefix):]:
+            out.append({"_class": JOB_CLASS, "name": name.rsplit("/", 1)[-1], "fullname": name,
+                        "url": _job_url(base, name), "color": _color(sb, name)})
+    return out
+
+
+def _color(sb: Sandbox, job: str) -> str:
+    last = sb.find_build(job, "lastCompletedBuild")
+    color = "notbuilt" if last is None else ("blue" if last["result"] == "SUCCESS" else "red")
+    building = sb.find_build(job, "lastBuild")
+    return color + "_anime" if building and building["building"] else color
+
+
+def _build_ref(base: str, build: dict | None) -> dict | None:
+    if build is None:
+        return None
+    return {"_class": BUILD_CLASS, "number": build["number"], "url": f"{_job_url(base, build['job'])}{build['number']}/"}
+
+
+def job_json(sb: Sandbox, base: str, job: str) -> dict:
+    builds = sorted(sb.jobs[job]["builds"].values(), key=lambda b: -b["number"])
+    short = job.rsplit("/", 1)[-1]
+    return {
+        "_class": JOB_CLASS,
+        "name": short,
+        "fullName": job,
+        "displayName": short,
+        "fullDisplayName": job.replace("/", " » "),
+        "url": _job_url(base, job),
+        "buildable": True,
+        "color": _color(sb, job),
+        "builds": [_build_ref(base, b) for b in builds],
+        "firstBuild": _build_ref(base, builds[-1] if builds else None),
+        **{alias: _build_ref(base, sb.find_build(job, alias)) for alias in (
+            "lastBuild", "lastCompletedBuild", "lastSuccessfulBuild", "lastStableBuild", "lastFailedBuild",
+            "lastUnsuccessfulBuild")},
+        "nextBuildNumber": sb.jobs[job]["next"],
+        "inQueue": False,
+        "queueItem": None,
+        "keepDependencies": False,
+        "property": [],
+        "healthReport": [],
+    }
+
+
+def build_json(sb: Sandbox, base: str, build: dict) -> dict:
+    job = build["job"]
+    url = f"{_job_url(base, job)}{build['number']}/"
+    actions: list[dict] = [{"_class": "hudson.model.CauseAction", "causes": build["causes"]}]
+    if build["params"]:
+        actions.append({"_class": "hudson.model.ParametersAction",
+                        "parameters": [{"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
+                                       for k, v in build["params"].items()]})
+    return {
+        "_class": BUILD_CLASS,
+        "number": build["number"],
+        "id": str(build["number"]),
+        "url": url,
+        "result": build["result"],
+        "building": build["building"],
+        "displayName": build["display"],
+        "fullDisplayName": f"{job.replace('/', ' » ')} {build['display']}",
+        "description": None,
+        "timestamp": epoch_ms(build["timestamp"]),
+        "duration": 0 if build["building"] else int(build["duration"] * 1000),
+        "estimatedDuration": 2832400 if job == seed.IMAGE_JOB else 94200,
+        "queueId": build["queue_id"] or build["number"] + 8000,
+        "keepLog": False,
+        "builtOn": "conductors-packer-07" if job == seed.IMAGE_JOB else "",
+        "artifacts": [{"fileName": p.rsplit("/", 1)[-1], "relativePath": p, "displayPath": p.rsplit("/", 1)[-1]}
+                      for p in build["artifacts"]],
+        "actions": actions,
+        "changeSet": {"_class": "hudson.scm.EmptyChangeLogSet", "items": [], "kind": None},
+    }
+
+
+def handle(sb: Sandbox, req: Request) -> Response:
+    resp = _route(sb, req)
+    resp.headers.update(VERSION_HEADERS)
+    return resp
+
+
+def _route(sb: Sandbox, req: Request) -> Response:
+    base = req.base_url + "/jenkins"
+    segs = [unquote(s) for s in req.path.split("/") if s]
+    get = req.method == "GET"
+    if segs in ([], ["api", "json"]) and get:
+        return json_response({"_class": "hudson.model.Hudson", "mode": "NORMAL", "nodeName": "",
+                              "jobs": _children(sb, base, ""), "url": base + "/", "useCrumbs": True})
+    if segs == ["crumbIssuer", "api", "json"] and get:
+        return json_response({"_class": "hudson.security.csrf.DefaultCrumbIssuer", "crumb": "sandbox",
+                              "crumbRequestField": "Jenkins-Crumb"})
+    if segs in (["me", "api", "json"], ["whoAmI", "api", "json"]) and get:
+        return json_response({"_class": "hudson.model.User", "id": "sandbox", "fullName": "sandbox"})
+    if len(segs) >= 3 and segs[:2] == ["queue", "item"] and segs[2].isdigit() and get:
+        item = sb.queue.get(int(segs[2]))
+        if item is None:
+            return _not_found(f"queue item {segs[2]}")
+        build = sb.jobs[item["job"]]["builds"].get(item["number"])
+        return json_response({
+            "_class": "hudson.model.Queue$LeftItem",
+            "id": item["id"],
+            "inQueueSince": epoch_ms(item["since"]),
+            "blocked": False, "buildable": False, "stuck": False, "cancelled": False, "why": None,
+            "task": {"_class": JOB_CLASS, "name": item["job"].rsplit("/", 1)[-1], "url": _job_url(base, item["job"])},
+            "url": f"queue/item/{item['id']}/",
+            "executable": _build_ref(base, build),
+        })
+    names = []
+    i = 0
+    while i + 1 < len(segs) and segs[i] == "job":
+        names.append(segs[i + 1])
+        i += 2
+    rest = segs[i:]
+    full = "/".join(names)
+    if not names:
+        return _not_found(req.path)
+    if full in seed.FOLDERS and rest in ([], ["api", "json"]) and get:
+        return json_response({"_class": FOLDER_CLASS, "name": names[-1], "fullName": full,
+                              "url": _job_url(base, full), "jobs": _children(sb, base, full)})
+    if full not in sb.jobs:
+        return _not_found(f"job {full}")
+    if rest in ([], ["api", "json"]) and get:
+        return json_response(job_json(sb, base, full))
+    if rest in (["build"], ["buildWithParameters"]):
+        if req.method != "POST":
+            return text_response("Method Not Allowed", 405)
+        params = {k: v[0] for k, v in req.query.items() if k not in ("token", "delay", "cause")}
+        if req.body and "json" not in req.headers.get("content-type", ""):
+            params.update(req.form_or_json())
+        queue_id = sb.trigger_build(full, {k: str(v) for k, v in params.items()})
+        return Response(201, "", "text/plain", {"Location": f"{base}/queue/item/{queue_id}/"})
+    if not rest:
+        return _not_found(req.path)
+    build = sb.find_build(full, rest[0])
+    if build is None:
+        return _not_found(f"build {rest[0]} of {full}")
+    tail = rest[1:]
+    if tail in ([], ["api", "json"]) and get:
+        return json_response(build_json(sb, base, build))
+    if tail in (["consoleText"], ["console"], ["logText", "progressiveText"]) and get:
+        resp = text_response(build["console"])
+        if tail[0] == "logText":
+            resp.headers.update({"X-Text-Size": str(len(build["console"].encode())),
+                                 "X-More-Data": "true" if build["building"] else "false"})
+        return resp
+    if tail[:1] == ["artifact"] and get:
+        relative = "/".join(tail[1:])
+        if relative not in build["artifacts"]:
+            return _not_found(f"artifact {relative}")
+        ctype = "application/json" if relative.endswith(".json") else "text/plain; charset=utf-8"
+        return text_response(build["artifacts"][relative], 200, ctype)
+    return _not_found(req.path)

@@ -1,0 +1,185 @@
+"""Build verification: the runbook's "verify the Jenkins image build" step, and the dry-run plan."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+from airflow.sdk import Variable
+from airflow.sdk.exceptions import AirflowFailException
+
+from image_rollout import gates
+from image_rollout.evidence import BUILD_NAME, Evidence, Reload, render
+from image_rollout.hooks.flags import FlagsHook
+from image_rollout.hooks.jenkins import JenkinsHook
+from image_rollout.operators.base import ACTIVE_BUILD_VARIABLE, RolloutOperator, iso, utcnow
+from image_rollout.plan import IMAGE_KEYS
+from image_rollout.slack import escape_mrkdwn
+
+TIMEOUT_MARKER = re.compile(r"Build timed out \(after \d+ minutes\)")
+MAX_CONSOLE_CHARS = 60_000
+IMAGE_ID = re.compile(r"^\d{1,12}$")
+
+
+def validate_request(params: dict, plan_targets: list[str]) -> dict:
+    """Validate the run's params/conf before any side effect; raise naming the bad field."""
+    build_name = params.get("build_name")
+    if not isinstance(build_name, str) or not BUILD_NAME.match(build_name):
+        raise AirflowFailException(f"conf build_name {build_name!r} does not match NNN-NNNN-NNN-YYYYMMDD")
+    number = params.get("build_number")
+    if number not in (None, "") and not (isinstance(number, int) or str(number).isdigit()):
+        raise AirflowFailException(f"conf build_number {number!r} is not a Jenkins build number")
+    image_ids = params.get("image_ids") or {}
+    if not isinstance(image_ids, dict):
+        raise AirflowFailException("conf image_ids must be an object like {\"dev\": \"8495980\", ...}")
+    for key, value in image_ids.items():
+        if key not in IMAGE_KEYS:
+            raise AirflowFailException(f"conf image_ids has unknown environment {key!r}")
+        if not IMAGE_ID.match(str(value)):
+            raise AirflowFailException(f"conf image_ids.{key} {value!r} is not a numeric image id")
+    only = params.get("targets") or []
+    unknown = sorted(set(only) - set(plan_targets))
+    if unknown:
+        raise AirflowFailException(f"conf targets has unknown target(s) {unknown}")
+    return {
+        "build_name": build_name,
+        "build_number": int(number) if number not in (None, "") else None,
+        "image_ids": {k: str(v) for k, v in image_ids.items()},
+        "dry_run": bool(params.get("dry_run", False)),
+    }
+
+
+class VerifyBuildOperator(RolloutOperator):
+    """Find the immutable_image build, follow a rebuild after a timeout, and capture its image ids.
+
+    Runbook: "If the scheduled job fails, review the failures and rebuild the job" and "we have
+    seen timeouts being an issue here; sometimes a rebuild of the job will work". A timed-out
+    build is rebuilt (at most ``jenkins.rebuilds_on_timeout`` times); any other failure stops the
+    rollout. Waiting for a running build is deferred.
+    """
+
+    def execute(self, context, event: dict | None = None) -> dict:
+        request = validate_request(dict(context["params"]), [t.target for t in self.plan.targets])
+        name = request["build_name"]
+        jenkins = JenkinsHook()
+        job = self.plan.jenkins.image_job
+        state = context["ti"].xcom_pull(task_ids=self.task_id, key="follow") or {}
+        number = state.get("number") or request["build_number"]
+        if number is None:
+            found = jenkins.find_build_by_name(job, name)
+            if found is None:
+                raise AirflowFailException(f"Jenkins has no {job} build named {name}")
+            number = found["number"]
+        build = jenkins.get_build(job, number)
+        if build.get("displayName") != name:
+            raise AirflowFailException(
+                f"Jenkins {job} #{number} is build {build.get('displayName')!r}, not {name!r}"
+            )
+        if build.get("building") or build.get("result") is None:
+            self.log.info("Jenkins %s #%s is still running; checking again later", job, number)
+            context["ti"].xcom_push(key="follow", value={**state, "number": number})
+            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.plan.jenkins.poll)), method_name="execute")
+        console = jenkins.get_console_text(job, number)
+        if build["result"] != "SUCCESS":
+            rebuilds = int(state.get("rebuilds", 0))
+            if TIMEOUT_MARKER.search(console) and rebuilds < self.plan.jenkins.rebuilds_on_timeout:
+                new_number = self._rebuild_once(jenkins, job, name, number)
+                self.say(f"Image build {name} #{number} timed out; rebuilding as #{new_number}")
+                context["ti"].xcom_push(key="follow", value={"number": new_number, "rebuilds": rebuilds + 1})
+                self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.plan.jenkins.poll)),
+                           method_name="execute")
+            raise AirflowFailException(
+                f"Jenkins {job} #{number} ({name}) ended {build['result']}; not rolling out. "
+                f"Console: {jenkins.build_url(job, number)}console"
+            )
+        images = jenkins.get_artifact_json(job, number, "image_ids.json")
+        images = self._check_images(images, request["image_ids"])
+        console_url = f"{jenkins.build_url(job, number)}console"
+        result = {
+            "name": name,
+            "number": number,
+            "job": job,
+            "url": jenkins.build_url(job, number),
+            "console_url": console_url,
+            "console_text": console[-MAX_CONSOLE_CHARS:],
+            "images": images,
+            "dry_run": request["dry_run"],
+            "verified_at": iso(utcnow()),
+        }
+        result["baseline"] = FlagsHook().rule_values()
+        if not request["dry_run"]:
+            self._claim_flag(name)
+        self.say(
+            f"Rollout of immutable image build {name} started (Jenkins #{number}, "
+            f"images {escape_mrkdwn(json.dumps(images, sort_keys=True))})"
+            + (" [dry run]" if request["dry_run"] else "")
+        )
+        return result
+
+    def _rebuild_once(self, jenkins: JenkinsHook, job: str, name: str, failed_number: int) -> int:
+        """Rebuild, unless a later build of the same name exists already (a retried task)."""
+        later = jenkins.find_build_by_name(job, name)
+        if later is not None and int(later["number"]) > int(failed_number):
+            return int(later["number"])
+        return int(jenkins.rebuild(job))
+
+    @staticmethod
+    def _check_images(images: Any, requested: dict) -> dict:
+        if not isinstance(images, dict) or set(images) != set(IMAGE_KEYS):
+            raise AirflowFailException(f"Jenkins image_ids.json must have keys {list(IMAGE_KEYS)}: {images!r}"[:300])
+        images = {k: str(v) for k, v in images.items()}
+        for key, value in images.items():
+            if not IMAGE_ID.match(value):
+                raise AirflowFailException(f"Jenkins image_ids.json {key} is not a numeric image id: {value!r}")
+        for key, value in requested.items():
+            if images[key] != value:
+                raise AirflowFailException(
+                    f"conf image_ids.{key}={value} does not match the Jenkins build's {images[key]}"
+                )
+        return dict(sorted(images.items()))
+
+    @staticmethod
+    def _claim_flag(name: str) -> None:
+        """One writer: the newest build owns the flag; an older rollout sees it and stops."""
+        active = Variable.get(ACTIVE_BUILD_VARIABLE, default=None)
+        if active is None or active == name or gates.is_newer(name, active):
+            Variable.set(ACTIVE_BUILD_VARIABLE, name)
+
+
+class PlanRolloutOperator(RolloutOperator):
+    """Compute and show the whole rollout: targets, the map each serves now and will serve, and
+    the evidence text that would be committed. The only output of a dry run."""
+
+    def execute(self, context) -> dict:
+        build = self.build(context)
+        current = FlagsHook().rule_values()
+        rows = []
+        for stage in self.plan.stages:
+            for t in stage.targets:
+                now = current.get(t.target)
+                rows.append({
+                    "stage": stage.id,
+                    "target": t.target,
+                    "current": now,
+                    "new": build["images"],
+                    "action": "none (already serving)" if now == build["images"] else "promote",
+                    "via": "change request" if stage.change_request else "flag write",
+                })
+        placeholder = [Reload(change_id="CHG0000000", worker="to-be-reloaded")]
+        preview = render(Evidence(
+            build_name=build["name"], image_ids=build["images"], console_url=build["console_url"],
+            console_output=build["console_text"], razee_link=self.plan.evidence.razee_link,
+            concept_doc=self.plan.evidence.concept_doc, dev_reloads=placeholder, prestage_reloads=placeholder,
+        ))
+        width = max(len(r["target"]) for r in rows)
+        lines = [f"Rollout plan for {build['name']} ({'DRY RUN' if build['dry_run'] else 'live'}):"]
+        for r in rows:
+            lines.append(f"  {r['stage']:<24} {r['target']:<{width}}  {r['action']:<24} via {r['via']}")
+        lines.append(f"  new image map: {json.dumps(build['images'], sort_keys=True)}")
+        self.log.info("%s\nEvidence that would be committed to %s:\n%s", "\n".join(lines),
+                      self.plan.evidence_path(build["name"]), preview)
+        return {"targets": rows, "evidence_path": self.plan.evidence_path(build["name"]),
+                "evidence_preview": preview, "dry_run": build["dry_run"]}

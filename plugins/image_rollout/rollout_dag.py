@@ -1,0 +1,225 @@
+"""Wiring of the rollout DAG from a plan: one TaskGroup per runbook stage, in runbook order.
+
+Kept out of ``dags/`` so the DAG file stays a few lines, and so tests and the benchmark can
+build the same DAG from the sandbox plan. Parsing reads only the plan file: no network, no
+metadata DB, no Variables.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.providers.standard.operators.python import PythonOperator, ShortCircuitOperator
+from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
+from airflow.sdk import DAG, Param, TaskGroup
+from airflow.task.trigger_rule import TriggerRule
+
+from image_rollout.notifications import RolloutFailureNotifier, SafeSlackNotifier
+from image_rollout.operators.base import iso
+from image_rollout.operators.build import PlanRolloutOperator, VerifyBuildOperator
+from image_rollout.operators.checks import MonitorAdoptionOperator, ReloadCheckOperator, SoakGateOperator
+from image_rollout.operators.evidence import CommitEvidenceOperator, RecordApprovalOperator
+from image_rollout.operators.promote import (
+    ApplyChangeRequestOperator,
+    FileChangeRequestOperator,
+    PromoteTargetOperator,
+)
+from image_rollout.operators.rollback import RollbackOperator, gate_task_id
+from image_rollout.operators.verify import VerifyFleetOperator
+from image_rollout.plan import IMAGE_KEYS, RolloutPlan, StagePlan
+
+DAG_ID = "immutable_image_rollout"
+BUILD_NAME_PATTERN = r"^\d+-\d+-\d+-\d{8}$"
+
+
+def run_id_for(build_name: str) -> str:
+    """The DAG run id of a build's rollout: a second trigger for the same build gets 409."""
+    return f"rollout__{build_name}"
+
+
+def _bake_until(after_task_id: str, wait_seconds: float, **context) -> str:
+    """Promotion time of the stage the bake follows, plus the bake: persisted, so retries keep it."""
+    from image_rollout import gates
+
+    promoted = context["ti"].xcom_pull(task_ids=after_task_id)
+    items = promoted if isinstance(promoted, list) else [promoted]
+    times = [gates.parse_time(p["promoted_at"]) for p in items if p and p.get("promoted_at")]
+    if not times:
+        raise RuntimeError(f"no promotion time recorded by {after_task_id}: cannot start the bake")
+    return iso(max(times) + timedelta(seconds=wait_seconds))
+
+
+def _proceed(**context) -> bool:
+    """A dry run stops after the plan is shown."""
+    return not bool(context["params"].get("dry_run"))
+
+
+def promotion_task_id(stage: StagePlan) -> str:
+    """The task whose XCom holds the stage's promotion time."""
+    if stage.change_request:
+        return f"{stage.id}.apply_change_request_{stage.id}"
+    return f"{stage.id}.promote_{stage.id}"
+
+
+def _promote_stage(plan: RolloutPlan, stage: StagePlan, evidence_task: str | None):
+    """Tasks of a promote stage; returns the last task (what the next stage waits for)."""
+    targets = [t.target for t in stage.targets]
+    mapped = len(targets) > 1
+    if not stage.change_request:
+        if mapped:
+            last = PromoteTargetOperator.partial(task_id=f"promote_{stage.id}", plan=plan.name).expand(
+                target=targets
+            )
+        else:
+            last = PromoteTargetOperator(task_id=f"promote_{stage.id}", target=targets[0], plan=plan.name)
+    else:
+        file_kwargs = dict(task_id=f"file_change_request_{stage.id}", evidence_hash=stage.evidence_hash,
+                           evidence_task_id=evidence_task, plan=plan.name)
+        apply_kwargs = dict(task_id=f"apply_change_request_{stage.id}",
+                            file_task_id=f"{stage.id}.file_change_request_{stage.id}", plan=plan.name,
+                            execution_timeout=None)
+        if mapped:
+            filed = FileChangeRequestOperator.partial(**file_kwargs).expand(target=targets)
+            last = ApplyChangeRequestOperator.partial(**apply_kwargs).expand(target=targets)
+        else:
+            filed = FileChangeRequestOperator(target=targets[0], **file_kwargs)
+            if stage.human_approval:
+                apply_kwargs["approval_task_id"] = f"{stage.id}.approve_{stage.id}"
+            last = ApplyChangeRequestOperator(target=targets[0], **apply_kwargs)
+        if stage.human_approval:
+            approve = _approval(plan, stage, targets[0])
+            record = RecordApprovalOperator(
+                task_id=f"record_approval_{stage.id}", approval_task_id=f"{stage.id}.approve_{stage.id}",
+                file_task_id=f"{stage.id}.file_change_request_{stage.id}", target=targets[0], plan=plan.name,
+            )
+            filed >> approve >> record >> last
+        else:
+            filed >> last
+    if stage.carrier:
+        check = ReloadCheckOperator(
+            task_id=f"reload_check_{stage.id}", carrier=stage.carrier, image_key=stage.targets[0].image_key,
+            promote_task_id=promotion_task_id(stage), plan=plan.name, execution_timeout=None,
+        )
+        last >> check
+        last = check
+    return last
+
+
+def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ApprovalOperator:
+    file_task = f"{stage.id}.file_change_request_{stage.id}"
+    link = (f"{plan.airflow_base_url}/dags/{DAG_ID}/runs/{{{{ run_id }}}}/tasks/{stage.id}.approve_{stage.id}"
+            "/required_actions")
+    return ApprovalOperator(
+        task_id=f"approve_{stage.id}",
+        subject=f"Approve the prod change: immutable image build {{{{ params.build_name }}}} to {target}",
+        body=(
+            f"The prod train for **{target}** is filed: change request "
+            f"`{{{{ ti.xcom_pull(task_ids='{file_task}')['request_id'] }}}}`, evidence commit "
+            f"`{{{{ ti.xcom_pull(task_ids='{file_task}')['evidence_sha'] }}}}` "
+            f"({{{{ ti.xcom_pull(task_ids='{file_task}')['evidence_link'] }}}}).\n\n"
+            "Approve to start the canary; Reject stops the rollout before the target changes."
+        ),
+        response_timeout=timedelta(seconds=plan.change_request.timeout),
+        notifiers=[SafeSlackNotifier(
+            channel=plan.slack.patching_channel,
+            text=(f"Approval needed: immutable image build {{{{ params.build_name }}}} to {target} "
+                  f"(prod change request). Approve or reject in Airflow: {link}"),
+        )],
+        retries=0,
+    )
+
+
+def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = None) -> DAG:
+    """The rollout DAG for ``plan``."""
+    default_args = {
+        "owner": "sre-cfs-patching",
+        "retries": 3,
+        "retry_delay": timedelta(seconds=5 if plan.name == "sandbox" else 120),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=30),
+        "on_failure_callback": RolloutFailureNotifier(
+            channel=plan.slack.patching_channel, base_url=plan.airflow_base_url
+        ),
+    }
+    image_schema = {"type": "string", "pattern": r"^\d+$"}
+    with DAG(
+        dag_id=dag_id,
+        schedule=None,
+        catchup=False,
+        max_active_runs=2,
+        default_args=default_args,
+        doc_md=doc_md,
+        tags=["immutable-image", "patching", "rollout"],
+        render_template_as_native_obj=False,
+        params={
+            "build_name": Param(
+                type="string", pattern=BUILD_NAME_PATTERN, title="Immutable image build name",
+                description="The oceanPI/immutable_image build to roll out, e.g. 532-1250-879-20210818.",
+            ),
+            "build_number": Param(
+                None, type=["null", "integer"], minimum=1, title="Jenkins build number",
+                description="Optional: the immutable_image build number; found by name when empty.",
+            ),
+            "image_ids": Param(
+                {}, type="object", title="Expected image ids",
+                properties={k: image_schema for k in IMAGE_KEYS}, additionalProperties=False,
+                description="Optional: image ids to cross-check against the build's image_ids.json.",
+            ),
+            "dry_run": Param(False, type="boolean", title="Dry run",
+                             description="Show the whole plan and the evidence text; write nothing."),
+        },
+    ) as dag:
+        with TaskGroup("build_verification", tooltip="Verify the Jenkins immutable_image build") as first:
+            verify = VerifyBuildOperator(task_id="verify_build", plan=plan.name, execution_timeout=None)
+            show = PlanRolloutOperator(task_id="plan_rollout", plan=plan.name)
+            proceed = ShortCircuitOperator(task_id="proceed_unless_dry_run", python_callable=_proceed)
+            verify >> show >> proceed
+        previous = first
+        gates_tasks = []
+        evidence_task = None
+        last = proceed
+        for stage in plan.stages:
+            with TaskGroup(stage.id, tooltip=f"{stage.kind}: {', '.join(t.target for t in stage.targets)}") as group:
+                if stage.kind == "promote":
+                    last = _promote_stage(plan, stage, evidence_task)
+                elif stage.kind == "evidence_commit":
+                    last = CommitEvidenceOperator(task_id="commit_evidence", mode="initial", plan=plan.name)
+                    evidence_task = f"{stage.id}.commit_evidence"
+                elif stage.kind == "evidence_update":
+                    last = CommitEvidenceOperator(task_id="update_evidence", mode="stage_reloads", plan=plan.name)
+                elif stage.kind == "bake":
+                    until = PythonOperator(
+                        task_id="bake_until", python_callable=_bake_until,
+                        op_kwargs={"after_task_id": promotion_task_id(plan.stage(stage.after)),
+                                   "wait_seconds": stage.wait},
+                    )
+                    last = DateTimeSensorAsync(
+                        task_id="wait_bake", target_time=f"{{{{ ti.xcom_pull(task_ids='{stage.id}.bake_until') }}}}",
+                        timeout=timedelta(seconds=stage.wait * 2 + 3600).total_seconds(),
+                        execution_timeout=None,
+                    )
+                    until >> last
+                elif stage.kind == "soak_gate":
+                    region_stage = next(s for s in plan.stages if plan.soak.region in [t.target for t in s.targets])
+                    last = SoakGateOperator(
+                        task_id="soak_gate", region=plan.soak.region, image_key=plan.image_key(plan.soak.region),
+                        promote_task_id=promotion_task_id(region_stage), plan=plan.name, execution_timeout=None,
+                    )
+                elif stage.kind == "adoption":
+                    last = MonitorAdoptionOperator(task_id="monitor_adoption", plan=plan.name,
+                                                   execution_timeout=None)
+            previous >> group
+            previous = group
+            if gate_task_id(stage):
+                gates_tasks.append(dag.get_task(gate_task_id(stage)))
+        with TaskGroup("rollout_end", tooltip="Check the fleet, or roll back a failed gate") as end:
+            verify_fleet = VerifyFleetOperator(task_id="verify_flag_state", plan=plan.name)
+            rollback = RollbackOperator(task_id="rollback", plan=plan.name, trigger_rule=TriggerRule.ONE_FAILED)
+            done = EmptyOperator(task_id="rollout_complete")
+            verify_fleet >> done
+        previous >> verify_fleet
+        for gate in gates_tasks:
+            gate >> rollback
+    return dag
