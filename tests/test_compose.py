@@ -53,10 +53,10 @@ SANDBOX_PREFIXES = {
 SANDBOX_URL = "http://sandbox:8765"
 FLAG_POOL = "worker_image_flag"
 
-# Passwords that may appear literally: the documented local PostgreSQL default, and the
-# sandbox's placeholder (it accepts any credentials).
+# Passwords that may appear literally: the documented local PostgreSQL default. The sandbox
+# overlay carries only the sandbox's fake tokens (include/sandbox/connections.py).
 ALLOWED_LITERAL_PASSWORDS = {"", "airflow"}
-SANDBOX_PLACEHOLDER = "sandbox"
+SANDBOX_FAKE_TOKEN = "sandbox-secret-"
 
 _INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
 _SECRET_KEY = re.compile(r"(PASSWORD|SECRET|SECRET_KEY|FERNET_KEY|TOKEN|API_KEY|PRIVATE_KEY)$")
@@ -145,10 +145,11 @@ def _hook_conn_vars() -> set[str]:
 
 
 def _referenced_pools() -> set[str]:
+    """Pool names in the DAG code: ``pool="x"`` arguments and ``..._POOL = "x"`` constants."""
     pools = set()
     for folder in ("dags", "plugins"):
         for path in (ROOT / folder).rglob("*.py"):
-            pools.update(re.findall(r"\bpool\s*=\s*[\"']([\w.-]+)[\"']", path.read_text()))
+            pools.update(re.findall(r"(?:\bpool|_POOL)\s*=\s*[\"']([\w.-]+)[\"']", path.read_text()))
     for path in (ROOT / "include" / "plans").glob("*.json"):
         pools.update(re.findall(r"\"pool\"\s*:\s*\"([\w.-]+)\"", path.read_text()))
     return pools - {"default_pool"}
@@ -251,6 +252,11 @@ def test_every_connection_is_passed_through(services: dict) -> None:
     assert "env_file" in services["airflow-worker"], "other settings from .env must reach the containers"
 
 
+def _points_at(conn: dict) -> str:
+    """The URL a connection sends requests to: ``host``, or a Slack connection's ``base_url`` extra."""
+    return conn.get("host") or conn.get("extra", {}).get("base_url", "")
+
+
 def test_sandbox_service(services: dict) -> None:
     sandbox = services["sandbox"]
     command = sandbox["command"]
@@ -265,21 +271,41 @@ def test_sandbox_service(services: dict) -> None:
     assert sandbox["healthcheck"]["test"]
 
 
+def test_sandbox_listens_where_compose_says(services: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a container the sandbox must listen on the compose network, not on its own loopback."""
+    from include.sandbox import server as sandbox_server
+
+    monkeypatch.setenv("SANDBOX_HOST", _env(services["sandbox"])["SANDBOX_HOST"])
+    monkeypatch.setenv("SANDBOX_PORT", "0")  # any free port
+    server = sandbox_server.make_server()
+    try:
+        assert server.server_address[0] == "0.0.0.0", (
+            "include/sandbox/server.py make_server() must default its host to $SANDBOX_HOST"
+        )
+    finally:
+        server.sandbox.stop()
+        server.server_close()
+
+
 def test_sandbox_overlay_points_everything_at_the_sandbox(services: dict, overlay: dict) -> None:
     overlay_services = overlay["services"]
     assert set(overlay_services) <= set(services), "the overlay only adjusts existing services"
     assert set(CORE_AIRFLOW) | {"airflow-cli"} <= set(overlay_services)
+    from include.sandbox.connections import sandbox_connections
+
+    demo_connections = {var: json.loads(value) for var, value in sandbox_connections(SANDBOX_URL).items()}
     api_md = SANDBOX_API.read_text()
     expected = set(SANDBOX_PREFIXES) | _hook_conn_vars()
+    assert expected <= set(demo_connections)
     for name, service in overlay_services.items():
         env = _env(service)
-        assert set(expected) <= set(env), (
-            f"{name}: the overlay leaves {set(expected) - set(env)} on real systems"
-        )
+        assert expected <= set(env), f"{name}: the overlay leaves {expected - set(env)} on real systems"
         for var in expected:
             conn = json.loads(env[var])
-            prefix = SANDBOX_PREFIXES.get(var)
-            assert conn["host"] == f"{SANDBOX_URL}{prefix}", (var, conn)
+            # The same connections `make demo` uses, only with the sandbox's compose host name.
+            assert conn == demo_connections[var], f"{name}: {var} differs from include/sandbox/connections.py"
+            prefix = SANDBOX_PREFIXES[var]
+            assert _points_at(conn).startswith(f"{SANDBOX_URL}{prefix}"), (var, conn)
             assert f"(prefix `{prefix}`)" in api_md, f"{prefix} is not a sandbox prefix in API.md"
         assert env["ROLLOUT_PLAN"] == f"{CONTAINER_ROOT}/include/plans/sandbox.json"
     for name in ("airflow-worker", "airflow-triggerer"):
@@ -317,8 +343,10 @@ def test_no_secret_in_the_files(compose: dict, overlay: dict) -> None:
                         assert value == "", f"{name}: {key} must come from the environment"
                         continue
                     conn = json.loads(value)
-                    for field in ("login", "password"):
-                        assert conn.get(field, SANDBOX_PLACEHOLDER) == SANDBOX_PLACEHOLDER, (name, key, field)
+                    assert conn["password"].startswith(SANDBOX_FAKE_TOKEN), (
+                        f"{name}: {key} has a real-looking token"
+                    )
+                    assert _points_at(conn).startswith(SANDBOX_URL), f"{name}: {key} leaves the sandbox"
         for scalar in _string_scalars(document):
             for _user, password in re.findall(
                 r"[a-z0-9+.-]+://([^:@/\s'\"]*):([^@/\s'\"]*)@", _expand(scalar)

@@ -72,7 +72,7 @@ _KNOWN_WORKERS = {
 }
 
 #: Images older than the previous build that the prod fleet still runs at reset (report realism).
-_OLDER_IMAGES = {"prod": ("8233911", "8390187"), "prodfr2": ("8233944", "8390207")}
+_OLDER_IMAGES = {"prod": ("8390187", "8233911"), "prodfr2": ("8390207", "8233944")}
 
 
 def target_table() -> list[dict]:
@@ -142,7 +142,7 @@ def packer_console(build: str, number: int, image_map: dict, *, upstream: int | 
             " Started by timer",
         ]
     else:
-        head += ["Started by user sandbox", "Rebuilds build #%d" % (number - 1)]
+        head += ["Started by user sandbox", f"Rebuilds build #{number - 1}"]
     ws = f"/var/lib/jenkins/workspace/{IMAGE_JOB}"
     head += [
         "Running as SYSTEM",

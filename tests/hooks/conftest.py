@@ -84,8 +84,12 @@ class Sandbox:
         return response.json()
 
     def calls(self, key: str) -> int:
-        """Return how many calls the sandbox counted for ``"<system> <METHOD>"``."""
+        """Return how many calls the sandbox served for ``"<system> <METHOD>"`` (faulted ones apart)."""
         return int(self.state().get("calls", {}).get(key, 0))
+
+    def faulted(self, key: str) -> int:
+        """Return how many ``"<system> <METHOD>"`` calls an injected fault answered."""
+        return int(self.state().get("faulted_calls", {}).get(key, 0))
 
 
 @pytest.fixture(scope="session")
@@ -97,10 +101,7 @@ def sandbox_server() -> Iterator[str]:
     try:
         yield base_url
     finally:
-        server.shutdown()
-        close = getattr(server, "server_close", None)
-        if close:
-            close()
+        server.stop()
 
 
 @pytest.fixture

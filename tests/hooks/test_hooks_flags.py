@@ -68,17 +68,17 @@ def test_point_rule_writes_once(flags, sandbox):
     assert state["flag"]["rules"]["dev-south"] == NEW_MAP
     assert state["flag"]["rules"]["dev-sjc04-carrier12"] == PREVIOUS_MAP
     assert [p["target"] for p in state["promotions"]] == ["dev-south"]
-    patches = sandbox.calls("launchdarkly PATCH")
+    patches = sandbox.calls("flags PATCH")
 
     assert flags.point_rule("dev-south", NEW_MAP, "again") is False
-    assert sandbox.calls("launchdarkly PATCH") == patches, "no write when the rule already serves the map"
+    assert sandbox.calls("flags PATCH") == patches, "no write when the rule already serves the map"
     assert len(sandbox.state()["promotions"]) == 1
     assert flags.rule_value("dev-south") == NEW_MAP
 
 
 def test_point_rule_is_a_no_op_when_already_serving(flags, sandbox):
     assert flags.point_rule("ap-south", dict(PREVIOUS_MAP), "nothing to do") is False
-    assert sandbox.calls("launchdarkly PATCH") == 0
+    assert sandbox.calls("flags PATCH") == 0
     assert sandbox.state()["promotions"] == []
 
 

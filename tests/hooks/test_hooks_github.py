@@ -80,11 +80,26 @@ def test_blob_url_points_at_the_commit(github, sandbox):
     )
 
 
-def test_a_4xx_names_system_call_and_status(github, secrets):
+def test_paths_cannot_escape_the_contents_api(github):
+    for bad in ("../outside", "a/./b", "a//b", ""):
+        with pytest.raises(ValueError):
+            github.put_file(bad, "x", "bad path")
+
+
+def test_a_4xx_names_system_call_and_status(sandbox, stub_connection, secrets):
+    stub_connection(
+        "github_wrong_branch",
+        f"{sandbox.base_url}/github",
+        password="sandbox-secret-github",
+        extra={"branch": "no-such-branch", "retries": 1, "retry_wait": 0.01},
+    )
     with pytest.raises(ExternalSystemError) as info:
-        github.put_file("../outside", "x", "bad path")  # the sandbox refuses odd paths or 404s the repo
+        GitHubEvidenceHook(github_conn_id="github_wrong_branch").put_file(PATH, "x", "to a missing branch")
     error = info.value
     assert error.system == "github"
-    assert error.status is not None and 400 <= error.status < 500
-    assert error.call.startswith(("GET /api/v3/repos/alchemy-conductors/team/", "PUT /api/v3/repos/"))
+    assert error.status == 404
+    assert error.call == f"PUT /api/v3/repos/alchemy-conductors/team/contents/{PATH}"
+    assert str(error).startswith(
+        f"github PUT /api/v3/repos/alchemy-conductors/team/contents/{PATH} failed: HTTP 404"
+    )
     assert not any(secret in str(error) for secret in secrets)

@@ -82,7 +82,10 @@ class GitHubEvidenceHook(RolloutHttpHook):
 
     @staticmethod
     def _quote_path(path: str) -> str:
-        return quote(path.strip("/"), safe="/")
+        parts = path.strip("/").split("/")
+        if not path.strip("/") or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"not a plain repository file path: {path!r}")
+        return "/".join(quote(part, safe="") for part in parts)
 
     def get_file(self, path: str) -> tuple[str, str] | None:
         """

@@ -36,8 +36,8 @@ def job_url_path(job_path: str) -> str:
     parts = [part for part in job_path.strip().split("/") if part]
     if parts and parts[0] == "job":
         parts = parts[1::2]
-    if not parts:
-        raise ValueError(f"empty Jenkins job path {job_path!r}")
+    if not parts or any(part in (".", "..") for part in parts):
+        raise ValueError(f"not a Jenkins job path: {job_path!r}")
     return "".join(f"/job/{quote(part, safe='')}" for part in parts)
 
 
@@ -153,7 +153,10 @@ class JenkinsHook(RolloutHttpHook):
         return _text(response)
 
     def _artifact_path(self, job_path: str, number: int | str, relative_path: str) -> str:
-        artifact = "/".join(quote(part) for part in relative_path.strip("/").split("/"))
+        parts = relative_path.strip("/").split("/")
+        if not relative_path.strip("/") or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"not a plain artifact path: {relative_path!r}")
+        artifact = "/".join(quote(part, safe="") for part in parts)
         return f"{job_url_path(job_path)}/{self._build_ref(number)}/artifact/{artifact}"
 
     def get_artifact_text(self, job_path: str, number: int | str, relative_path: str) -> str:

@@ -1,0 +1,59 @@
+"""Play the approver: answer Airflow's pending Human-in-the-loop requests as a person would.
+
+``dag.test()`` parks an ApprovalOperator in ``awaiting_input`` until a response arrives from
+outside. This records the response the way the HITL REST endpoint does (the response on the
+``hitl_detail`` row, then the event that resumes the task), in the same metadata DB.
+"""
+
+from __future__ import annotations
+
+import threading
+
+APPROVER = {"id": "sre-approver", "name": "sre-approver"}
+
+
+def answer_pending(option: str = "Approve", user: dict | None = None) -> list[str]:
+    from airflow.models.hitl import HITLDetail
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.trigger import handle_event_submit
+    from airflow.triggers.base import TriggerEvent
+    from airflow.utils import timezone
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    answered = []
+    with create_session() as session:
+        for detail in session.scalars(select(HITLDetail).where(HITLDetail.responded_at.is_(None))).all():
+            ti = session.get(TaskInstance, detail.ti_id)
+            if ti is None or ti.state not in (TaskInstanceState.AWAITING_INPUT, TaskInstanceState.DEFERRED):
+                continue
+            detail.responded_by = dict(user or APPROVER)
+            detail.responded_at = timezone.utcnow()
+            detail.chosen_options = [option]
+            detail.params_input = {}
+            session.add(detail)
+            handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti, session=session)
+            answered.append(ti.task_id)
+    return answered
+
+
+class Approver(threading.Thread):
+    """Answer every pending request with ``option`` until stopped."""
+
+    def __init__(self, option: str = "Approve", interval: float = 0.5):
+        super().__init__(daemon=True, name="hitl-approver")
+        self.option = option
+        self.interval = interval
+        self.answered: list[str] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                self.answered += answer_pending(self.option)
+            except Exception as exc:  # the DB may be busy for a moment (SQLite); try again
+                print(f"[approver] retrying after {type(exc).__name__}: {exc}")
+
+    def stop(self) -> None:
+        self._stop_event.set()

@@ -1,0 +1,145 @@
+"""``make scenario``: one whole compressed rollout against the sandbox, in-process with ``dag.test()``.
+
+Starts (or reuses) the sandbox, resets it, applies FAULTS, runs ``immutable_image_rollout``
+with the sandbox plan, plays the prod approver, and writes the sandbox's final state to
+``build/scenario-state.json`` (and the run's task states to ``build/scenario-result.json``).
+Exits 0 when the run reached a terminal state, success or stopped safely; non-zero only when
+the harness itself broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from tests.harness.env import BUILD, ROOT, airflow_env, ensure_sandbox, sandbox_call
+
+ZERO_TIMING = {"reload_seconds": 0, "autorecovery_interval_seconds": 0.05, "approval_delay_seconds": 0,
+               "report_interval_seconds": 0.1, "rebuild_seconds": 0}
+
+
+def parse_faults(text: str) -> list[str]:
+    return [f.strip() for f in (text or "").split(",") if f.strip()]
+
+
+def prepare_airflow(home: Path, base_url: str) -> None:
+    """Point this process's Airflow at ``home`` (SQLite) and the sandbox; create the DB once."""
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.update(airflow_env(home, base_url))
+    from airflow.utils import db
+
+    marker = home / ".migrated"
+    if not marker.exists():
+        db.resetdb(skip_init=False)
+        marker.write_text("ok")
+
+
+def load_rollout_dag():
+    spec = importlib.util.spec_from_file_location("immutable_image_rollout_dag", ROOT / "dags" / "immutable_image_rollout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
+def reset_airflow_state() -> None:
+    """Forget the previous scenario's claim on the flag (the sandbox was reset too)."""
+    from airflow.models.variable import Variable
+
+    from image_rollout.operators.base import ACTIVE_BUILD_VARIABLE
+
+    Variable.delete(ACTIVE_BUILD_VARIABLE)
+
+
+def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve: str = "Approve",
+                 timing: dict | None = None, variables: dict | None = None) -> dict:
+    """Run one rollout; return ``{"state": sandbox state, "run_state", "tasks", "error"}``."""
+    from tests.harness.hitl import Approver
+
+    sandbox_call(base_url, "/_sandbox/reset", {"timing": timing} if timing else {})
+    if faults:
+        sandbox_call(base_url, "/_sandbox/faults", {"faults": faults})
+    reset_airflow_state()
+    from airflow.models.variable import Variable
+
+    for key, value in (variables or {}).items():
+        Variable.set(key, value)
+    if conf is None:
+        conf = {"build_name": sandbox_call(base_url, "/_sandbox/state")["builds"]["new"]}
+    dag = load_rollout_dag()
+    approver = Approver(approve)
+    approver.start()
+    result: dict = {"conf": conf, "faults": faults, "error": None, "run_state": None, "tasks": {}}
+    started = time.monotonic()
+    try:
+        dr = dag.test(run_conf=conf)
+        result["run_state"] = str(dr.state)
+        result["tasks"] = {
+            f"{ti.task_id}" + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state)
+            for ti in dr.get_task_instances()
+        }
+    except Exception as exc:  # a refused conf is an outcome, not a harness failure
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["run_state"] = "refused"
+    finally:
+        approver.stop()
+    result["approved"] = approver.answered
+    result["seconds"] = round(time.monotonic() - started, 1)
+    result["state"] = sandbox_call(base_url, "/_sandbox/state")
+    return result
+
+
+def summarize(result: dict) -> str:
+    state = result["state"]
+    new = state["images"]["new"]
+    rules = state["flag"]["rules"]
+    lines = [f"run: {result['run_state']} in {result['seconds']}s  faults={result['faults'] or '-'}"]
+    if result["error"]:
+        lines.append(f"refused: {result['error'][:300]}")
+    lines.append("targets serving the new build: "
+                 f"{sum(1 for v in rules.values() if v == new)}/{len(rules)}")
+    lines.append(f"promotions: {len(state['promotions'])}, evidence commits: {len(state['evidence']['commits'])}, "
+                 f"slack messages: {len(state['slack'])}")
+    failed = [t for t, s in result["tasks"].items() if s in ("failed", "upstream_failed")]
+    if failed:
+        lines.append(f"failed tasks: {', '.join(failed)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faults", default="")
+    parser.add_argument("--conf", default="")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SANDBOX_PORT", 8765)))
+    parser.add_argument("--reject", action="store_true", help="reject the prod change instead of approving it")
+    args = parser.parse_args(argv)
+    try:
+        conf = json.loads(args.conf) if args.conf.strip() else None
+    except json.JSONDecodeError as exc:
+        print(f"CONF is not JSON: {exc}", file=sys.stderr)
+        conf = {"__invalid_json__": args.conf}
+    BUILD.mkdir(exist_ok=True)
+    try:
+        _server, base_url = ensure_sandbox(args.port)
+        prepare_airflow(BUILD / "airflow-scenario", base_url)
+        result = run_scenario(base_url, faults=parse_faults(args.faults), conf=conf,
+                              approve="Reject" if args.reject else "Approve")
+    except Exception:
+        traceback.print_exc()
+        return 2
+    (BUILD / "scenario-state.json").write_text(json.dumps(result["state"], indent=2, sort_keys=True))
+    (BUILD / "scenario-result.json").write_text(
+        json.dumps({k: v for k, v in result.items() if k != "state"}, indent=2, sort_keys=True)
+    )
+    print(summarize(result))
+    print(f"state written to {BUILD / 'scenario-state.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
