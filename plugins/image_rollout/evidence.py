@@ -17,7 +17,8 @@ from pathlib import Path
 import jinja2
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "include" / "templates"
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+_MD_LINE_START = re.compile(r"^([#+\-=>!]|\d+\.)")
 _WORKER = re.compile(r"^[a-z0-9][a-z0-9-]{0,100}$")
 _CHANGE_ID = re.compile(r"^CHG\d{1,12}$")
 _IMAGE_ID = re.compile(r"^\d{1,12}$")
@@ -31,7 +32,8 @@ class EvidenceError(ValueError):
 def escape_markdown(value: object) -> str:
     """Escape Markdown syntax characters and flatten newlines, for a value from outside."""
     text = str(value).replace("\r", " ").replace("\n", " ")
-    return _MD_SPECIAL.sub(r"\\\1", text)
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return _MD_LINE_START.sub(r"\\\1", text)
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
             previous = group
             if gate_task_id(stage):
                 gates_tasks.append(dag.get_task(gate_task_id(stage)))
-        with TaskGroup("rollout_end", tooltip="Check the fleet, or roll back a failed gate") as end:
+        with TaskGroup("rollout_end", tooltip="Check the fleet, or roll back a failed gate"):
             verify_fleet = VerifyFleetOperator(task_id="verify_flag_state", plan=plan.name)
             rollback = RollbackOperator(task_id="rollback", plan=plan.name, trigger_rule=TriggerRule.ONE_FAILED)
             done = EmptyOperator(task_id="rollout_complete")

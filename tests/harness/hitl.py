@@ -8,6 +8,7 @@ outside. This records the response the way the HITL REST endpoint does (the resp
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 APPROVER = {"id": "sre-approver", "name": "sre-approver"}
 
@@ -17,7 +18,6 @@ def answer_pending(option: str = "Approve", user: dict | None = None) -> list[st
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.trigger import handle_event_submit
     from airflow.triggers.base import TriggerEvent
-    from airflow.utils import timezone
     from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
     from sqlalchemy import select
@@ -29,7 +29,7 @@ def answer_pending(option: str = "Approve", user: dict | None = None) -> list[st
             if ti is None or ti.state not in (TaskInstanceState.AWAITING_INPUT, TaskInstanceState.DEFERRED):
                 continue
             detail.responded_by = dict(user or APPROVER)
-            detail.responded_at = timezone.utcnow()
+            detail.responded_at = datetime.now(UTC)
             detail.chosen_options = [option]
             detail.params_input = {}
             session.add(detail)

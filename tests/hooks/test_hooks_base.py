@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import pickle
@@ -176,6 +177,11 @@ def test_wrong_json_shape_is_malformed(stub_server, stub_connection):
             "Token token=tok-123456789",
         ),
         (lambda: ChlorineHook(chlorine_conn_id="echo"), lambda h: h.list_carriers(), "Bearer tok-123456789"),
+        (
+            lambda: JenkinsHook(jenkins_conn_id="echo"),
+            lambda h: h.get_job("a/b"),
+            "Basic " + base64.b64encode(b"rollout:tok-123456789").decode(),
+        ),
     ],
 )
 def test_token_is_sent_as_the_system_expects_and_never_shown(
@@ -192,11 +198,12 @@ def test_token_is_sent_as_the_system_expects_and_never_shown(
             f"bad credentials: {headers.get('Authorization')}".encode(),
         )
 
-    stub_connection("echo", f"{stub_server(echo)}/api", password="tok-123456789")
+    stub_connection("echo", f"{stub_server(echo)}/api", login="rollout", password="tok-123456789")
     with caplog.at_level(logging.DEBUG), pytest.raises(ExternalSystemError) as info:
         call(hook_factory())
     assert received == [header], "one attempt only: 4xx is not retried"
     assert info.value.status == 401
-    assert "tok-123456789" not in str(info.value)
-    assert "***" in str(info.value)
-    assert "tok-123456789" not in caplog.text + capsys.readouterr().out
+    shown = str(info.value) + caplog.text + capsys.readouterr().out
+    assert "tok-123456789" not in shown
+    assert header.split()[-1] not in shown
+    assert "bad credentials: ***" in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections.abc import Iterator
@@ -73,6 +74,14 @@ class JenkinsHook(RolloutHttpHook):
     ) -> None:
         super().__init__(conn_id=jenkins_conn_id, timeout=timeout, retries=retries, retry_wait=retry_wait)
         self.jenkins_conn_id = jenkins_conn_id
+
+    def secrets(self) -> list[str]:
+        """The API token, and the basic-auth header value that carries it (an echoing proxy may show it)."""
+        secrets = super().secrets()
+        login, password = self.connection.login, self.connection.password
+        if login and password:
+            secrets.append(base64.b64encode(f"{login}:{password}".encode()).decode("ascii"))
+        return secrets
 
     @staticmethod
     def _build_ref(number_or_alias: int | str) -> str:

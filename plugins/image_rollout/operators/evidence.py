@@ -101,7 +101,8 @@ class RecordApprovalOperator(RolloutOperator):
         filed = self.pull(context, self.file_task_id) or {}
         user = (approval.get("responded_by_user") or {})
         who = user.get("name") or user.get("id") or "unknown"
-        when = approval.get("responded_at") or iso(utcnow())
+        when = approval.get("responded_at") or utcnow()
+        when = iso(when) if hasattr(when, "astimezone") else str(when)
         record = Record("Prod change approval", (
             f"{self.target} change request {filed.get('request_id')} approved in Airflow by {who} at {when}",
             f"Evidence hash on the change request: {filed.get('evidence_sha')}",

@@ -1,0 +1,711 @@
+"""The sandbox against its contract (include/sandbox/API.md), over real HTTP to an in-process server.
+
+The hooks are written from the same contract, so what these tests pin is what the hooks may rely on.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import threading
+import time
+
+import pytest
+import requests
+
+from include.sandbox import serve_in_thread
+
+PREVIOUS_MAP = {"dev": "8495980", "prod": "8496814", "prodfr2": "8496850", "stage": "8496586"}
+NEW_MAP = {"dev": "8935101", "prod": "8935154", "prodfr2": "8935160", "stage": "8935122"}
+PREVIOUS_BUILD = "532-1250-879-20210818"
+NEW_BUILD = "533-1251-880-20211101"
+TARGETS = [
+    "dev-sjc04-carrier12", "dev-south", "prestage-mon01-carrier1", "prestage-south", "stage-dal10-carrier0",
+    "stage-south", "ap-south", "ap-north", "eu-central", "uk-south", "us-east", "us-south", "br-sao", "ca-tor",
+    "jp-osa", "eu-fr2",
+]
+IMAGE_JOB = "/jenkins/job/Conductors/job/oceanPI/job/immutable_image"
+SMITH_JOB = "/jenkins/job/Conductors/job/Conductors-Infrastructure/job/SmithPackageSync-V2"
+REPORT_JOB = "/jenkins/job/Conductors/job/Conductors-Infrastructure/job/reportCarrierWorkerIaasImageCounts"
+FLAG = "/launchdarkly/api/v2/flags/default/worker-image"
+APPROVALS = "/launchdarkly/api/v2/projects/default/flags/worker-image/environments/production/approval-requests"
+CONTENTS = "/github/api/v3/repos/alchemy-conductors/team/contents"
+EVIDENCE = f"train_evidence/smith-immutable-image/immutableimage_{NEW_BUILD}_evidence.md"
+RELOADS = "/chlorine/api/v1/reloads"
+SEMANTIC = {"Content-Type": "application/json; domain-model=launchdarkly.semanticpatch"}
+#: Fast and quiet by default: no autorecovery or reports unless a test turns them on.
+FAST = {"reload_seconds": 0.2, "autorecovery_interval_seconds": 0, "approval_delay_seconds": 0.4,
+        "report_interval_seconds": 0, "rebuild_seconds": 0.2}
+
+
+class Client:
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = requests.Session()
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.http.get(self.base + path, timeout=5, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return self.http.post(self.base + path, timeout=5, **kw)
+
+    def put(self, path: str, **kw) -> requests.Response:
+        return self.http.put(self.base + path, timeout=5, **kw)
+
+    def patch(self, path: str, **kw) -> requests.Response:
+        return self.http.patch(self.base + path, timeout=5, **kw)
+
+    def reset(self, **timing: float) -> None:
+        r = self.post("/_sandbox/reset", json={"timing": {**FAST, **timing}})
+        assert r.status_code == 200 and r.json()["ok"] is True, r.text
+
+    def faults(self, *names: str) -> requests.Response:
+        return self.post("/_sandbox/faults", json={"faults": list(names)})
+
+    def state(self) -> dict:
+        r = self.get("/_sandbox/state")
+        assert r.status_code == 200
+        return r.json()
+
+    def flag(self) -> dict:
+        r = self.get(FLAG)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def instruction(self, target: str, image_map: dict) -> dict:
+        flag = self.flag()
+        rule = next(r for r in flag["environments"]["production"]["rules"] if r["ref"] == target)
+        variation = next(v for v in flag["variations"] if v["value"] == image_map)
+        return {"kind": "updateRuleVariationOrRollout", "ruleId": rule["_id"], "variationId": variation["_id"]}
+
+    def promote(self, target: str, image_map: dict = NEW_MAP) -> requests.Response:
+        body = {"environmentKey": "production", "comment": f"promote {target}",
+                "instructions": [self.instruction(target, image_map)]}
+        return self.patch(FLAG, json=body, headers=SEMANTIC)
+
+    def train(self, target: str, **config: object) -> requests.Response:
+        integration = {
+            "acceptanceTests": {"link": "https://ghe/evidence", "hashValue": "a" * 40, "hashType": "Git Commit"},
+            "buildSecurityTests": {"link": "https://ghe/evidence", "hashValue": "a" * 40, "hashType": "Git Commit"},
+            "securityOnly": True, "securityImpact": "https://ghe/concept-doc",
+            "details": f"Promoting immutable image build {NEW_BUILD}-prod", "backoutPlan": "Rollback to previous version",
+            "previousDeployment": None, "target": target, "build": NEW_BUILD, **config,
+        }
+        body = {"description": f"Promote {NEW_BUILD} to {target}", "instructions": [self.instruction(target, NEW_MAP)],
+                "notifyMemberIds": [], "integrationConfig": integration}
+        return self.post(APPROVALS, json=body)
+
+    def reloads(self, **params: str) -> list[dict]:
+        r = self.get(RELOADS, params=params)
+        assert r.status_code == 200, r.text
+        return r.json()["reloads"]
+
+
+def wait_for(check, timeout: float = 5.0, interval: float = 0.05):
+    """Poll until `check()` returns something truthy; the sandbox's clock is real time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    server, base = serve_in_thread(0)
+    yield base
+    server.stop()
+
+
+@pytest.fixture
+def c(base_url) -> Client:
+    client = Client(base_url)
+    client.reset()
+    return client
+
+
+# ---------------------------------------------------------------------------- seed
+
+
+def test_seed_state_matches_contract(c):
+    state = c.state()
+    assert state["images"] == {"previous": PREVIOUS_MAP, "new": NEW_MAP}
+    assert state["builds"] == {"previous": PREVIOUS_BUILD, "new": NEW_BUILD}
+    assert list(state["flag"]["rules"]) == TARGETS
+    assert all(m == PREVIOUS_MAP for m in state["flag"]["rules"].values())
+    assert state["promotions"] == [] and state["reloads"] == [] and state["slack"] == []
+    assert state["incidents"] == [] and state["approval_requests"] == [] and state["faults"] == []
+    assert state["evidence"] == {"path": EVIDENCE, "commits": []}
+    targets = {t["target"]: t for t in state["targets"]}
+    assert targets["ap-south"] == {"target": "ap-south", "carriers": ["prod-syd01-carrier4", "prod-syd04-carrier2"],
+                                   "image_key": "prod"}
+    assert targets["stage-dal10-carrier0"]["carriers"] == ["stgiks-dal10-carrier0"]
+    assert targets["eu-fr2"]["image_key"] == "prodfr2"
+    assert {t["image_key"] for t in state["targets"][:4]} == {"dev"}
+
+
+def test_seed_flag_shape(c):
+    flag = c.flag()
+    assert flag["key"] == "worker-image" and flag["kind"] == "multivariate"
+    assert [v["value"] for v in flag["variations"]] == [PREVIOUS_MAP, NEW_MAP]
+    env = flag["environments"]["production"]
+    assert env["on"] is True and env["fallthrough"] == {"variation": 0}
+    assert [r["ref"] for r in env["rules"]] == TARGETS
+    rule = env["rules"][0]
+    assert rule["variation"] == 0 and rule["description"] == rule["ref"]
+    assert rule["clauses"][0]["attribute"] == "target" and rule["clauses"][0]["values"] == [rule["ref"]]
+    assert c.get(FLAG, params={"env": "production"}).json() == flag
+    # ids are stable across resets (hooks may remember them)
+    c.reset()
+    assert c.flag()["environments"]["production"]["rules"][0]["_id"] == rule["_id"]
+    assert c.get("/launchdarkly/api/v2/flags/default/nope").status_code == 404
+
+
+def test_seed_jenkins_builds(c):
+    host = {"Host": "jenkins-sandbox.test:9999"}
+    build = c.get(f"{IMAGE_JOB}/434/api/json", headers=host).json()
+    assert build["url"] == "http://jenkins-sandbox.test:9999/jenkins/job/Conductors/job/oceanPI/job/immutable_image/434/"
+    assert build["result"] == "SUCCESS" and build["building"] is False
+    assert build["displayName"] == NEW_BUILD and isinstance(build["timestamp"], int)
+    causes = build["actions"][0]["causes"]
+    assert causes[0]["upstreamProject"] == "Conductors/Conductors-Infrastructure/SmithPackageSync-V2"
+    assert causes[0]["upstreamBuild"] == 1207
+    params = build["actions"][1]["parameters"]
+    assert {"name": "BUILD_NAME", "value": NEW_BUILD}.items() <= params[0].items()
+    assert [a["relativePath"] for a in build["artifacts"]] == ["image_ids.json"]
+    assert c.get(f"{IMAGE_JOB}/434/artifact/image_ids.json").json() == NEW_MAP
+    assert c.get(f"{IMAGE_JOB}/433/artifact/image_ids.json").json() == PREVIOUS_MAP
+    assert c.get(f"{IMAGE_JOB}/lastSuccessfulBuild/api/json").json()["number"] == 434
+    console = c.get(f"{IMAGE_JOB}/434/consoleText")
+    assert console.headers["Content-Type"].startswith("text/plain")
+    lines = console.text.splitlines()
+    assert 24 <= len(lines) <= 120 and lines[-1] == "Finished: SUCCESS"
+    assert "8935154" in console.text and "packer" in console.text.lower()
+    job = c.get(f"{IMAGE_JOB}/api/json").json()
+    assert job["fullName"] == "Conductors/oceanPI/immutable_image"
+    assert [b["number"] for b in job["builds"]] == [434, 433] and job["nextBuildNumber"] == 435
+    assert job["lastBuild"]["number"] == job["lastSuccessfulBuild"]["number"] == 434 and job["inQueue"] is False
+    smith = c.get(f"{SMITH_JOB}/1207/api/json").json()
+    assert smith["result"] == "SUCCESS"
+    root = c.get("/jenkins/api/json").json()
+    assert [j["name"] for j in root["jobs"]] == ["Conductors"]
+    assert c.get("/jenkins/crumbIssuer/api/json").json()["crumbRequestField"] == "Jenkins-Crumb"
+    assert c.get(f"{IMAGE_JOB}/999/api/json").status_code == 404
+
+
+def test_seed_chlorine_carriers(c):
+    carriers = {x["name"]: x for x in c.get("/chlorine/api/v1/carriers").json()["carriers"]}
+    assert len(carriers) == 17
+    for name, carrier in carriers.items():
+        assert 6 <= len(carrier["workers"]) <= 10
+        assert all(re.fullmatch(rf"{name}-worker-\d+", w) for w in carrier["workers"])
+    assert "dev-sjc04-carrier12-worker-504" in carriers["dev-sjc04-carrier12"]["workers"]
+    assert "stgiks-dal10-carrier0-worker-1038" in carriers["stgiks-dal10-carrier0"]["workers"]
+    assert carriers["prod-par04-carrier1"]["region"] == "eu-fr2"
+    assert carriers["prod-par04-carrier1"]["image_key"] == "prodfr2"
+
+
+# ---------------------------------------------------------------------------- control
+
+
+def test_reset_clears_faults_and_state(c):
+    assert c.faults("slack_down", "train_rejected").json() == {"ok": True, "faults": ["slack_down", "train_rejected"]}
+    assert c.promote("dev-sjc04-carrier12").status_code == 200
+    c.post(RELOADS, json={"carrier": "dev-sjc04-carrier12", "reason": "test"})
+    c.put(f"{CONTENTS}/{EVIDENCE}", json={"message": "m", "content": base64.b64encode(b"x").decode()})
+    before = c.state()
+    assert before["promotions"] and before["reloads"] and before["evidence"]["commits"] and before["faults"]
+    c.reset()
+    after = c.state()
+    assert after["faults"] == [] and after["promotions"] == [] and after["reloads"] == []
+    assert after["evidence"]["commits"] == [] and after["calls"] == {}
+    assert after["flag"]["rules"]["dev-sjc04-carrier12"] == PREVIOUS_MAP
+    assert c.get(f"{CONTENTS}/{EVIDENCE}").status_code == 404
+    assert c.post("/slack/api/chat.postMessage", json={"channel": "#x", "text": "hi"}).json()["ok"] is True
+
+
+@pytest.mark.parametrize("name", ["no_such_fault", "reload_fail:nowhere", "autorecovery_slow:mars", "reload_fail",
+                                  "slack_down:now"])
+def test_unknown_fault_is_rejected_by_name(c, name):
+    r = c.faults("slack_down", name)
+    assert r.status_code == 400
+    assert name.split(":")[0] in r.json()["error"]
+    assert c.state()["faults"] == []  # nothing applied when one name is bad
+
+
+def test_reset_rejects_unknown_timing(c):
+    r = c.post("/_sandbox/reset", json={"timing": {"reload_secs": 1}})
+    assert r.status_code == 400 and "reload_secs" in r.json()["error"]
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+def _fault_jenkins_build_failed(c):
+    build = c.get(f"{IMAGE_JOB}/434/api/json").json()
+    assert build["result"] == "FAILURE" and build["artifacts"] == []
+    log = c.get(f"{IMAGE_JOB}/434/consoleText").text
+    assert "ERROR: packer build failed" in log and log.rstrip().endswith("Finished: FAILURE")
+    assert c.get(f"{IMAGE_JOB}/lastSuccessfulBuild/api/json").json()["number"] == 433
+    rebuild = _rebuild(c)
+    assert rebuild["result"] == "FAILURE"
+    assert "ERROR:" in c.get(f"{IMAGE_JOB}/{rebuild['number']}/consoleText").text
+
+
+def _rebuild(c) -> dict:
+    r = c.post(f"{IMAGE_JOB}/build")
+    assert r.status_code == 201
+    queue_path = r.headers["Location"].removeprefix(c.base)
+    item = c.get(queue_path + "api/json").json()
+    number = item["executable"]["number"]
+    assert number == 435
+    return wait_for(lambda: (b := c.get(f"{IMAGE_JOB}/{number}/api/json").json())["result"] and b)
+
+
+def _fault_jenkins_build_timeout(c):
+    build = c.get(f"{IMAGE_JOB}/434/api/json").json()
+    assert build["result"] == "FAILURE"
+    assert "Build timed out (after 120 minutes). Marking the build as failed." in \
+        c.get(f"{IMAGE_JOB}/434/consoleText").text
+    r = c.post(f"{IMAGE_JOB}/build")
+    number = c.get(r.headers["Location"].removeprefix(c.base) + "api/json").json()["executable"]["number"]
+    running = c.get(f"{IMAGE_JOB}/{number}/api/json").json()
+    assert running["building"] is True and running["result"] is None
+    done = wait_for(lambda: (b := c.get(f"{IMAGE_JOB}/{number}/api/json").json())["result"] and b)
+    assert done["result"] == "SUCCESS" and done["displayName"] == NEW_BUILD
+    assert c.get(f"{IMAGE_JOB}/{number}/artifact/image_ids.json").json() == NEW_MAP
+    assert c.get(f"{IMAGE_JOB}/{number}/consoleText").text.rstrip().endswith("Finished: SUCCESS")
+
+
+def _transient(c, path: str, status: int, system_method: str):
+    assert [c.get(path).status_code for _ in range(4)] == [status] * 3 + [200]
+    state = c.state()
+    assert state["faulted_calls"][system_method] == 3 and state["calls"][system_method] == 1
+    assert state["faults"] == []
+
+
+def _fault_jenkins_5xx(c):
+    _transient(c, f"{IMAGE_JOB}/434/api/json", 503, "jenkins GET")
+
+
+def _fault_flags_5xx(c):
+    _transient(c, FLAG, 503, "flags GET")
+
+
+def _fault_github_5xx(c):
+    _transient(c, f"{CONTENTS}/README.md", 502, "github GET")
+
+
+def _fault_flags_conflict(c):
+    assert c.get(FLAG).status_code == 200  # reads are not writes
+    first, second = c.promote("dev-south"), c.promote("dev-south")
+    assert (first.status_code, second.status_code) == (409, 409) and first.json()["code"] == "conflict"
+    assert c.state()["flag"]["rules"]["dev-south"] == PREVIOUS_MAP
+    assert c.promote("dev-south").status_code == 200
+    state = c.state()
+    assert state["flag"]["rules"]["dev-south"] == NEW_MAP and len(state["promotions"]) == 1
+    assert state["calls"]["flags PATCH"] == 1 and state["faulted_calls"]["flags PATCH"] == 2
+
+
+def _fault_github_conflict(c):
+    body = {"message": "Add evidence", "content": base64.b64encode(b"evidence\n").decode(), "branch": "master"}
+    assert [c.put(f"{CONTENTS}/{EVIDENCE}", json=body).status_code for _ in range(2)] == [409, 409]
+    assert c.get(f"{CONTENTS}/{EVIDENCE}").status_code == 404  # not applied
+    assert c.put(f"{CONTENTS}/{EVIDENCE}", json=body).status_code == 201
+    assert len(c.state()["evidence"]["commits"]) == 1
+
+
+def _fault_reload_fail(c):
+    bad = c.post(RELOADS, json={"carrier": "dev-sjc04-carrier12", "reason": "test"}).json()
+    good = c.post(RELOADS, json={"carrier": "dev-dal10-carrier2", "reason": "test"}).json()
+    done = wait_for(lambda: all(r["status"] != "pending" for r in c.reloads()) and c.reloads())
+    status = {r["id"]: r["status"] for r in done}
+    assert status == {bad["id"]: "failed", good["id"]: "succeeded"}
+    assert [r["result"] for r in c.state()["reloads"]] == ["failed", "succeeded"]
+
+
+def _fault_autorecovery_failed_alert(c):
+    c.reset(autorecovery_interval_seconds=0.05, reload_seconds=0.05)
+    assert c.faults("autorecovery_failed_alert:ap-south").status_code == 200
+    time.sleep(0.4)
+    incidents = "/pagerduty/incidents"
+    params = {"service_ids[]": "PM2KE3Q"}
+    assert c.get(incidents, params=params).json()["incidents"] == []  # old map served: no alert yet
+    assert c.promote("ap-south").status_code == 200
+    found = wait_for(lambda: c.get(incidents, params=params).json()["incidents"])
+    assert len(found) == 1
+    incident = found[0]
+    assert re.fullmatch(r"autorecovery_failed: prod-syd0[14]-carrier[42] prod-syd0[14]-carrier[42]-worker-\d+ in ap-south",
+                        incident["title"])
+    assert incident["status"] == "triggered" and incident["service"] == {
+        **incident["service"], "id": "PM2KE3Q", "summary": "armada-infra - low - prod"}
+    failed = c.reloads(region="ap-south", kind="autorecovery", status="failed")
+    assert len(failed) == 1 and failed[0]["worker"] in incident["title"] and failed[0]["image_id"] == "8935154"
+    later = c.get(incidents, params={**params, "since": incident["created_at"][:-5] + "9Z"}).json()
+    assert later["total"] in (0, 1) and c.state()["incidents"][0]["region"] == "ap-south"
+
+
+def _fault_autorecovery_slow(c):
+    c.reset(autorecovery_interval_seconds=0.05, reload_seconds=0)
+    assert c.faults("autorecovery_slow:ap-north").status_code == 200
+    time.sleep(1.2)
+    slow = len(c.reloads(region="ap-north", kind="autorecovery"))
+    normal = len(c.reloads(region="uk-south", kind="autorecovery"))
+    assert normal >= 10 and slow <= 2, (slow, normal)
+
+
+def _fault_train_rejected(c):
+    stage = c.train("stage-dal10-carrier0").json()
+    assert stage["reviewStatus"] == "approved"  # stage trains are not affected
+    prod = c.train("ap-south").json()
+    assert prod["reviewStatus"] == "pending"
+    decided = wait_for(lambda: (r := c.get(f"{APPROVALS}/{prod['_id']}").json())["reviewStatus"] != "pending" and r)
+    assert decided["reviewStatus"] == "declined"
+    assert c.post(f"{APPROVALS}/{prod['_id']}/apply", json={}).status_code == 400
+    other = c.train("ap-north").json()
+    reviewed = c.post(f"{APPROVALS}/{other['_id']}/reviews", json={"kind": "approve", "comment": "lgtm"}).json()
+    assert reviewed["reviewStatus"] == "declined"
+    assert c.state()["flag"]["rules"]["ap-south"] == PREVIOUS_MAP
+
+
+def _fault_slack_down(c):
+    r = c.post("/slack/api/chat.postMessage", json={"channel": "#sre-cfs-patching", "text": "hello"})
+    assert r.status_code == 503
+    assert c.post("/slack/api/auth.test").status_code == 503
+    time.sleep(0.2)
+    assert c.post("/slack/api/chat.postMessage", json={"channel": "#x", "text": "again"}).status_code == 503
+    assert c.state()["slack"] == []
+
+
+FAULT_CHECKS = {
+    "jenkins_build_failed": _fault_jenkins_build_failed,
+    "jenkins_build_timeout": _fault_jenkins_build_timeout,
+    "jenkins_5xx": _fault_jenkins_5xx,
+    "flags_5xx": _fault_flags_5xx,
+    "flags_conflict": _fault_flags_conflict,
+    "github_5xx": _fault_github_5xx,
+    "github_conflict": _fault_github_conflict,
+    "reload_fail:dev-sjc04-carrier12": _fault_reload_fail,
+    "autorecovery_failed_alert:ap-south": _fault_autorecovery_failed_alert,
+    "autorecovery_slow:ap-north": _fault_autorecovery_slow,
+    "train_rejected": _fault_train_rejected,
+    "slack_down": _fault_slack_down,
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULT_CHECKS))
+def test_fault_has_observable_effect(c, fault):
+    if not fault.startswith("autorecovery_"):  # those reset with their own timing first
+        r = c.faults(fault)
+        assert r.status_code == 200 and fault in c.get("/_sandbox/state").json()["faults_applied"]
+    FAULT_CHECKS[fault](c)
+
+
+def test_every_contract_fault_is_tested():
+    names = {f.split(":")[0] for f in FAULT_CHECKS}
+    assert names == {
+        "jenkins_build_failed", "jenkins_build_timeout", "jenkins_5xx", "flags_5xx", "flags_conflict", "github_5xx",
+        "github_conflict", "reload_fail", "autorecovery_failed_alert", "autorecovery_slow", "train_rejected",
+        "slack_down",
+    }
+
+
+# ---------------------------------------------------------------------------- flags
+
+
+def test_semantic_patch_changes_rule_and_records_promotion(c):
+    r = c.promote("dev-sjc04-carrier12")
+    assert r.status_code == 200
+    flag = r.json()
+    rule = next(x for x in flag["environments"]["production"]["rules"] if x["ref"] == "dev-sjc04-carrier12")
+    assert flag["variations"][rule["variation"]]["value"] == NEW_MAP
+    state = c.state()
+    assert state["flag"]["rules"]["dev-sjc04-carrier12"] == NEW_MAP
+    assert state["flag"]["rules"]["dev-south"] == PREVIOUS_MAP
+    (promotion,) = state["promotions"]
+    assert promotion["target"] == "dev-sjc04-carrier12"
+    assert (promotion["build"], promotion["from_build"]) == (NEW_BUILD, PREVIOUS_BUILD)
+    assert promotion["change_request"] is None and promotion["approval"] is None and promotion["evidence_sha"] is None
+    assert promotion["time"].endswith("Z")
+    # A no-op write is not a promotion, but it is a call.
+    assert c.promote("dev-sjc04-carrier12").status_code == 200
+    state = c.state()
+    assert len(state["promotions"]) == 1 and state["calls"]["flags PATCH"] == 2
+    # Rollback is a promotion back to the previous build.
+    c.promote("dev-sjc04-carrier12", PREVIOUS_MAP)
+    assert [p["build"] for p in c.state()["promotions"]] == [NEW_BUILD, PREVIOUS_BUILD]
+
+
+def test_semantic_patch_rejects_bad_input(c):
+    bad_rule = {"environmentKey": "production", "instructions": [
+        {"kind": "updateRuleVariationOrRollout", "ruleId": "nope", "variationId": "x"}]}
+    r = c.patch(FLAG, json=bad_rule, headers=SEMANTIC)
+    assert r.status_code == 400 and r.json()["code"] == "invalid_request" and "nope" in r.json()["message"]
+    good = {"environmentKey": "production", "instructions": [c.instruction("dev-south", NEW_MAP)]}
+    assert c.patch(FLAG, json=good).status_code == 400  # plain JSON is not a semantic patch
+    assert c.patch(FLAG, json={**good, "environmentKey": "test"}, headers=SEMANTIC).status_code == 400
+    assert c.state()["promotions"] == []
+
+
+def test_add_variation_then_promote(c):
+    other = {"dev": "9000001", "prod": "9000002", "prodfr2": "9000003", "stage": "9000004"}
+    body = {"environmentKey": "production", "instructions": [{"kind": "addVariation", "value": other, "name": "x"}]}
+    assert c.patch(FLAG, json=body, headers=SEMANTIC).status_code == 200
+    assert c.patch(FLAG, json=body, headers=SEMANTIC).status_code == 400  # values are unique
+    assert c.promote("dev-south", other).status_code == 200
+    assert c.state()["promotions"][0]["build"] == "x"
+
+
+# ---------------------------------------------------------------------------- approval requests
+
+
+def test_stage_train_is_auto_approved_and_applied_once(c):
+    r = c.train("stage-dal10-carrier0", acceptanceTests={"link": "l", "hashValue": "b" * 40, "hashType": "Git Commit"})
+    assert r.status_code == 201
+    request = r.json()
+    assert request["reviewStatus"] == "approved" and request["status"] == "pending"
+    assert request["appliedDate"] is None and request["integrationConfig"]["target"] == "stage-dal10-carrier0"
+    assert isinstance(request["creationDate"], int) and request["allReviews"][0]["kind"] == "approve"
+    applied = c.post(f"{APPROVALS}/{request['_id']}/apply", json={"comment": "go"})
+    assert applied.status_code == 200
+    assert applied.json()["status"] == "completed" and isinstance(applied.json()["appliedDate"], int)
+    again = c.post(f"{APPROVALS}/{request['_id']}/apply", json={"comment": "go"})
+    assert again.status_code == 400 and "already applied" in again.json()["message"]
+    state = c.state()
+    (promotion,) = state["promotions"]
+    assert promotion["target"] == "stage-dal10-carrier0" and promotion["evidence_sha"] == "b" * 40
+    assert promotion["request_id"] == request["_id"] and promotion["approval"] == "approved"
+    assert promotion["change_request"]["backoutPlan"] == "Rollback to previous version"
+    assert state["flag"]["rules"]["stage-dal10-carrier0"] == NEW_MAP
+    listed = c.get(APPROVALS).json()["items"]
+    assert [x["_id"] for x in listed] == [request["_id"]] and listed[0]["status"] == "completed"
+
+
+def test_prod_train_approved_by_review(c):
+    c.reset(approval_delay_seconds=60)
+    request = c.train("ap-south").json()
+    assert request["reviewStatus"] == "pending"
+    early = c.post(f"{APPROVALS}/{request['_id']}/apply", json={})
+    assert early.status_code == 400 and c.state()["promotions"] == []
+    reviewed = c.post(f"{APPROVALS}/{request['_id']}/reviews", json={"kind": "approve", "comment": "ok"})
+    assert reviewed.status_code == 200 and reviewed.json()["reviewStatus"] == "approved"
+    assert c.post(f"{APPROVALS}/{request['_id']}/apply", json={}).status_code == 200
+    assert c.state()["flag"]["rules"]["ap-south"] == NEW_MAP
+
+
+def test_prod_train_approved_after_delay(c):
+    request = c.train("ap-south").json()
+    assert request["reviewStatus"] == "pending"
+    done = wait_for(lambda: (r := c.get(f"{APPROVALS}/{request['_id']}").json())["reviewStatus"] != "pending" and r)
+    assert done["reviewStatus"] == "approved" and done["status"] == "pending"
+    assert c.state()["flag"]["rules"]["ap-south"] == PREVIOUS_MAP  # approval alone promotes nothing
+
+
+def test_approval_request_errors(c):
+    assert c.get(f"{APPROVALS}/0123456789abcdef01234567").status_code == 404
+    bad = {"description": "x", "instructions": [{"kind": "updateRuleVariationOrRollout", "ruleId": "?",
+                                                  "variationId": "?"}]}
+    assert c.post(APPROVALS, json=bad).status_code == 400
+    wrong_env = APPROVALS.replace("/production/", "/staging/")
+    assert c.get(wrong_env).status_code == 404
+
+
+# ---------------------------------------------------------------------------- github
+
+
+def _blob_sha(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def test_github_contents_and_sha_rules(c):
+    url = f"{CONTENTS}/{EVIDENCE}"
+    first = b"### Evidence\n"
+    put = lambda body: c.put(url, json={"message": "evidence", "branch": "master", **body})  # noqa: E731
+    assert put({"content": base64.b64encode(first).decode(), "sha": "0" * 40}).status_code == 422
+    created = put({"content": base64.b64encode(first).decode()})
+    assert created.status_code == 201
+    commit1 = created.json()["commit"]["sha"]
+    assert re.fullmatch(r"[0-9a-f]{40}", commit1) and created.json()["content"]["sha"] == _blob_sha(first)
+    got = c.get(url, params={"ref": "master"}).json()
+    assert got["sha"] == _blob_sha(first) and got["encoding"] == "base64"
+    assert all(len(line) <= 60 for line in got["content"].splitlines())
+    assert base64.b64decode(got["content"]) == first
+    second = first + b"### stage reloads\n"
+    missing = put({"content": base64.b64encode(second).decode()})
+    wrong = put({"content": base64.b64encode(second).decode(), "sha": "f" * 40})
+    assert (missing.status_code, wrong.status_code) == (409, 409)
+    updated = put({"content": base64.b64encode(second).decode(), "sha": got["sha"]})
+    assert updated.status_code == 200
+    commit2 = updated.json()["commit"]["sha"]
+    commits = c.get("/github/api/v3/repos/alchemy-conductors/team/commits",
+                    params={"path": EVIDENCE, "sha": "master", "per_page": 5}).json()
+    assert [x["sha"] for x in commits] == [commit2, commit1]
+    assert commits[0]["commit"]["message"] == "evidence" and commits[0]["commit"]["committer"]["date"].endswith("Z")
+    # The file as it was at the first commit, through the API and the html link.
+    assert base64.b64decode(c.get(url, params={"ref": commit1}).json()["content"]) == first
+    assert c.get(f"/github/alchemy-conductors/team/blob/{commit1}/{EVIDENCE}").text == first.decode()
+    evidence = c.state()["evidence"]
+    assert evidence["path"] == EVIDENCE
+    assert [(x["sha"], x["content"]) for x in evidence["commits"]] == [(commit1, first.decode()),
+                                                                     (commit2, second.decode())]
+    assert c.get(f"{CONTENTS}/no/such/file.md").json() == {**c.get(f"{CONTENTS}/no/such/file.md").json(),
+                                                          "message": "Not Found"}
+
+
+# ---------------------------------------------------------------------------- chlorine
+
+
+def test_requested_reload_boots_the_image_the_rule_serves(c):
+    before = c.post(RELOADS, json={"carrier": "dev-sjc04-carrier12", "reason": "pre"}).json()
+    assert before["status"] == "pending" and re.fullmatch(r"CHG\d{7}", before["change_id"])
+    assert before["kind"] == "requested" and before["worker"].startswith("dev-sjc04-carrier12-worker-")
+    c.promote("dev-sjc04-carrier12")
+    named = c.post(RELOADS, json={"carrier": "dev-sjc04-carrier12", "worker": "dev-sjc04-carrier12-worker-504",
+                                  "reason": "acceptance"})
+    assert named.status_code == 202 and named.json()["worker"] == "dev-sjc04-carrier12-worker-504"
+    third = c.post(RELOADS, json={"carrier": "dev-sjc04-carrier12", "reason": "acceptance"}).json()
+    assert len({before["worker"], named.json()["worker"], third["worker"]}) == 3
+    done = wait_for(lambda: (rs := c.reloads(carrier="dev-sjc04-carrier12", kind="requested"))
+                    and all(r["status"] == "succeeded" for r in rs) and rs)
+    assert [r["image_id"] for r in done] == ["8495980", "8935101", "8935101"]
+    assert all(r["finished_at"] and r["region"] == "dev-sjc04-carrier12" for r in done)
+    since = c.reloads(since=done[1]["requested_at"])
+    assert [r["id"] for r in since] == [done[1]["id"], done[2]["id"]]
+    assert c.post(RELOADS, json={"carrier": "nowhere"}).status_code == 404
+    assert c.post(RELOADS, json={"carrier": "dev-south", "worker": "dev-sjc04-carrier12-worker-504"}).status_code == 400
+    state_reloads = c.state()["reloads"]
+    assert {"carrier", "worker", "change_id", "image_id", "result", "kind", "time"} <= set(state_reloads[0])
+
+
+def test_autorecovery_events_accumulate(c):
+    c.reset(autorecovery_interval_seconds=0.05, reload_seconds=0.05)
+    c.promote("ap-south")
+    time.sleep(0.8)
+    first = c.reloads(region="ap-south", kind="autorecovery")
+    time.sleep(0.4)
+    second = c.reloads(region="ap-south", kind="autorecovery")
+    assert len(second) > len(first) >= 10
+    assert {r["carrier"] for r in second} == {"prod-syd01-carrier4", "prod-syd04-carrier2"}
+    assert {r["image_id"] for r in second if r["status"] == "succeeded"} == {"8935154"}
+    assert all(r["kind"] == "autorecovery" and r["region"] == "ap-south" for r in second)
+    fr2 = c.reloads(region="eu-fr2", kind="autorecovery")
+    assert fr2 and {r["image_id"] for r in fr2} == {"8496850"}
+    assert c.reloads(kind="requested") == []
+    assert c.get("/_sandbox/state", params={"autorecovery": "0"}).json()["reloads"] == []
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+def _counts(text: str) -> dict[str, int]:
+    return {m.group(2): int(m.group(1)) for m in re.finditer(r"^ *(\d+) (?:imageid:)?(\d+)$", text, re.M)}
+
+
+def _per_carrier(text: str) -> dict[str, dict[str, int]]:
+    blocks = re.split(r"^# CARRIER: (\S+)\n", text, flags=re.M)[1:]
+    return {blocks[i]: _counts(blocks[i + 1]) for i in range(0, len(blocks), 2)}
+
+
+def test_report_artifacts_format_and_rollout_growth(c):
+    last = c.get(f"{REPORT_JOB}/lastSuccessfulBuild/api/json").json()
+    assert sorted(a["relativePath"] for a in last["artifacts"]) == ["prod-531277-counts-per-carrier.log",
+                                                                    "prod-531277-counts.log"]
+    account = c.get(f"{REPORT_JOB}/lastSuccessfulBuild/artifact/prod-531277-counts.log").text
+    lines = account.splitlines()
+    assert lines[:3] == ["# -----------------------------", "# Image counts for this account",
+                         "# -----------------------------"]
+    assert all(re.fullmatch(r"[ \d]{7} \d+", line) for line in lines[3:])
+    per = c.get(f"{REPORT_JOB}/lastSuccessfulBuild/artifact/prod-531277-counts-per-carrier.log").text
+    assert all(re.fullmatch(r"# CARRIER: \S+|[ \d]{7} imageid:\d+", line) for line in per.splitlines())
+    carriers = _per_carrier(per)
+    assert len(carriers) == 11 and all(sum(v.values()) == 200 for v in carriers.values())
+    assert sum(_counts(account).values()) == 11 * 200
+    assert "8496850" in carriers["prod-par04-carrier1"] and "8935154" not in _counts(account)
+
+    c.promote("ap-south")
+    shares = []
+    for _ in range(5):  # a build of the report job publishes a report now
+        r = c.post(f"{REPORT_JOB}/build")
+        assert r.status_code == 201
+        text = c.get(f"{REPORT_JOB}/lastBuild/artifact/prod-531277-counts-per-carrier.log").text
+        shares.append(_per_carrier(text)["prod-syd01-carrier4"].get("8935154", 0))
+    assert shares == [50, 100, 150, 200, 200]
+    untouched = _per_carrier(c.get(f"{REPORT_JOB}/lastBuild/artifact/prod-531277-counts-per-carrier.log").text)
+    assert "8935154" not in untouched["prod-tok02-carrier1"]
+    assert _counts(c.get(f"{REPORT_JOB}/lastBuild/artifact/prod-531277-counts.log").text)["8935154"] == 400
+
+
+def test_reports_are_published_on_a_timer(c):
+    c.reset(report_interval_seconds=0.2)
+    first = c.get(f"{REPORT_JOB}/lastBuild/api/json").json()["number"]
+    wait_for(lambda: c.get(f"{REPORT_JOB}/lastBuild/api/json").json()["number"] >= first + 2)
+
+
+# ---------------------------------------------------------------------------- slack, pagerduty, server
+
+
+def test_slack_messages_are_recorded(c):
+    r = c.post("/slack/api/chat.postMessage", json={"channel": "#sre-cfs-patching", "text": "ap-south *failed*"},
+               headers={"Authorization": "Bearer xoxb-secret"})
+    body = r.json()
+    assert r.status_code == 200 and body["ok"] is True and body["channel"] == "#sre-cfs-patching"
+    assert body["ts"] and body["message"]["text"] == "ap-south *failed*"
+    form = c.post("/slack/api/chat.postMessage", data={"channel": "C123", "text": "form"}).json()
+    assert form["ok"] is True
+    assert c.post("/slack/api/chat.postMessage", json={"text": "no channel"}).json()["ok"] is False
+    assert [(m["channel"], m["text"]) for m in c.state()["slack"]] == [("#sre-cfs-patching", "ap-south *failed*"),
+                                                                       ("C123", "form")]
+    assert c.post("/slack/api/auth.test").json()["ok"] is True
+
+
+def test_pagerduty_lists_nothing_when_healthy(c):
+    r = c.get("/pagerduty/incidents", params={"service_ids[]": "PM2KE3Q", "since": "2020-01-01T00:00:00Z",
+                                              "until": "2100-01-01T00:00:00Z", "limit": 25, "offset": 0})
+    assert r.json() == {"incidents": [], "limit": 25, "offset": 0, "more": False, "total": 0}
+
+
+def test_log_lines_carry_no_credentials(c, caplog):
+    with caplog.at_level(logging.INFO, logger="sandbox"):
+        c.get(FLAG, headers={"Authorization": "api-secret-token-1"})
+        c.post("/slack/api/auth.test", headers={"Authorization": "Bearer xoxb-secret-2"})
+        c.get(f"{IMAGE_JOB}/api/json", params={"token": "secret-3"}, auth=("user", "secret-4"))
+        time.sleep(0.1)
+    text = caplog.text
+    assert "/launchdarkly/api/v2/flags/default/worker-image" in text and " 200 " in text
+    for secret in ("api-secret-token-1", "xoxb-secret-2", "secret-3", "secret-4", "dXNlcjpzZWNyZXQtNA"):
+        assert secret not in text
+
+
+def test_parallel_writes_are_serialised(c):
+    errors = []
+
+    def reload(carrier: str) -> None:
+        r = c.http.post(c.base + RELOADS, json={"carrier": carrier, "reason": "parallel"}, timeout=5)
+        if r.status_code != 202:
+            errors.append(r.text)
+
+    threads = [threading.Thread(target=reload, args=(f"prod-{dc}",)) for dc in
+               ["syd01-carrier4", "syd04-carrier2", "tok02-carrier1", "fra02-carrier3", "lon04-carrier1"] * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    reloads = c.reloads()
+    assert len(reloads) == 15 and len({r["id"] for r in reloads}) == 15 and len({r["change_id"] for r in reloads}) == 15
+    per_carrier = {}
+    for r in reloads:
+        per_carrier.setdefault(r["carrier"], set()).add(r["worker"])
+    assert all(len(workers) == 3 for workers in per_carrier.values())  # no worker reloaded twice at once
+    assert c.state()["calls"]["chlorine POST"] == 15
+
+
+def test_unknown_paths(c):
+    assert c.get("/nothing-here").status_code == 404
+    assert c.get("/_sandbox/health").json()["ok"] is True
+    assert c.get("/chlorine/api/v1/nope").status_code == 404
