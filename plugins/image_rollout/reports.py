@@ -52,7 +52,7 @@ def parse_carrier_counts(lines: Iterable[str]) -> dict[str, dict[str, int]]:
             if len(parts) >= 3 and parts[1] == "CARRIER:":
                 current = carriers.setdefault(parts[2], {})
             continue
-        if current is None or len(parts) != 2 or not parts[1].startswith("imageid:"):
+        if current is None or len(parts) != 2 or not head.isdigit() or not parts[1].startswith("imageid:"):
             raise ReportError(f"line {number}: not '<count> imageid:<id>' under a carrier: {line.strip()[:80]!r}")
         image = parts[1][8:]
         current[image] = current.get(image, 0) + int(head)

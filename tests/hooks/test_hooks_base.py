@@ -206,4 +206,4 @@ def test_token_is_sent_as_the_system_expects_and_never_shown(
     shown = str(info.value) + caplog.text + capsys.readouterr().out
     assert "tok-123456789" not in shown
     assert header.split()[-1] not in shown
-    assert "bad credentials: ***" in str(info.value)
+    assert str(info.value).endswith("***")

@@ -564,10 +564,13 @@ def test_requested_reload_boots_the_image_the_rule_serves(c):
     before = c.post(RELOADS, json={"carrier": "dev-sjc04-carrier12", "reason": "pre"}).json()
     assert before["status"] == "pending" and re.fullmatch(r"CHG\d{7}", before["change_id"])
     assert before["kind"] == "requested" and before["worker"].startswith("dev-sjc04-carrier12-worker-")
+    busy = c.post(RELOADS, json={"carrier": "dev-sjc04-carrier12", "worker": before["worker"]})
+    assert busy.status_code == 409  # a worker is reloaded once at a time
     c.promote("dev-sjc04-carrier12")
-    named = c.post(RELOADS, json={"carrier": "dev-sjc04-carrier12", "worker": "dev-sjc04-carrier12-worker-504",
-                                  "reason": "acceptance"})
-    assert named.status_code == 202 and named.json()["worker"] == "dev-sjc04-carrier12-worker-504"
+    worker = next(w for w in ("dev-sjc04-carrier12-worker-504", "dev-sjc04-carrier12-worker-8003")
+                  if w != before["worker"])
+    named = c.post(RELOADS, json={"carrier": "dev-sjc04-carrier12", "worker": worker, "reason": "acceptance"})
+    assert named.status_code == 202 and named.json()["worker"] == worker
     third = c.post(RELOADS, json={"carrier": "dev-sjc04-carrier12", "reason": "acceptance"}).json()
     assert len({before["worker"], named.json()["worker"], third["worker"]}) == 3
     done = wait_for(lambda: (rs := c.reloads(carrier="dev-sjc04-carrier12", kind="requested"))
@@ -577,7 +580,7 @@ def test_requested_reload_boots_the_image_the_rule_serves(c):
     since = c.reloads(since=done[1]["requested_at"])
     assert [r["id"] for r in since] == [done[1]["id"], done[2]["id"]]
     assert c.post(RELOADS, json={"carrier": "nowhere"}).status_code == 404
-    assert c.post(RELOADS, json={"carrier": "dev-south", "worker": "dev-sjc04-carrier12-worker-504"}).status_code == 400
+    assert c.post(RELOADS, json={"carrier": "dev-dal10-carrier2", "worker": worker}).status_code == 400
     state_reloads = c.state()["reloads"]
     assert {"carrier", "worker", "change_id", "image_id", "result", "kind", "time"} <= set(state_reloads[0])
 
@@ -585,10 +588,11 @@ def test_requested_reload_boots_the_image_the_rule_serves(c):
 def test_autorecovery_events_accumulate(c):
     c.reset(autorecovery_interval_seconds=0.05, reload_seconds=0.05)
     c.promote("ap-south")
+    promoted_at = c.state()["promotions"][0]["time"]
     time.sleep(0.8)
-    first = c.reloads(region="ap-south", kind="autorecovery")
+    first = c.reloads(region="ap-south", kind="autorecovery", since=promoted_at)
     time.sleep(0.4)
-    second = c.reloads(region="ap-south", kind="autorecovery")
+    second = c.reloads(region="ap-south", kind="autorecovery", since=promoted_at)
     assert len(second) > len(first) >= 10
     assert {r["carrier"] for r in second} == {"prod-syd01-carrier4", "prod-syd04-carrier2"}
     assert {r["image_id"] for r in second if r["status"] == "succeeded"} == {"8935154"}

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from image_rollout.plan import PLANS_DIR, PlanError, load_plan, parse_duration
+
+RUNBOOK_ORDER = [
+    "dev-sjc04-carrier12", "dev-south", "prestage-mon01-carrier1", "prestage-south", "stage-dal10-carrier0",
+    "stage-south", "ap-south", "ap-north", "eu-central", "uk-south", "us-east", "us-south", "br-sao", "ca-tor",
+    "jp-osa", "eu-fr2",
+]
+
+
+@pytest.mark.parametrize("name", ["default", "sandbox"])
+def test_plans_follow_the_runbook_order(name):
+    plan = load_plan(name)
+    assert [t.target for t in plan.targets] == RUNBOOK_ORDER
+    assert plan.image_key("eu-fr2") == "prodfr2"
+    assert plan.image_key("stage-south") == "stage"
+    assert [s.carrier for s in plan.stages if s.carrier] == [
+        "dev-sjc04-carrier12", "prestage-mon01-carrier1", "stgiks-dal10-carrier0"]
+    assert plan.reloads.required == 3
+    assert plan.soak.min_autorecovery_reloads == 10
+
+
+def test_production_plan_has_the_runbook_durations():
+    plan = load_plan("default")
+    assert plan.stage("bake").wait == 24 * 3600
+    assert plan.soak.min_duration == 24 * 3600
+    assert plan.evidence_path("532-1250-879-20210818") == (
+        "train_evidence/smith-immutable-image/immutableimage_532-1250-879-20210818_evidence.md")
+
+
+def test_sandbox_plan_differs_only_in_durations():
+    default = json.loads((PLANS_DIR / "default.json").read_text())
+    sandbox = json.loads((PLANS_DIR / "sandbox.json").read_text())
+
+    def shape(plan):
+        stages = [{k: v for k, v in s.items() if k != "wait"} for s in plan["stages"]]
+        return stages, plan["flag"], plan["slack"], plan["evidence"], plan["soak"]["region"]
+
+    assert shape(default) == shape(sandbox)
+
+
+@pytest.mark.parametrize("text,seconds", [("24h", 86400), ("90m", 5400), ("5s", 5), ("250ms", 0.25), (7, 7.0)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["24", "1 week", "-5s", -1, True])
+def test_bad_durations_are_refused(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def _write(tmp_path, mutate):
+    data = json.loads((PLANS_DIR / "default.json").read_text())
+    mutate(data)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda d: d["reloads"].update(required=0), "reloads.required"),
+        (lambda d: d["soak"].update(region="mars"), "soak.region 'mars' is not a target"),
+        (lambda d: d["stages"].insert(0, d["stages"].pop(5)), "needs the evidence commit before it"),
+        (lambda d: d["stages"][1]["targets"].append({"target": "dev-sjc04-carrier12", "image_key": "dev"}),
+         "more than one stage"),
+        (lambda d: d["stages"][1]["targets"][0].update(image_key="qa"), "image_key"),
+        (lambda d: d["stages"][8].update(wait="forever"), "not a duration"),
+        (lambda d: d.update(unexpected=1), "unexpected"),
+        (lambda d: d["evidence"].update(directory="../../etc"), "relative path"),
+    ],
+)
+def test_bad_plans_are_refused_with_the_field_named(tmp_path, mutate, message):
+    with pytest.raises(PlanError) as err:
+        load_plan(_write(tmp_path, mutate))
+    assert message in str(err.value)
+    assert "plan.json is invalid" in str(err.value)
+
+
+def test_missing_and_malformed_plan_files(tmp_path):
+    with pytest.raises(PlanError, match="does not exist"):
+        load_plan(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(PlanError, match="not valid JSON"):
+        load_plan(bad)
