@@ -562,7 +562,8 @@ class Sandbox:
             builds = self.jobs[job]["builds"]
             latest = builds[max(builds)]
             name = params.get("BUILD_NAME") or latest["display"]
-            causes = [user] + [c for c in latest["causes"] if "upstreamBuild" in c]
+            # Keep the upstream cause first: a rebuild still belongs to the same SmithPackageSync-V2 run.
+            causes = [c for c in latest["causes"] if "upstreamBuild" in c] + [user]
             build = self._new_build(job, number, name, now, 0.0, causes, {**latest["params"], **params,
                                                                          "BUILD_NAME": name})
             build["image_map"] = self._map_for_build(name)
@@ -687,14 +688,22 @@ class Sandbox:
         self.repo_commits.append(commit)
         return commit
 
+    def _commits_at(self, ref: str | None) -> list[dict]:
+        """The history up to `ref` (branch master or a commit sha, 7+ hex digits), oldest first."""
+        if not ref or ref in ("master", "HEAD", "refs/heads/master"):
+            return self.repo_commits
+        index = next((i for i, c in enumerate(self.repo_commits) if len(ref) >= 7 and c["sha"].startswith(ref)), None)
+        if index is None:
+            raise SandboxError(404, f"No commit found for the ref {ref}")
+        return self.repo_commits[: index + 1]
+
+    def tree_at(self, ref: str | None) -> dict[str, bytes]:
+        commits = self._commits_at(ref)
+        return commits[-1]["tree"] if commits else {}
+
     def file_at(self, path: str, ref: str | None) -> tuple[bytes | None, dict | None]:
-        """(content, last commit touching it) at `ref` (branch master or a commit sha)."""
-        commits = self.repo_commits
-        if ref and ref not in ("master", "main", "HEAD", "refs/heads/master"):
-            index = next((i for i, c in enumerate(commits) if c["sha"].startswith(ref) and len(ref) >= 7), None)
-            if index is None:
-                raise SandboxError(404, f"No commit found for the ref {ref}")
-            commits = commits[: index + 1]
+        """(content, last commit touching it) at `ref`; (None, None) when the file does not exist there."""
+        commits = self._commits_at(ref)
         if not commits or path not in commits[-1]["tree"]:
             return None, None
         last = next(c for c in reversed(commits) if c["path"] == path)

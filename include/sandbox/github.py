@@ -125,10 +125,19 @@ def _api(sb: Sandbox, req: Request, rest: list[str]) -> Response:
     if rest[:1] == ["contents"] and len(rest) >= 2:
         path = "/".join(rest[1:])
         if req.method == "GET":
-            data, _ = sb.file_at(path, req.arg("ref"))
-            if data is None:
+            ref = req.arg("ref") or "master"
+            data, _ = sb.file_at(path, ref)
+            if data is not None:
+                return json_response(_content_json(req, path, data, ref))
+            # A directory lists its files (without content), as GitHub does.
+            tree = sb.tree_at(ref)
+            entries = [_content_json(req, p, d, ref) for p, d in sorted(tree.items()) if p.startswith(path + "/")
+                       and "/" not in p[len(path) + 1:]]
+            if not entries:
                 raise SandboxError(404, "Not Found")
-            return json_response(_content_json(req, path, data, req.arg("ref") or "master"))
+            for entry in entries:
+                del entry["content"], entry["encoding"]
+            return json_response(entries)
         if req.method == "PUT":
             return _put(sb, req, path)
         raise SandboxError(405, f"{req.method} not allowed")

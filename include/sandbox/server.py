@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -177,8 +178,16 @@ def serve_in_thread(port: int = 0, timing: dict | None = None) -> tuple[SandboxS
     return server, f"http://{host}:{bound}"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m include.sandbox", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m include.sandbox",
+        description="Local stand-in for Jenkins, LaunchDarkly, GitHub, chlorine, PagerDuty and Slack "
+        "(contract: include/sandbox/API.md).",
+    )
     parser.add_argument("--port", type=int, default=None, help="default: $SANDBOX_PORT or 8765")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     args = parser.parse_args(argv)
@@ -191,11 +200,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     host, port = server.server_address[:2]
+    # `make sandbox` may be stopped with SIGTERM: leave through the same clean path as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     print(f"sandbox: listening on http://{host}:{port} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        pass
+        print("sandbox: stopped", file=sys.stderr, flush=True)
     finally:
         server.sandbox.stop()
         server.server_close()

@@ -280,6 +280,10 @@ def _fault_jenkins_build_timeout(c):
     assert done["result"] == "SUCCESS" and done["displayName"] == NEW_BUILD
     assert c.get(f"{IMAGE_JOB}/{number}/artifact/image_ids.json").json() == NEW_MAP
     assert c.get(f"{IMAGE_JOB}/{number}/consoleText").text.rstrip().endswith("Finished: SUCCESS")
+    causes = done["actions"][0]["causes"]
+    assert causes[0]["upstreamBuild"] == 1207 and causes[-1]["_class"].endswith("UserIdCause")
+    job = c.get(f"{IMAGE_JOB}/api/json").json()
+    assert job["lastSuccessfulBuild"]["number"] == number and job["lastFailedBuild"]["number"] == 434
 
 
 def _transient(c, path: str, status: int, system_method: str):
@@ -553,6 +557,9 @@ def test_github_contents_and_sha_rules(c):
     assert evidence["path"] == EVIDENCE
     assert [(x["sha"], x["content"]) for x in evidence["commits"]] == [(commit1, first.decode()),
                                                                      (commit2, second.decode())]
+    listing = c.get(f"{CONTENTS}/train_evidence/smith-immutable-image").json()
+    assert sorted(x["name"] for x in listing) == [f"immutableimage_{PREVIOUS_BUILD}_evidence.md",
+                                                 f"immutableimage_{NEW_BUILD}_evidence.md"]
     assert c.get(f"{CONTENTS}/no/such/file.md").json() == {**c.get(f"{CONTENTS}/no/such/file.md").json(),
                                                           "message": "Not Found"}
 
@@ -579,6 +586,7 @@ def test_requested_reload_boots_the_image_the_rule_serves(c):
     assert all(r["finished_at"] and r["region"] == "dev-sjc04-carrier12" for r in done)
     since = c.reloads(since=done[1]["requested_at"])
     assert [r["id"] for r in since] == [done[1]["id"], done[2]["id"]]
+    assert c.get(f"{RELOADS}/{third['id']}").json() == done[2]
     assert c.post(RELOADS, json={"carrier": "nowhere"}).status_code == 404
     assert c.post(RELOADS, json={"carrier": "dev-dal10-carrier2", "worker": worker}).status_code == 400
     state_reloads = c.state()["reloads"]

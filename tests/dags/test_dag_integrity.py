@@ -1,0 +1,95 @@
+"""DAG integrity, strict like upstream's example-DAG test: every DAG imports, is tagged, retries,
+and parsing touches neither connections, Variables, nor the network."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+
+def _forbidden(what):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"DAG parsing must not call {what}")
+
+    return fail
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import BaseHook, Variable
+
+    with (
+        mock.patch.object(BaseHook, "get_connection", _forbidden("BaseHook.get_connection")),
+        mock.patch.object(Variable, "get", _forbidden("Variable.get")),
+        mock.patch.object(socket, "create_connection", _forbidden("the network")),
+    ):
+        return DagBag(dag_folder=str(DAGS))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == {"immutable_image_rollout", "immutable_image_watcher"}
+
+
+@pytest.mark.parametrize("dag_id", ["immutable_image_rollout", "immutable_image_watcher"])
+def test_tags_retries_and_docs(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    assert dag.tags, f"{dag_id} has no tags"
+    assert dag.doc_md and len(dag.doc_md) > 100
+    assert dag.catchup is False
+    for task in dag.tasks:
+        if task.task_type in ("ApprovalOperator", "EmptyOperator"):
+            continue  # a human decision is not retried; an EmptyOperator does nothing
+        assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
+
+
+def test_rollout_has_one_taskgroup_per_runbook_stage_in_order(dagbag):
+    dag = dagbag.dags["immutable_image_rollout"]
+    groups = list(dag.task_group.children)
+    assert groups == [
+        "build_verification", "dev_sjc04_carrier12", "dev_south", "prestage_mon01_carrier1", "prestage_south",
+        "evidence", "stage_dal10_carrier0", "evidence_update", "stage_south", "bake", "ap_south", "canary_soak",
+        "remaining_prod", "rollout_monitoring", "rollout_end",
+    ]
+    # every stage waits for the one before it
+    order = [g for g in groups if g != "rollout_end"]
+    for before, after in zip(order, order[1:], strict=False):
+        roots = dag.task_group.children[after].roots
+        upstream = {u for r in roots for u in r.upstream_task_ids}
+        assert any(u.startswith(before + ".") for u in upstream), f"{after} does not wait for {before}"
+
+
+def test_waits_are_deferrable_and_write_tasks_share_the_flag_pool(dagbag):
+    dag = dagbag.dags["immutable_image_rollout"]
+    assert dag.get_task("bake.wait_bake").task_type == "DateTimeSensorAsync"
+    for task_id in ("dev_sjc04_carrier12.promote_dev_sjc04_carrier12", "rollout_end.rollback",
+                    "stage_south.apply_change_request_stage_south"):
+        assert dag.get_task(task_id).pool == "worker_image_flag"
+    approve = dag.get_task("ap_south.approve_ap_south")
+    assert approve.defaults is None, "the prod approval must never default to Approve"
+
+
+def _validate(dag, conf):
+    import copy
+
+    params = copy.deepcopy(dag.params)
+    params.update(conf)
+    return params.validate()
+
+
+def test_params_schema_refuses_bad_conf(dagbag):
+    dag = dagbag.dags["immutable_image_rollout"]
+    assert _validate(dag, {"build_name": "532-1250-879-20210818"})["dry_run"] is False
+    for bad in ("../../etc/passwd", "532-1250-879", "$(reboot)", ""):
+        with pytest.raises(Exception, match="build_name"):
+            _validate(dag, {"build_name": bad})
+    with pytest.raises(Exception, match="image_ids"):
+        _validate(dag, {"build_name": "532-1250-879-20210818", "image_ids": {"dev": "84 95"}})
+    with pytest.raises(Exception, match="image_ids"):
+        _validate(dag, {"build_name": "532-1250-879-20210818", "image_ids": {"qa": "8495980"}})
