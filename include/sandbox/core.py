@@ -118,6 +118,8 @@ class Sandbox:
 
     def reset(self, timing: dict | None = None, rng_seed: int | None = None) -> None:
         """Fresh seed state (API.md "Seed"); timing keys not given fall back to the env/default values."""
+        if rng_seed is not None and not isinstance(rng_seed, int | str):
+            raise SandboxError(400, "seed must be an integer or a string")
         merged = env_timing()
         for key, value in (timing or {}).items():
             if key not in TIMING_DEFAULTS:
@@ -174,7 +176,6 @@ class Sandbox:
                 raise SandboxError(400, f"unknown fault: {raw}")
             parsed.append((raw.strip(), name, arg))
         with self.lock:
-            now = time.time()
             for full, name, arg in parsed:
                 self.faults[full] = TRANSIENT_FAULTS.get(name)
                 self.faults_applied.append(full)
@@ -184,8 +185,6 @@ class Sandbox:
                     interval = self.timing["autorecovery_interval_seconds"] * SLOW_FACTOR
                     for carrier in self.targets[arg]["carriers"]:
                         self._next_autorecovery[carrier] = self._last_autorecovery[carrier] + interval
-                elif name == "train_rejected":
-                    self._decide_due(now)
             return self.active_faults()
 
     def clear_faults(self) -> None:

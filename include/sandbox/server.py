@@ -112,7 +112,7 @@ class SandboxRequestHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length > 0 else b""
         host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
         req = Request(
-            method=self.command,
+            method="GET" if self.command == "HEAD" else self.command,
             path=parts.path,
             query=parse_qs(parts.query, keep_blank_values=True),
             headers={k.lower(): v for k, v in self.headers.items()},
@@ -162,10 +162,11 @@ class SandboxServer(ThreadingHTTPServer):
         self.server_close()
 
 
-def make_server(port: int | None = None, host: str = "127.0.0.1", timing: dict | None = None) -> SandboxServer:
+def make_server(port: int | None = None, host: str | None = None, timing: dict | None = None) -> SandboxServer:
     """A bound server with a fresh seeded sandbox (ticker running); port None -> $SANDBOX_PORT or 8765."""
     if port is None:
         port = int(os.environ.get("SANDBOX_PORT") or 8765)
+    host = host or os.environ.get("SANDBOX_HOST") or "127.0.0.1"
     return SandboxServer((host, port), Sandbox(timing))
 
 

@@ -35,15 +35,15 @@ class SafeSlackNotifier(SlackNotifier):
 class RolloutFailureNotifier(SafeSlackNotifier):
     """Escalate a failed task to the patching channel: what failed, where, and where to look."""
 
-    def __init__(self, *, channel: str, base_url: str, **kwargs) -> None:
+    def __init__(self, *, channel: str, airflow_url: str, **kwargs) -> None:
         super().__init__(channel=channel, text="", **kwargs)
-        self.base_url = base_url.rstrip("/")
+        self.airflow_url = airflow_url.rstrip("/")
 
     def notify(self, context) -> None:
         ti = context["ti"]
         error = context.get("exception")
         build = (context.get("params") or {}).get("build_name", "?")
-        link = f"{self.base_url}/dags/{ti.dag_id}/runs/{context['run_id']}/tasks/{ti.task_id}"
+        link = f"{self.airflow_url}/dags/{ti.dag_id}/runs/{context['run_id']}/tasks/{ti.task_id}"
         self.text = (
             f":red_circle: Immutable image rollout of {escape_mrkdwn(build)} failed at "
             f"`{escape_mrkdwn(ti.task_id)}` (try {ti.try_number}): "

@@ -10,13 +10,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.operators.python import PythonOperator, ShortCircuitOperator
 from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
 from airflow.sdk import DAG, Param, TaskGroup
 from airflow.task.trigger_rule import TriggerRule
 
 from image_rollout.notifications import RolloutFailureNotifier, SafeSlackNotifier
+from image_rollout.operators.approval import ProdChangeApprovalOperator
 from image_rollout.operators.base import iso
 from image_rollout.operators.build import PlanRolloutOperator, VerifyBuildOperator
 from image_rollout.operators.checks import MonitorAdoptionOperator, ReloadCheckOperator, SoakGateOperator
@@ -107,12 +107,15 @@ def _promote_stage(plan: RolloutPlan, stage: StagePlan, evidence_task: str | Non
     return last
 
 
-def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ApprovalOperator:
+def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ProdChangeApprovalOperator:
     file_task = f"{stage.id}.file_change_request_{stage.id}"
     link = (f"{plan.airflow_base_url}/dags/{DAG_ID}/runs/{{{{ run_id }}}}/tasks/{stage.id}.approve_{stage.id}"
             "/required_actions")
-    return ApprovalOperator(
+    return ProdChangeApprovalOperator(
         task_id=f"approve_{stage.id}",
+        file_task_id=file_task,
+        target=target,
+        patching_channel=plan.slack.patching_channel,
         subject=f"Approve the prod change: immutable image build {{{{ params.build_name }}}} to {target}",
         body=(
             f"The prod train for **{target}** is filed: change request "
@@ -140,7 +143,7 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
         "on_failure_callback": RolloutFailureNotifier(
-            channel=plan.slack.patching_channel, base_url=plan.airflow_base_url
+            channel=plan.slack.patching_channel, airflow_url=plan.airflow_base_url
         ),
     }
     image_schema = {"type": "string", "pattern": r"^\d+$"}

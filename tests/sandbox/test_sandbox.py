@@ -721,3 +721,59 @@ def test_unknown_paths(c):
     assert c.get("/nothing-here").status_code == 404
     assert c.get("/_sandbox/health").json()["ok"] is True
     assert c.get("/chlorine/api/v1/nope").status_code == 404
+
+
+def test_runbook_walkthrough_leaves_a_complete_state(c):
+    """The whole procedure by hand, as the DAG will drive it; the state must tell the story afterwards."""
+    c.reset(reload_seconds=0.05, autorecovery_interval_seconds=0.05, approval_delay_seconds=0.1)
+
+    def reloads_ok(carrier: str, n: int = 3) -> list[str]:
+        ids = [c.post(RELOADS, json={"carrier": carrier, "reason": "acceptance"}).json()["id"] for _ in range(n)]
+        done = wait_for(lambda: (rs := [r for r in c.reloads(kind="requested") if r["id"] in ids])
+                        and all(r["status"] == "succeeded" for r in rs) and rs)
+        return [f"- {r['change_id']}: {r['worker']}" for r in done]
+
+    def put_evidence(text: str, sha: str | None) -> str:
+        body = {"message": "evidence", "content": base64.b64encode(text.encode()).decode(), "branch": "master"}
+        r = c.put(f"{CONTENTS}/{EVIDENCE}", json={**body, **({"sha": sha} if sha else {})})
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    def train(target: str, evidence_sha: str, previous: str | None = None) -> dict:
+        request = c.train(target, previousDeployment=previous,
+                          acceptanceTests={"link": "l", "hashValue": evidence_sha, "hashType": "Git Commit"}).json()
+        wait_for(lambda: c.get(f"{APPROVALS}/{request['_id']}").json()["reviewStatus"] == "approved")
+        assert c.post(f"{APPROVALS}/{request['_id']}/apply", json={"comment": "start"}).status_code == 200
+        return request
+
+    c.promote("dev-sjc04-carrier12")
+    dev = reloads_ok("dev-sjc04-carrier12")
+    c.promote("dev-south")
+    c.promote("prestage-mon01-carrier1")
+    prestage = reloads_ok("prestage-mon01-carrier1")
+    c.promote("prestage-south")
+    first = put_evidence("\n".join(["dev:", *dev, "prestage:", *prestage]), None)
+    train("stage-dal10-carrier0", first["commit"]["sha"])
+    stage = reloads_ok("stgiks-dal10-carrier0")
+    second = put_evidence("\n".join(["dev:", *dev, "prestage:", *prestage, "stage:", *stage]),
+                          first["content"]["sha"])
+    stage_south = train("stage-south", second["commit"]["sha"])
+    train("ap-south", second["commit"]["sha"], previous=stage_south["_id"])
+    wait_for(lambda: len(c.reloads(region="ap-south", kind="autorecovery", status="succeeded")) >= 10)
+    for target in TARGETS[7:]:
+        c.promote(target)
+
+    state = c.state()
+    assert all(m == NEW_MAP for m in state["flag"]["rules"].values())
+    assert [p["target"] for p in state["promotions"]] == TARGETS
+    by_target = {p["target"]: p for p in state["promotions"]}
+    assert by_target["stage-dal10-carrier0"]["evidence_sha"] == first["commit"]["sha"]
+    assert by_target["stage-south"]["evidence_sha"] == second["commit"]["sha"]
+    assert by_target["ap-south"]["change_request"]["previousDeployment"] == stage_south["_id"]
+    assert by_target["dev-south"]["change_request"] is None
+    assert [x["sha"] for x in state["evidence"]["commits"]] == [first["commit"]["sha"], second["commit"]["sha"]]
+    assert "stgiks-dal10-carrier0-worker-" in state["evidence"]["commits"][1]["content"]
+    requested = [r for r in state["reloads"] if r["kind"] == "requested"]
+    assert len(requested) == 9 and {r["result"] for r in requested} == {"succeeded"}
+    assert state["calls"]["flags PATCH"] == 13 and state["calls"]["github PUT"] == 2
+    assert state["incidents"] == [] and len(state["approval_requests"]) == 3

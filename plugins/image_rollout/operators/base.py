@@ -111,7 +111,27 @@ class RolloutOperator(BaseOperator):
             escalate=True,
         )
         context["ti"].xcom_push(key="superseded_by", value=newer)
+        self._record_supersession(context, build_name, newer)
         raise AirflowSkipException(f"superseded by newer build {newer}: not touching the flag")
+
+    def _record_supersession(self, context, build_name: str, newer: str) -> None:
+        """Say so in the evidence file, if this rollout has one yet (once)."""
+        from image_rollout.evidence import Record
+        from image_rollout.hooks.github import GitHubEvidenceHook
+        from image_rollout.operators.evidence import append_record, evidence_for
+
+        github = GitHubEvidenceHook()
+        path = self.plan.evidence_path(build_name)
+        if github.get_file(path) is None:
+            return
+        build = self.build(context)
+        append_record(
+            github, path,
+            Record("Superseded", (f"Rollout stopped at {iso(utcnow())}: superseded by newer build {newer}; "
+                                  "the worker-image flag was not touched again",)),
+            f"Record that immutable image build {build_name} was superseded by {newer}",
+            evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
+        )
 
     def guard_write(self, context, build_name: str) -> None:
         self.hold_if_frozen(context)

@@ -1,0 +1,475 @@
+"""What the status page shows, assembled from the metadata DB: runs, task states and XComs of the rollout.
+
+``load_*`` read rows with Airflow's models and session; ``assemble_run`` turns the rows of one run
+into the page's data (also the JSON API), with no I/O, so it is tested on plain dicts too.
+Task ids and XCom shapes are the rollout DAG's (``image_rollout.rollout_dag`` and its operators).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from image_rollout.plan import RolloutPlan, StagePlan
+
+DAG_ID = "immutable_image_rollout"
+VERIFY_TASK = "build_verification.verify_build"
+ADOPTION_TASK = "rollout_monitoring.monitor_adoption"
+ROLLBACK_TASK = "rollout_end.rollback"
+FLEET_TASK = "rollout_end.verify_flag_state"
+FINISHED = {"success", "failed", "skipped", "upstream_failed", "removed"}
+WAITING = {"deferred", "awaiting_input", "up_for_reschedule"}
+
+# (task_id, map_index) -> task instance fields; (task_id, map_index, key) -> XCom value
+TaskStates = dict[tuple[str, int], dict[str, Any]]
+XComs = dict[tuple[str, int, str], Any]
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def jsonable(value: Any) -> Any:
+    """XCom values deserialised by Airflow may hold datetimes or tuples: make them JSON-friendly."""
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _state(states: TaskStates, task_id: str, map_index: int = -1) -> str | None:
+    row = states.get((task_id, map_index))
+    return row["state"] if row else None
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _seconds_left(until: datetime | None, now: datetime) -> float | None:
+    if until is None:
+        return None
+    return round(max(0.0, (until - now).total_seconds()), 1)
+
+
+def _group_state(states: list[str | None]) -> str:
+    """One word for a stage from its tasks' states, worst first."""
+    present = [s for s in states if s]
+    for word in ("failed", "upstream_failed", "up_for_retry", "running", "awaiting_input", "deferred",
+                 "queued", "scheduled"):
+        if word in present:
+            return word
+    if present and all(s == "success" for s in present):
+        return "success"
+    if present and all(s in FINISHED for s in present):
+        return "skipped" if all(s == "skipped" for s in present) else "success"
+    return "running" if present and any(s == "success" for s in present) else "none"
+
+
+def promotion_task_id(stage: StagePlan) -> str:
+    """Same rule as ``image_rollout.rollout_dag.promotion_task_id``: the task recording the promotion."""
+    if stage.change_request:
+        return f"{stage.id}.apply_change_request_{stage.id}"
+    return f"{stage.id}.promote_{stage.id}"
+
+
+def change_request_url(template: str, request_id: str | None) -> str | None:
+    if not request_id or not template:
+        return None
+    return template.replace("{request_id}", str(request_id)) if "{request_id}" in template else template
+
+
+def evidence_url(known: list[dict], path: str | None, sha: str | None) -> str | None:
+    """A blob URL for ``sha``: the GitHub blob URL of another commit of the same file, with this sha."""
+    if not sha:
+        return None
+    for item in known:
+        if item.get("url") and item.get("sha") and item.get("path") == path and item["sha"] in item["url"]:
+            return item["url"].replace(item["sha"], sha)
+    return None
+
+
+# -- assembly (pure) -------------------------------------------------------------------------------
+def assemble_run(plan: RolloutPlan, run: dict, states: TaskStates, xcoms: XComs, *, now: datetime,
+                 change_request_template: str = "") -> dict:
+    """The page's data for one run from its DagRun fields, task states and XComs."""
+
+    def xcom(task_id: str, map_index: int = -1, key: str = "return_value") -> Any:
+        return xcoms.get((task_id, map_index, key))
+
+    build = _dict(xcom(VERIFY_TASK))
+    conf = _dict(run.get("conf"))
+    images = _dict(build.get("images"))
+    baseline = _dict(build.get("baseline"))
+    rollback = _dict(xcom(ROLLBACK_TASK))
+    restored = {r.get("target"): r.get("restored") for r in rollback.get("rolled_back") or [] if isinstance(r, dict)}
+
+    targets: list[dict] = []
+    gates: list[dict] = []
+    evidence: list[dict] = []
+    change_requests: list[dict] = []
+    stages: list[dict] = []
+    promoted_at_by_stage: dict[str, datetime | None] = {}
+
+    for stage in plan.stages:
+        prefix = f"{stage.id}."
+        stage_states = [row["state"] for (task_id, _), row in states.items() if task_id.startswith(prefix)]
+        stage_entry = {"id": stage.id, "kind": stage.kind, "state": _group_state(stage_states),
+                       "targets": [t.target for t in stage.targets]}
+        stages.append(stage_entry)
+
+        if stage.kind == "promote":
+            mapped = len(stage.targets) > 1
+            promote_task = promotion_task_id(stage)
+            file_task = f"{stage.id}.file_change_request_{stage.id}" if stage.change_request else None
+            times = []
+            for index, plan_target in enumerate(stage.targets):
+                map_index = index if mapped else -1
+                promoted = _dict(xcom(promote_task, map_index))
+                filed = _dict(xcom(file_task, map_index)) if file_task else {}
+                name = plan_target.target
+                state = _state(states, promote_task, map_index)
+                previous = promoted.get("previous") or filed.get("previous") or baseline.get(name)
+                new = promoted.get("new") or images or None
+                if name in restored:
+                    serves, status = restored[name], "rolled back"
+                elif state == "success" and promoted:
+                    serves, status = new, ("already serving" if promoted.get("changed") is False else "promoted")
+                else:
+                    serves = previous
+                    status = {"failed": "failed", "upstream_failed": "not reached", "skipped": "skipped"}.get(
+                        state or "", "waiting" if state in WAITING or state == "running" else "pending")
+                request_id = promoted.get("request_id") or filed.get("request_id")
+                evidence_sha = promoted.get("evidence_sha") or filed.get("evidence_sha")
+                when = parse_time(promoted.get("promoted_at"))
+                if when and state == "success":
+                    times.append(when)
+                entry = {
+                    "stage": stage.id,
+                    "target": name,
+                    "image_key": plan_target.image_key,
+                    "state": state or "none",
+                    "file_state": _state(states, file_task, map_index) if file_task else None,
+                    "status": status,
+                    "serves": serves,
+                    "serves_new": bool(images) and serves == images,
+                    "image_id": (serves or {}).get(plan_target.image_key) if isinstance(serves, dict) else None,
+                    "previous": previous,
+                    "new": new,
+                    "changed": promoted.get("changed"),
+                    "promoted_at": iso(when),
+                    "via": "change request" if stage.change_request else "flag write",
+                    "request_id": request_id,
+                    "request_url": change_request_url(change_request_template, request_id),
+                    "review_status": filed.get("review_status"),
+                    "evidence_sha": evidence_sha,
+                    "evidence_link": filed.get("evidence_link"),
+                }
+                targets.append(entry)
+                if request_id:
+                    change_requests.append({key: entry[key] for key in (
+                        "stage", "target", "request_id", "request_url", "review_status", "evidence_sha",
+                        "evidence_link", "state")})
+            promoted_at_by_stage[stage.id] = max(times) if times else None
+
+            if stage.human_approval:
+                gates.append(_approval_gate(stage, states, xcom))
+            if stage.carrier:
+                gates.append(_reload_gate(plan, stage, states, xcom, promoted_at_by_stage[stage.id], now))
+        elif stage.kind in ("evidence_commit", "evidence_update"):
+            task_id = f"{stage.id}.commit_evidence" if stage.kind == "evidence_commit" else f"{stage.id}.update_evidence"
+            value = _dict(xcom(task_id))
+            evidence.append({"stage": stage.id, "task_id": task_id, "state": _state(states, task_id) or "none",
+                             "step": "first commit" if stage.kind == "evidence_commit" else "stage reloads added",
+                             "path": value.get("path"), "sha": value.get("sha"), "url": value.get("url")})
+        elif stage.kind == "bake":
+            gates.append(_bake_gate(stage, states, xcom, now))
+        elif stage.kind == "soak_gate":
+            region_stage = next((s for s in plan.stages if plan.soak.region in [t.target for t in s.targets]), None)
+            started = promoted_at_by_stage.get(region_stage.id) if region_stage else None
+            gates.append(_soak_gate(plan, stage, states, xcom, started, now))
+
+    # Evidence records appended by later steps: the prod approval and a rollback.
+    for stage in plan.stages:
+        if stage.human_approval:
+            task_id = f"{stage.id}.record_approval_{stage.id}"
+            value = _dict(xcom(task_id))
+            if value or _state(states, task_id):
+                evidence.append({"stage": stage.id, "task_id": task_id, "state": _state(states, task_id) or "none",
+                                 "step": "prod approval recorded", "path": value.get("path"),
+                                 "sha": value.get("sha"), "url": None})
+    if rollback.get("evidence_sha"):
+        evidence.append({"stage": "rollout_end", "task_id": ROLLBACK_TASK, "state": _state(states, ROLLBACK_TASK),
+                         "step": "rollback recorded", "path": plan.evidence_path(build.get("name", "")),
+                         "sha": rollback["evidence_sha"], "url": None})
+    for item in evidence:
+        if not item["url"]:
+            item["url"] = evidence_url(evidence, item["path"], item["sha"])
+
+    adoption_value = _dict(xcom(ADOPTION_TASK, key="adoption")) or _dict(xcom(ADOPTION_TASK))
+    adoption = None
+    if adoption_value or _state(states, ADOPTION_TASK):
+        carriers = [{"name": name, **{k: _dict(v).get(k) for k in ("new", "total", "percent")}}
+                    for name, v in sorted(_dict(adoption_value.get("carriers")).items())]
+        adoption = {"state": _state(states, ADOPTION_TASK) or "none", "percent": adoption_value.get("percent"),
+                    "new": adoption_value.get("new"), "total": adoption_value.get("total"),
+                    "report_build": adoption_value.get("report_build"),
+                    "threshold_percent": plan.adoption.threshold_percent, "carriers": carriers}
+
+    rollback_state = _state(states, ROLLBACK_TASK)
+    rollback_info = None
+    if rollback or rollback_state in ("success", "failed", "running"):
+        rollback_info = {"state": rollback_state, "failed_gate": rollback.get("failed_gate"),
+                         "reason": rollback.get("reason"), "rolled_back": rollback.get("rolled_back") or [],
+                         "failed_tasks": rollback.get("failed_tasks") or [],
+                         "superseded_by": rollback.get("superseded_by"), "evidence_sha": rollback.get("evidence_sha")}
+
+    failed_tasks = sorted(
+        f"{task_id}[{map_index}]" if map_index >= 0 else task_id
+        for (task_id, map_index), row in states.items() if row["state"] in ("failed", "upstream_failed")
+    )
+    return jsonable({
+        "dag_id": run.get("dag_id", DAG_ID),
+        "run_id": run.get("run_id"),
+        "state": run.get("state"),
+        "run_type": run.get("run_type"),
+        "triggered_by": run.get("triggering_user_name"),
+        "started_at": iso(run.get("start_date")),
+        "ended_at": iso(run.get("end_date")),
+        "run_after": iso(run.get("run_after")),
+        "generated_at": iso(now),
+        "plan": plan.name,
+        "conf": conf,
+        "build": {
+            "name": build.get("name") or conf.get("build_name"),
+            "number": build.get("number"),
+            "url": build.get("url"),
+            "console_url": build.get("console_url"),
+            "images": images,
+            "verified_at": build.get("verified_at"),
+            "dry_run": build.get("dry_run", conf.get("dry_run")),
+            "state": _state(states, VERIFY_TASK) or "none",
+        },
+        "summary": {
+            "targets": len(targets),
+            "serving_new": sum(1 for t in targets if t["serves_new"]),
+            "rolled_back": sum(1 for t in targets if t["status"] == "rolled back"),
+            "gates": len(gates),
+            "gates_passed": sum(1 for g in gates if g["passed"] is True),
+            "gates_failed": sum(1 for g in gates if g["passed"] is False),
+            "failed_tasks": failed_tasks,
+        },
+        "stages": stages,
+        "targets": targets,
+        "gates": gates,
+        "evidence": evidence,
+        "change_requests": change_requests,
+        "adoption": adoption,
+        "rollback": rollback_info,
+        "fleet": _dict(xcom(FLEET_TASK)) or None,
+    })
+
+
+def _passed(state: str | None) -> bool | None:
+    if state == "success":
+        return True
+    if state in ("failed", "upstream_failed"):
+        return False
+    return None
+
+
+def _reload_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, promoted_at, now) -> dict:
+    task_id = f"{stage.id}.reload_check_{stage.id}"
+    state = _state(states, task_id)
+    result = _dict(xcom(task_id))
+    decision = _dict(xcom(task_id, key="decision"))
+    figures = result or _dict(decision.get("figures"))
+    deadline = None
+    if promoted_at is not None and state not in FINISHED:
+        deadline = promoted_at + timedelta(seconds=plan.reloads.grace + plan.reloads.timeout)
+    return {
+        "kind": "reloads", "stage": stage.id, "task_id": task_id, "state": state or "none",
+        "passed": _passed(state), "title": f"Reloads on {stage.carrier}",
+        "carrier": stage.carrier,
+        "image_id": result.get("image_id"),
+        "succeeded_with_new_image": figures.get("succeeded_with_new_image"),
+        "failed_with_new_image": figures.get("failed_with_new_image"),
+        "other_image": figures.get("other_image"),
+        "required": figures.get("required", plan.reloads.required),
+        "reloads": [r for r in figures.get("reloads") or [] if isinstance(r, dict)],
+        "reason": decision.get("reason"),
+        "deadline": iso(deadline),
+        "seconds_left": _seconds_left(deadline, now) if deadline else None,
+    }
+
+
+def _bake_gate(stage: StagePlan, states: TaskStates, xcom, now) -> dict:
+    until_task, wait_task = f"{stage.id}.bake_until", f"{stage.id}.wait_bake"
+    until = parse_time(xcom(until_task))
+    state = _state(states, wait_task)
+    return {
+        "kind": "bake", "stage": stage.id, "task_id": wait_task, "state": state or "none",
+        "passed": _passed(state), "title": f"Bake after {stage.after}",
+        "after": stage.after, "wait_seconds": stage.wait,
+        "until": iso(until),
+        "seconds_left": 0.0 if state == "success" else _seconds_left(until, now),
+    }
+
+
+def _soak_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, started, now) -> dict:
+    task_id = f"{stage.id}.soak_gate"
+    state = _state(states, task_id)
+    result = _dict(xcom(task_id))
+    decision = _dict(xcom(task_id, key="decision"))
+    source = result or decision
+    figures = _dict(source.get("figures"))
+    seconds_left = figures.get("seconds_left")
+    if state not in FINISHED and started is not None:
+        seconds_left = _seconds_left(started + timedelta(seconds=plan.soak.min_duration), now)
+    return {
+        "kind": "soak", "stage": stage.id, "task_id": task_id, "state": state or "none",
+        "passed": _passed(state), "title": f"Canary soak in {plan.soak.region}",
+        "region": plan.soak.region,
+        "autorecovery_reloads": figures.get("autorecovery_reloads"),
+        "failed_reloads": figures.get("failed_reloads"),
+        "required_reloads": figures.get("required_reloads", plan.soak.min_autorecovery_reloads),
+        "incidents": figures.get("incidents") or [],
+        "elapsed_seconds": figures.get("elapsed_seconds"),
+        "min_seconds": figures.get("min_seconds", plan.soak.min_duration),
+        "seconds_left": seconds_left,
+        "started_at": iso(started),
+        "reason": source.get("reason"),
+        "verdict": source.get("verdict"),
+    }
+
+
+def _approval_gate(stage: StagePlan, states: TaskStates, xcom) -> dict:
+    approve_task = f"{stage.id}.approve_{stage.id}"
+    record_task = f"{stage.id}.record_approval_{stage.id}"
+    answer = _dict(xcom(approve_task))
+    record = _dict(xcom(record_task))
+    user = _dict(answer.get("responded_by_user"))
+    state = _state(states, approve_task)
+    chosen = answer.get("chosen_options") or []
+    passed = _passed(state)
+    if state == "success" and chosen and chosen != ["Approve"]:
+        passed = False
+    return {
+        "kind": "approval", "stage": stage.id, "task_id": approve_task, "state": state or "none",
+        "passed": passed, "title": f"Prod approval for {', '.join(t.target for t in stage.targets)}",
+        "chosen_options": chosen,
+        "responded_by": user.get("name") or user.get("id"),
+        "responded_at": answer.get("responded_at"),
+        "approver": record.get("approver"),
+        "approved_at": record.get("approved_at"),
+        "record_state": _state(states, record_task),
+        "awaiting": state in WAITING,
+    }
+
+
+def run_summary(detail: dict) -> dict:
+    """The list page's row for a run."""
+    adoption = detail.get("adoption") or {}
+    rollback = detail.get("rollback") or {}
+    return {
+        "run_id": detail["run_id"],
+        "build": detail["build"]["name"],
+        "state": detail["state"],
+        "run_type": detail["run_type"],
+        "started_at": detail["started_at"],
+        "ended_at": detail["ended_at"],
+        "serving_new": detail["summary"]["serving_new"],
+        "targets": detail["summary"]["targets"],
+        "gates_passed": detail["summary"]["gates_passed"],
+        "gates_failed": detail["summary"]["gates_failed"],
+        "gates": detail["summary"]["gates"],
+        "adoption_percent": adoption.get("percent"),
+        "failed_gate": rollback.get("failed_gate"),
+        "current_stage": next((s["id"] for s in detail["stages"] if s["state"] not in ("success", "skipped")), None),
+    }
+
+
+# -- reading the metadata DB -----------------------------------------------------------------------
+def _run_dict(dr) -> dict:
+    return {"dag_id": dr.dag_id, "run_id": dr.run_id, "state": str(dr.state) if dr.state else None,
+            "run_type": str(dr.run_type) if dr.run_type else None, "conf": dr.conf or {},
+            "start_date": dr.start_date, "end_date": dr.end_date, "run_after": dr.run_after,
+            "triggering_user_name": getattr(dr, "triggering_user_name", None)}
+
+
+def _load_rows(session, dag_id: str, run_ids: list[str]) -> tuple[dict[str, TaskStates], dict[str, XComs]]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    states: dict[str, TaskStates] = {r: {} for r in run_ids}
+    xcoms: dict[str, XComs] = {r: {} for r in run_ids}
+    if not run_ids:
+        return states, xcoms
+    rows = session.execute(
+        select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index, TaskInstance.state,
+               TaskInstance.start_date, TaskInstance.end_date, TaskInstance.try_number)
+        .where(TaskInstance.dag_id == dag_id, TaskInstance.run_id.in_(run_ids))
+    )
+    for run_id, task_id, map_index, state, start, end, tries in rows:
+        states[run_id][(task_id, map_index)] = {"state": str(state) if state else None, "start_date": start,
+                                                "end_date": end, "try_number": tries}
+    for row in session.scalars(
+        select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id.in_(run_ids))
+    ):
+        xcoms[row.run_id][(row.task_id, row.map_index, row.key)] = XComModel.deserialize_value(row)
+    return states, xcoms
+
+
+def load_run(session, run_id: str, plan: RolloutPlan, *, dag_id: str = DAG_ID, now: datetime | None = None,
+             change_request_template: str = "") -> dict | None:
+    """One run's page data, or None when the DAG has no such run."""
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
+
+    dr = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    if dr is None:
+        return None
+    states, xcoms = _load_rows(session, dag_id, [run_id])
+    return assemble_run(plan, _run_dict(dr), states[run_id], xcoms[run_id], now=now or datetime.now(UTC),
+                        change_request_template=change_request_template)
+
+
+def load_runs(session, plan: RolloutPlan, *, dag_id: str = DAG_ID, limit: int = 25,
+              now: datetime | None = None) -> list[dict]:
+    """The newest ``limit`` runs of the rollout DAG, newest first, as list rows."""
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
+
+    runs = list(session.scalars(
+        select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.run_after.desc(), DagRun.id.desc())
+        .limit(limit)
+    ))
+    states, xcoms = _load_rows(session, dag_id, [dr.run_id for dr in runs])
+    moment = now or datetime.now(UTC)
+    return [run_summary(assemble_run(plan, _run_dict(dr), states[dr.run_id], xcoms[dr.run_id], now=moment))
+            for dr in runs]
