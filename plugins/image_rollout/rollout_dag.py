@@ -119,9 +119,9 @@ def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ProdChangeApp
         subject=f"Approve the prod change: immutable image build {{{{ params.build_name }}}} to {target}",
         body=(
             f"The prod train for **{target}** is filed: change request "
-            f"`{{{{ ti.xcom_pull(task_ids='{file_task}')['request_id'] }}}}`, evidence commit "
-            f"`{{{{ ti.xcom_pull(task_ids='{file_task}')['evidence_sha'] }}}}` "
-            f"({{{{ ti.xcom_pull(task_ids='{file_task}')['evidence_link'] }}}}).\n\n"
+            f"`{{{{ ti.xcom_pull(task_ids='{file_task}').get('request_id') }}}}`, evidence commit "
+            f"`{{{{ ti.xcom_pull(task_ids='{file_task}').get('evidence_sha') }}}}` "
+            f"({{{{ ti.xcom_pull(task_ids='{file_task}').get('evidence_link') }}}}).\n\n"
             "Approve to start the canary; Reject stops the rollout before the target changes."
         ),
         response_timeout=timedelta(seconds=plan.change_request.timeout),

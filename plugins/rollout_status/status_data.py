@@ -79,8 +79,16 @@ def _seconds_left(until: datetime | None, now: datetime) -> float | None:
 def _group_state(states: list[str | None]) -> str:
     """One word for a stage from its tasks' states, worst first."""
     present = [s for s in states if s]
-    for word in ("failed", "upstream_failed", "up_for_retry", "running", "awaiting_input", "deferred",
-                 "queued", "scheduled"):
+    for word in (
+        "failed",
+        "upstream_failed",
+        "up_for_retry",
+        "running",
+        "awaiting_input",
+        "deferred",
+        "queued",
+        "scheduled",
+    ):
         if word in present:
             return word
     if present and all(s == "success" for s in present):
@@ -114,8 +122,15 @@ def evidence_url(known: list[dict], path: str | None, sha: str | None) -> str | 
 
 
 # -- assembly (pure) -------------------------------------------------------------------------------
-def assemble_run(plan: RolloutPlan, run: dict, states: TaskStates, xcoms: XComs, *, now: datetime,
-                 change_request_template: str = "") -> dict:
+def assemble_run(
+    plan: RolloutPlan,
+    run: dict,
+    states: TaskStates,
+    xcoms: XComs,
+    *,
+    now: datetime,
+    change_request_template: str = "",
+) -> dict:
     """The page's data for one run from its DagRun fields, task states and XComs."""
 
     def xcom(task_id: str, map_index: int = -1, key: str = "return_value") -> Any:
@@ -126,7 +141,9 @@ def assemble_run(plan: RolloutPlan, run: dict, states: TaskStates, xcoms: XComs,
     images = _dict(build.get("images"))
     baseline = _dict(build.get("baseline"))
     rollback = _dict(xcom(ROLLBACK_TASK))
-    restored = {r.get("target"): r.get("restored") for r in rollback.get("rolled_back") or [] if isinstance(r, dict)}
+    restored = {
+        r.get("target"): r.get("restored") for r in rollback.get("rolled_back") or [] if isinstance(r, dict)
+    }
 
     targets: list[dict] = []
     gates: list[dict] = []
@@ -138,8 +155,12 @@ def assemble_run(plan: RolloutPlan, run: dict, states: TaskStates, xcoms: XComs,
     for stage in plan.stages:
         prefix = f"{stage.id}."
         stage_states = [row["state"] for (task_id, _), row in states.items() if task_id.startswith(prefix)]
-        stage_entry = {"id": stage.id, "kind": stage.kind, "state": _group_state(stage_states),
-                       "targets": [t.target for t in stage.targets]}
+        stage_entry = {
+            "id": stage.id,
+            "kind": stage.kind,
+            "state": _group_state(stage_states),
+            "targets": [t.target for t in stage.targets],
+        }
         stages.append(stage_entry)
 
         if stage.kind == "promote":
@@ -158,11 +179,15 @@ def assemble_run(plan: RolloutPlan, run: dict, states: TaskStates, xcoms: XComs,
                 if name in restored:
                     serves, status = restored[name], "rolled back"
                 elif state == "success" and promoted:
-                    serves, status = new, ("already serving" if promoted.get("changed") is False else "promoted")
+                    serves, status = (
+                        new,
+                        ("already serving" if promoted.get("changed") is False else "promoted"),
+                    )
                 else:
                     serves = previous
                     status = {"failed": "failed", "upstream_failed": "not reached", "skipped": "skipped"}.get(
-                        state or "", "waiting" if state in WAITING or state == "running" else "pending")
+                        state or "", "waiting" if state in WAITING or state == "running" else "pending"
+                    )
                 request_id = promoted.get("request_id") or filed.get("request_id")
                 evidence_sha = promoted.get("evidence_sha") or filed.get("evidence_sha")
                 when = parse_time(promoted.get("promoted_at"))
@@ -177,7 +202,9 @@ def assemble_run(plan: RolloutPlan, run: dict, states: TaskStates, xcoms: XComs,
                     "status": status,
                     "serves": serves,
                     "serves_new": bool(images) and serves == images,
-                    "image_id": (serves or {}).get(plan_target.image_key) if isinstance(serves, dict) else None,
+                    "image_id": (serves or {}).get(plan_target.image_key)
+                    if isinstance(serves, dict)
+                    else None,
                     "previous": previous,
                     "new": new,
                     "changed": promoted.get("changed"),
@@ -186,14 +213,28 @@ def assemble_run(plan: RolloutPlan, run: dict, states: TaskStates, xcoms: XComs,
                     "request_id": request_id,
                     "request_url": change_request_url(change_request_template, request_id),
                     "review_status": filed.get("review_status"),
+                    "request_status": _request_status(state, filed) if request_id else None,
                     "evidence_sha": evidence_sha,
                     "evidence_link": filed.get("evidence_link"),
                 }
                 targets.append(entry)
                 if request_id:
-                    change_requests.append({key: entry[key] for key in (
-                        "stage", "target", "request_id", "request_url", "review_status", "evidence_sha",
-                        "evidence_link", "state")})
+                    change_requests.append(
+                        {
+                            key: entry[key]
+                            for key in (
+                                "stage",
+                                "target",
+                                "request_id",
+                                "request_url",
+                                "review_status",
+                                "request_status",
+                                "evidence_sha",
+                                "evidence_link",
+                                "state",
+                            )
+                        }
+                    )
             promoted_at_by_stage[stage.id] = max(times) if times else None
 
             if stage.human_approval:
@@ -201,15 +242,29 @@ def assemble_run(plan: RolloutPlan, run: dict, states: TaskStates, xcoms: XComs,
             if stage.carrier:
                 gates.append(_reload_gate(plan, stage, states, xcom, promoted_at_by_stage[stage.id], now))
         elif stage.kind in ("evidence_commit", "evidence_update"):
-            task_id = f"{stage.id}.commit_evidence" if stage.kind == "evidence_commit" else f"{stage.id}.update_evidence"
+            task_id = (
+                f"{stage.id}.commit_evidence"
+                if stage.kind == "evidence_commit"
+                else f"{stage.id}.update_evidence"
+            )
             value = _dict(xcom(task_id))
-            evidence.append({"stage": stage.id, "task_id": task_id, "state": _state(states, task_id) or "none",
-                             "step": "first commit" if stage.kind == "evidence_commit" else "stage reloads added",
-                             "path": value.get("path"), "sha": value.get("sha"), "url": value.get("url")})
+            evidence.append(
+                {
+                    "stage": stage.id,
+                    "task_id": task_id,
+                    "state": _state(states, task_id) or "none",
+                    "step": "first commit" if stage.kind == "evidence_commit" else "stage reloads added",
+                    "path": value.get("path"),
+                    "sha": value.get("sha"),
+                    "url": value.get("url"),
+                }
+            )
         elif stage.kind == "bake":
             gates.append(_bake_gate(stage, states, xcom, now))
         elif stage.kind == "soak_gate":
-            region_stage = next((s for s in plan.stages if plan.soak.region in [t.target for t in s.targets]), None)
+            region_stage = next(
+                (s for s in plan.stages if plan.soak.region in [t.target for t in s.targets]), None
+            )
             started = promoted_at_by_stage.get(region_stage.id) if region_stage else None
             gates.append(_soak_gate(plan, stage, states, xcom, started, now))
 
@@ -219,13 +274,29 @@ def assemble_run(plan: RolloutPlan, run: dict, states: TaskStates, xcoms: XComs,
             task_id = f"{stage.id}.record_approval_{stage.id}"
             value = _dict(xcom(task_id))
             if value or _state(states, task_id):
-                evidence.append({"stage": stage.id, "task_id": task_id, "state": _state(states, task_id) or "none",
-                                 "step": "prod approval recorded", "path": value.get("path"),
-                                 "sha": value.get("sha"), "url": None})
+                evidence.append(
+                    {
+                        "stage": stage.id,
+                        "task_id": task_id,
+                        "state": _state(states, task_id) or "none",
+                        "step": "prod approval recorded",
+                        "path": value.get("path"),
+                        "sha": value.get("sha"),
+                        "url": None,
+                    }
+                )
     if rollback.get("evidence_sha"):
-        evidence.append({"stage": "rollout_end", "task_id": ROLLBACK_TASK, "state": _state(states, ROLLBACK_TASK),
-                         "step": "rollback recorded", "path": plan.evidence_path(build.get("name", "")),
-                         "sha": rollback["evidence_sha"], "url": None})
+        evidence.append(
+            {
+                "stage": "rollout_end",
+                "task_id": ROLLBACK_TASK,
+                "state": _state(states, ROLLBACK_TASK),
+                "step": "rollback recorded",
+                "path": plan.evidence_path(build.get("name", "")),
+                "sha": rollback["evidence_sha"],
+                "url": None,
+            }
+        )
     for item in evidence:
         if not item["url"]:
             item["url"] = evidence_url(evidence, item["path"], item["sha"])
@@ -233,71 +304,102 @@ def assemble_run(plan: RolloutPlan, run: dict, states: TaskStates, xcoms: XComs,
     adoption_value = _dict(xcom(ADOPTION_TASK, key="adoption")) or _dict(xcom(ADOPTION_TASK))
     adoption = None
     if adoption_value or _state(states, ADOPTION_TASK):
-        carriers = [{"name": name, **{k: _dict(v).get(k) for k in ("new", "total", "percent")}}
-                    for name, v in sorted(_dict(adoption_value.get("carriers")).items())]
-        adoption = {"state": _state(states, ADOPTION_TASK) or "none", "percent": adoption_value.get("percent"),
-                    "new": adoption_value.get("new"), "total": adoption_value.get("total"),
-                    "report_build": adoption_value.get("report_build"),
-                    "threshold_percent": plan.adoption.threshold_percent, "carriers": carriers}
+        carriers = [
+            {"name": name, **{k: _dict(v).get(k) for k in ("new", "total", "percent")}}
+            for name, v in sorted(_dict(adoption_value.get("carriers")).items())
+        ]
+        adoption = {
+            "state": _state(states, ADOPTION_TASK) or "none",
+            "percent": adoption_value.get("percent"),
+            "new": adoption_value.get("new"),
+            "total": adoption_value.get("total"),
+            "report_build": adoption_value.get("report_build"),
+            "threshold_percent": plan.adoption.threshold_percent,
+            "carriers": carriers,
+        }
 
     rollback_state = _state(states, ROLLBACK_TASK)
     rollback_info = None
     if rollback or rollback_state in ("success", "failed", "running"):
-        rollback_info = {"state": rollback_state, "failed_gate": rollback.get("failed_gate"),
-                         "reason": rollback.get("reason"), "rolled_back": rollback.get("rolled_back") or [],
-                         "failed_tasks": rollback.get("failed_tasks") or [],
-                         "superseded_by": rollback.get("superseded_by"), "evidence_sha": rollback.get("evidence_sha")}
+        rollback_info = {
+            "state": rollback_state,
+            "failed_gate": rollback.get("failed_gate"),
+            "reason": rollback.get("reason"),
+            "rolled_back": rollback.get("rolled_back") or [],
+            "failed_tasks": rollback.get("failed_tasks") or [],
+            "superseded_by": rollback.get("superseded_by"),
+            "evidence_sha": rollback.get("evidence_sha"),
+        }
 
     failed_tasks = sorted(
         f"{task_id}[{map_index}]" if map_index >= 0 else task_id
-        for (task_id, map_index), row in states.items() if row["state"] in ("failed", "upstream_failed")
+        for (task_id, map_index), row in states.items()
+        if row["state"] == "failed"
     )
-    return jsonable({
-        "dag_id": run.get("dag_id", DAG_ID),
-        "run_id": run.get("run_id"),
-        "state": run.get("state"),
-        "run_type": run.get("run_type"),
-        "triggered_by": run.get("triggering_user_name"),
-        "started_at": iso(run.get("start_date")),
-        "ended_at": iso(run.get("end_date")),
-        "run_after": iso(run.get("run_after")),
-        "generated_at": iso(now),
-        "plan": plan.name,
-        "conf": conf,
-        "build": {
-            "name": build.get("name") or conf.get("build_name"),
-            "number": build.get("number"),
-            "url": build.get("url"),
-            "console_url": build.get("console_url"),
-            "images": images,
-            "verified_at": build.get("verified_at"),
-            "dry_run": build.get("dry_run", conf.get("dry_run")),
-            "state": _state(states, VERIFY_TASK) or "none",
-        },
-        "summary": {
-            "targets": len(targets),
-            "serving_new": sum(1 for t in targets if t["serves_new"]),
-            "rolled_back": sum(1 for t in targets if t["status"] == "rolled back"),
-            "gates": len(gates),
-            "gates_passed": sum(1 for g in gates if g["passed"] is True),
-            "gates_failed": sum(1 for g in gates if g["passed"] is False),
-            "failed_tasks": failed_tasks,
-        },
-        "stages": stages,
-        "targets": targets,
-        "gates": gates,
-        "evidence": evidence,
-        "change_requests": change_requests,
-        "adoption": adoption,
-        "rollback": rollback_info,
-        "fleet": _dict(xcom(FLEET_TASK)) or None,
-    })
+    not_reached = sum(1 for row in states.values() if row["state"] == "upstream_failed")
+    return jsonable(
+        {
+            "dag_id": run.get("dag_id", DAG_ID),
+            "run_id": run.get("run_id"),
+            "state": run.get("state"),
+            "run_type": run.get("run_type"),
+            "triggered_by": run.get("triggering_user_name"),
+            "started_at": iso(run.get("start_date")),
+            "ended_at": iso(run.get("end_date")),
+            "run_after": iso(run.get("run_after")),
+            "generated_at": iso(now),
+            "plan": plan.name,
+            "conf": conf,
+            "build": {
+                "name": build.get("name") or conf.get("build_name"),
+                "number": build.get("number"),
+                "url": build.get("url"),
+                "console_url": build.get("console_url"),
+                "images": images,
+                "verified_at": build.get("verified_at"),
+                "dry_run": build.get("dry_run", conf.get("dry_run")),
+                "state": _state(states, VERIFY_TASK) or "none",
+            },
+            "summary": {
+                "targets": len(targets),
+                "serving_new": sum(1 for t in targets if t["serves_new"]),
+                "rolled_back": sum(1 for t in targets if t["status"] == "rolled back"),
+                "gates": len(gates),
+                "gates_passed": sum(1 for g in gates if g["passed"] is True),
+                "gates_failed": sum(1 for g in gates if g["passed"] is False),
+                "failed_tasks": failed_tasks,
+                "not_reached": not_reached,
+            },
+            "stages": stages,
+            "targets": targets,
+            "gates": gates,
+            "evidence": evidence,
+            "change_requests": change_requests,
+            "adoption": adoption,
+            "rollback": rollback_info,
+            "fleet": _dict(xcom(FLEET_TASK)) or None,
+            "superseded_by": next(
+                (str(v) for (_, _, key), v in sorted(xcoms.items(), key=str) if key == "superseded_by" and v),
+                None,
+            ),
+        }
+    )
+
+
+def _request_status(state: str | None, filed: dict) -> str | None:
+    """Where a change request stands: the filed review status until its promotion task ends."""
+    if state == "success":
+        return "applied"
+    if state == "failed":
+        return "not applied (declined or timed out: see the task log)"
+    return filed.get("review_status")
 
 
 def _passed(state: str | None) -> bool | None:
+    """True passed, False failed, None not decided (waiting, or never reached)."""
     if state == "success":
         return True
-    if state in ("failed", "upstream_failed"):
+    if state == "failed":
         return False
     return None
 
@@ -312,8 +414,12 @@ def _reload_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, 
     if promoted_at is not None and state not in FINISHED:
         deadline = promoted_at + timedelta(seconds=plan.reloads.grace + plan.reloads.timeout)
     return {
-        "kind": "reloads", "stage": stage.id, "task_id": task_id, "state": state or "none",
-        "passed": _passed(state), "title": f"Reloads on {stage.carrier}",
+        "kind": "reloads",
+        "stage": stage.id,
+        "task_id": task_id,
+        "state": state or "none",
+        "passed": _passed(state),
+        "title": f"Reloads on {stage.carrier}",
         "carrier": stage.carrier,
         "image_id": result.get("image_id"),
         "succeeded_with_new_image": figures.get("succeeded_with_new_image"),
@@ -332,9 +438,14 @@ def _bake_gate(stage: StagePlan, states: TaskStates, xcom, now) -> dict:
     until = parse_time(xcom(until_task))
     state = _state(states, wait_task)
     return {
-        "kind": "bake", "stage": stage.id, "task_id": wait_task, "state": state or "none",
-        "passed": _passed(state), "title": f"Bake after {stage.after}",
-        "after": stage.after, "wait_seconds": stage.wait,
+        "kind": "bake",
+        "stage": stage.id,
+        "task_id": wait_task,
+        "state": state or "none",
+        "passed": _passed(state),
+        "title": f"Bake after {stage.after}",
+        "after": stage.after,
+        "wait_seconds": stage.wait,
         "until": iso(until),
         "seconds_left": 0.0 if state == "success" else _seconds_left(until, now),
     }
@@ -351,8 +462,12 @@ def _soak_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, st
     if state not in FINISHED and started is not None:
         seconds_left = _seconds_left(started + timedelta(seconds=plan.soak.min_duration), now)
     return {
-        "kind": "soak", "stage": stage.id, "task_id": task_id, "state": state or "none",
-        "passed": _passed(state), "title": f"Canary soak in {plan.soak.region}",
+        "kind": "soak",
+        "stage": stage.id,
+        "task_id": task_id,
+        "state": state or "none",
+        "passed": _passed(state),
+        "title": f"Canary soak in {plan.soak.region}",
         "region": plan.soak.region,
         "autorecovery_reloads": figures.get("autorecovery_reloads"),
         "failed_reloads": figures.get("failed_reloads"),
@@ -379,8 +494,12 @@ def _approval_gate(stage: StagePlan, states: TaskStates, xcom) -> dict:
     if state == "success" and chosen and chosen != ["Approve"]:
         passed = False
     return {
-        "kind": "approval", "stage": stage.id, "task_id": approve_task, "state": state or "none",
-        "passed": passed, "title": f"Prod approval for {', '.join(t.target for t in stage.targets)}",
+        "kind": "approval",
+        "stage": stage.id,
+        "task_id": approve_task,
+        "state": state or "none",
+        "passed": passed,
+        "title": f"Prod approval for {', '.join(t.target for t in stage.targets)}",
         "chosen_options": chosen,
         "responded_by": user.get("name") or user.get("id"),
         "responded_at": answer.get("responded_at"),
@@ -409,16 +528,26 @@ def run_summary(detail: dict) -> dict:
         "gates": detail["summary"]["gates"],
         "adoption_percent": adoption.get("percent"),
         "failed_gate": rollback.get("failed_gate"),
-        "current_stage": next((s["id"] for s in detail["stages"] if s["state"] not in ("success", "skipped")), None),
+        "superseded_by": detail.get("superseded_by"),
+        "current_stage": next(
+            (s["id"] for s in detail["stages"] if s["state"] not in ("success", "skipped")), None
+        ),
     }
 
 
 # -- reading the metadata DB -----------------------------------------------------------------------
 def _run_dict(dr) -> dict:
-    return {"dag_id": dr.dag_id, "run_id": dr.run_id, "state": str(dr.state) if dr.state else None,
-            "run_type": str(dr.run_type) if dr.run_type else None, "conf": dr.conf or {},
-            "start_date": dr.start_date, "end_date": dr.end_date, "run_after": dr.run_after,
-            "triggering_user_name": getattr(dr, "triggering_user_name", None)}
+    return {
+        "dag_id": dr.dag_id,
+        "run_id": dr.run_id,
+        "state": str(dr.state) if dr.state else None,
+        "run_type": str(dr.run_type) if dr.run_type else None,
+        "conf": dr.conf or {},
+        "start_date": dr.start_date,
+        "end_date": dr.end_date,
+        "run_after": dr.run_after,
+        "triggering_user_name": getattr(dr, "triggering_user_name", None),
+    }
 
 
 def _load_rows(session, dag_id: str, run_ids: list[str]) -> tuple[dict[str, TaskStates], dict[str, XComs]]:
@@ -431,22 +560,55 @@ def _load_rows(session, dag_id: str, run_ids: list[str]) -> tuple[dict[str, Task
     if not run_ids:
         return states, xcoms
     rows = session.execute(
-        select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index, TaskInstance.state,
-               TaskInstance.start_date, TaskInstance.end_date, TaskInstance.try_number)
-        .where(TaskInstance.dag_id == dag_id, TaskInstance.run_id.in_(run_ids))
+        select(
+            TaskInstance.run_id,
+            TaskInstance.task_id,
+            TaskInstance.map_index,
+            TaskInstance.state,
+            TaskInstance.start_date,
+            TaskInstance.end_date,
+            TaskInstance.try_number,
+        ).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id.in_(run_ids))
     )
     for run_id, task_id, map_index, state, start, end, tries in rows:
-        states[run_id][(task_id, map_index)] = {"state": str(state) if state else None, "start_date": start,
-                                                "end_date": end, "try_number": tries}
+        states[run_id][(task_id, map_index)] = {
+            "state": str(state) if state else None,
+            "start_date": start,
+            "end_date": end,
+            "try_number": tries,
+        }
     for row in session.scalars(
         select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id.in_(run_ids))
     ):
-        xcoms[row.run_id][(row.task_id, row.map_index, row.key)] = XComModel.deserialize_value(row)
+        xcoms[row.run_id][(row.task_id, row.map_index, row.key)] = xcom_value(row)
     return states, xcoms
 
 
-def load_run(session, run_id: str, plan: RolloutPlan, *, dag_id: str = DAG_ID, now: datetime | None = None,
-             change_request_template: str = "") -> dict | None:
+def xcom_value(row) -> Any:
+    """An XCom row's value: JSON-decoded by ``XComModel``, then serde-decoded (datetimes and the like)
+    as the task SDK does on ``xcom_pull``; a class outside Airflow's allow list stays a string."""
+    from airflow.models.xcom import XComModel
+    from airflow.sdk.serde import deserialize
+
+    value = XComModel.deserialize_value(row)
+    try:
+        return deserialize(value)
+    except Exception:
+        try:
+            return deserialize(value, full=False)
+        except Exception:
+            return value
+
+
+def load_run(
+    session,
+    run_id: str,
+    plan: RolloutPlan,
+    *,
+    dag_id: str = DAG_ID,
+    now: datetime | None = None,
+    change_request_template: str = "",
+) -> dict | None:
     """One run's page data, or None when the DAG has no such run."""
     from airflow.models.dagrun import DagRun
     from sqlalchemy import select
@@ -455,21 +617,34 @@ def load_run(session, run_id: str, plan: RolloutPlan, *, dag_id: str = DAG_ID, n
     if dr is None:
         return None
     states, xcoms = _load_rows(session, dag_id, [run_id])
-    return assemble_run(plan, _run_dict(dr), states[run_id], xcoms[run_id], now=now or datetime.now(UTC),
-                        change_request_template=change_request_template)
+    return assemble_run(
+        plan,
+        _run_dict(dr),
+        states[run_id],
+        xcoms[run_id],
+        now=now or datetime.now(UTC),
+        change_request_template=change_request_template,
+    )
 
 
-def load_runs(session, plan: RolloutPlan, *, dag_id: str = DAG_ID, limit: int = 25,
-              now: datetime | None = None) -> list[dict]:
+def load_runs(
+    session, plan: RolloutPlan, *, dag_id: str = DAG_ID, limit: int = 25, now: datetime | None = None
+) -> list[dict]:
     """The newest ``limit`` runs of the rollout DAG, newest first, as list rows."""
     from airflow.models.dagrun import DagRun
     from sqlalchemy import select
 
-    runs = list(session.scalars(
-        select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.run_after.desc(), DagRun.id.desc())
-        .limit(limit)
-    ))
+    runs = list(
+        session.scalars(
+            select(DagRun)
+            .where(DagRun.dag_id == dag_id)
+            .order_by(DagRun.run_after.desc(), DagRun.id.desc())
+            .limit(limit)
+        )
+    )
     states, xcoms = _load_rows(session, dag_id, [dr.run_id for dr in runs])
     moment = now or datetime.now(UTC)
-    return [run_summary(assemble_run(plan, _run_dict(dr), states[dr.run_id], xcoms[dr.run_id], now=moment))
-            for dr in runs]
+    return [
+        run_summary(assemble_run(plan, _run_dict(dr), states[dr.run_id], xcoms[dr.run_id], now=moment))
+        for dr in runs
+    ]

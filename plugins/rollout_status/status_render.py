@@ -11,9 +11,18 @@ from markupsafe import Markup
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 STATE_COLORS = {
-    "success": "#1a7f37", "failed": "#cf222e", "upstream_failed": "#bc4c00", "running": "#0969da",
-    "deferred": "#8250df", "awaiting_input": "#8250df", "queued": "#6e7781", "scheduled": "#6e7781",
-    "up_for_retry": "#bf8700", "up_for_reschedule": "#8250df", "skipped": "#d63384", "removed": "#6e7781",
+    "success": "#1a7f37",
+    "failed": "#cf222e",
+    "upstream_failed": "#bc4c00",
+    "running": "#0969da",
+    "deferred": "#8250df",
+    "awaiting_input": "#8250df",
+    "queued": "#6e7781",
+    "scheduled": "#6e7781",
+    "up_for_retry": "#bf8700",
+    "up_for_reschedule": "#8250df",
+    "skipped": "#d63384",
+    "removed": "#6e7781",
     "none": "#8c959f",
 }
 
@@ -75,7 +84,9 @@ def state_badge(state: object) -> Markup:
     return Markup('<span class="badge" style="background:{}">{}</span>').format(color, word.replace("_", " "))
 
 
-def adoption_chart(adoption: dict | None, *, width: int = 900, bar_height: int = 22, gap: int = 8) -> dict | None:
+def adoption_chart(
+    adoption: dict | None, *, width: int = 900, bar_height: int = 22, gap: int = 8
+) -> dict | None:
     """Geometry of the per-carrier adoption bars (percent of workers on the new image)."""
     if not adoption or not adoption.get("carriers"):
         return None
@@ -85,15 +96,33 @@ def adoption_chart(adoption: dict | None, *, width: int = 900, bar_height: int =
     for i, carrier in enumerate(adoption["carriers"]):
         percent = float(carrier.get("percent") or 0.0)
         y = 24 + i * (bar_height + gap)
-        bars.append({"name": carrier["name"], "y": y, "text_y": y + bar_height * 0.7,
-                     "width": round(plot * max(0.0, min(percent, 100.0)) / 100.0, 1),
-                     "percent": percent, "new": carrier.get("new"), "total": carrier.get("total")})
+        bars.append(
+            {
+                "name": carrier["name"],
+                "y": y,
+                "text_y": y + bar_height * 0.7,
+                "width": round(plot * max(0.0, min(percent, 100.0)) / 100.0, 1),
+                "percent": percent,
+                "new": carrier.get("new"),
+                "total": carrier.get("total"),
+            }
+        )
     threshold = float(adoption.get("threshold_percent") or 0.0)
     height = 24 + len(bars) * (bar_height + gap) + 8
-    return {"width": width, "height": height, "x0": label_width, "plot": plot, "bar_height": bar_height,
-            "bars": bars, "threshold_x": round(label_width + plot * threshold / 100.0, 1), "threshold": threshold,
-            "value_x": label_width + plot + 10, "ticks": [
-                {"x": round(label_width + plot * t / 100.0, 1), "label": f"{t}%"} for t in (0, 25, 50, 75, 100)]}
+    return {
+        "width": width,
+        "height": height,
+        "x0": label_width,
+        "plot": plot,
+        "bar_height": bar_height,
+        "bars": bars,
+        "threshold_x": round(label_width + plot * threshold / 100.0, 1),
+        "threshold": threshold,
+        "value_x": label_width + plot + 10,
+        "ticks": [
+            {"x": round(label_width + plot * t / 100.0, 1), "label": f"{t}%"} for t in (0, 25, 50, 75, 100)
+        ],
+    }
 
 
 def run_link(base: str, run_id: str) -> str:
@@ -109,11 +138,17 @@ def airflow_run_link(airflow_root: str, dag_id: str, run_id: str, task_id: str |
 def environment():
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(time=fmt_time, duration=fmt_duration, safe_url=safe_url, badge=state_badge)
-    env.globals.update(between=between, run_link=run_link, airflow_run_link=airflow_run_link,
-                       adoption_chart=adoption_chart)
+    env.globals.update(
+        between=between, run_link=run_link, airflow_run_link=airflow_run_link, adoption_chart=adoption_chart
+    )
     return env
 
 

@@ -26,6 +26,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def in_child(fn) -> dict:
+    """Run ``fn()`` in a forked child and return its JSON-able result (a fresh copy of this process)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        try:
+            payload = json.dumps(fn())
+        except BaseException as exc:  # report, never fall back into the parent's code
+            payload = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+        with os.fdopen(write_fd, "w") as out:
+            out.write(payload)
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as src:
+        data = src.read()
+    os.waitpid(pid, 0)
+    return json.loads(data or '{"error": "child died"}')
+
+
 def emit(result: dict) -> None:
     """Hand a part's result to ``__main__`` (one marked line on stdout)."""
     sys.stdout.flush()

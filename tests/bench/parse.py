@@ -1,10 +1,14 @@
 """``dag_parse_seconds`` / ``dag_parse_ratio``: DagBag parse of ``dags/`` against its same-shape baseline.
 
-Like the dag-processor, every parse happens in a freshly forked process: the parent has
-imported Airflow (the DagBag machinery) and nothing of the project, so each parse pays for
-importing the project's modules and loading the plan, as a real parse does. The real
-``dags/`` and the generated EmptyOperator baseline (``shape.py``, one file with the
-baseline of every DAG in ``dags/``) are parsed alternately; the figures are medians.
+As in the dag-processor, every parse happens in a freshly forked process, and the parent
+has imported what the dag-processor's manager has before it forks a parser: Airflow's DagBag
+machinery and, with ``[dag_processor] parsing_pre_import_modules`` (default on), every
+``airflow.*`` module a DAG file imports by name. Nothing of the project is imported in the
+parent, so each parse pays for importing the project's modules (and what they import) and for
+loading the plan, as a real parse does. Bytecode is cached (as in any deployment that can
+write ``__pycache__``), and one untimed round warms it. The real ``dags/`` and the generated
+EmptyOperator baseline (``shape.py``: one file with the baseline of every DAG in ``dags/``)
+are parsed alternately; the figures are medians.
 
 Each real parse also counts socket connects, SQL statements and Variable lookups made while
 parsing: the issue requires none at parse time.
@@ -13,13 +17,12 @@ parsing: the issue requires none at parse time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from tests.bench.common import BUILD, ROOT, emit, median
+from tests.bench.common import BUILD, ROOT, emit, in_child, median
 
 HOME = BUILD / "airflow-parse"
 SHAPE_DIR = BUILD / "shape-dags"
@@ -32,26 +35,6 @@ def _setup_env() -> None:
     # Production plan (what the dag-processor parses); a dead sandbox URL: nothing may be called.
     os.environ.update(airflow_env(HOME, "http://127.0.0.1:9", plan="default"))
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "ERROR"
-
-
-def _in_child(fn) -> dict:
-    """Run ``fn()`` in a forked child and return its JSON result."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read_fd)
-        try:
-            payload = json.dumps(fn())
-        except BaseException as exc:  # report, never fall back into the parent's code
-            payload = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
-        with os.fdopen(write_fd, "w") as out:
-            out.write(payload)
-        os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as src:
-        data = src.read()
-    os.waitpid(pid, 0)
-    return json.loads(data or '{"error": "child died"}')
 
 
 def _guarded_parse(folder: Path) -> dict:
@@ -90,6 +73,36 @@ def _guarded_parse(folder: Path) -> dict:
             "import_errors": {str(k): v[-300:] for k, v in bag.import_errors.items()}, **touched}
 
 
+def _import_costs(folder: Path, top: int = 6) -> dict[str, float]:
+    """The costliest third-party packages a parse of ``folder`` imports, each timed alone (ms)."""
+    def new_modules() -> dict:
+        from airflow.dag_processing.dagbag import DagBag
+
+        before = set(sys.modules)
+        DagBag(dag_folder=str(folder), safe_mode=False)
+        names = set()
+        for name in set(sys.modules) - before:
+            parts = name.split(".")
+            if parts[0] in ("image_rollout", "include", "tests") or name.startswith("unusual_prefix"):
+                continue
+            names.add(".".join(parts[:3]) if parts[:2] == ["airflow", "providers"] else parts[0])
+        return {"modules": sorted(names)}
+
+    def import_ms(name: str) -> dict:
+        import importlib
+
+        started = time.perf_counter()
+        importlib.import_module(name)
+        return {"ms": (time.perf_counter() - started) * 1000}
+
+    costs = {}
+    for name in in_child(new_modules).get("modules", []):
+        r = in_child(lambda name=name: import_ms(name))
+        if "ms" in r:
+            costs[name] = round(r["ms"], 1)
+    return dict(sorted(costs.items(), key=lambda kv: -kv[1])[:top])
+
+
 def _write_shape() -> dict:
     """In a child (so the parent stays clean of project modules): parse dags/, write the baseline."""
     from airflow.dag_processing.dagbag import DagBag
@@ -112,23 +125,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args(argv)
     _setup_env()
+    sys.dont_write_bytecode = False  # a deployment caches bytecode; PYTHONDONTWRITEBYTECODE would not
     import airflow.dag_processing.dagbag  # noqa: F401  the dag-processor has this before it forks
     import airflow.sdk  # noqa: F401
     import sqlalchemy  # noqa: F401
+    import structlog
+    from airflow.dag_processing.processor import _pre_import_airflow_modules
 
     assert not any(m.startswith("image_rollout") for m in sys.modules), "parent must not import the project"
-    shape = _in_child(_write_shape)
+    shape = in_child(_write_shape)
     if "error" in shape or not shape.get("same_shape"):
         emit({"error": f"could not build the baseline: {shape}"})
         return 1
+    for folder in (ROOT / "dags", SHAPE_DIR):  # what the dag-processor does before forking a parser
+        for path in sorted(folder.glob("*.py")):
+            _pre_import_airflow_modules(str(path), structlog.get_logger())
     real, base, touched = [], [], {"socket_connects": 0, "sql_statements": 0, "variable_gets": 0}
     info = {}
+    for folder in (ROOT / "dags", SHAPE_DIR):  # warm-up: bytecode written, page cache warm
+        in_child(lambda folder=folder: _guarded_parse(folder))
     for i in range(args.rounds):
         order = [("real", ROOT / "dags"), ("shape", SHAPE_DIR)]
         if i % 2:
             order.reverse()
         for kind, folder in order:
-            r = _in_child(lambda folder=folder: _guarded_parse(folder))
+            r = in_child(lambda folder=folder: _guarded_parse(folder))
             if "error" in r or r.get("import_errors"):
                 emit({"error": f"{kind} parse failed: {r}"})
                 return 1
@@ -148,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "dag_parse_access": touched,
         "dag_parse_dags": info,
         "shape_file": shape["file"],
+        "dag_parse_import_costs_ms": _import_costs(ROOT / "dags"),
     }
     emit(result)
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tests.harness.stack import TERMINAL_TI, WAITING_TI
+from tests.harness.stack import TERMINAL_TI, WAITING_TI, state_str
 
 FIRST_GROUP = "build_verification"
 LAST_GROUP = "rollout_end"
@@ -54,10 +54,10 @@ def describe_stages(plan_name: str) -> list[tuple[str, str]]:
 
 
 class Progress:
-    """Feed it ``{task key: state}`` snapshots; it prints each group once it is done, in order.
+    """Feed it task-instance snapshots; it prints each group once it is done, in runbook order, and each wait.
 
     :param started: ``time.monotonic()`` of the trigger; elapsed times count from it.
-    :param detail: optional ``(task key, state) -> str`` adding context to a wait line.
+    :param detail: optional ``(task id, state) -> str`` adding context to a wait line.
     """
 
     def __init__(self, plan_name: str, started: float, *, out: Callable[[str], None] = print,
@@ -67,41 +67,47 @@ class Progress:
         self.out = out
         self.detail = detail
         self.done: dict[str, float] = {}
-        self.first_seen: dict[str, float] = {}
         self.waits_seen: set[tuple[str, str]] = set()
 
     def elapsed(self) -> str:
         return fmt_seconds(time.monotonic() - self.started)
 
-    def update(self, states: dict[str, str | None]) -> None:
-        now = time.monotonic()
-        groups: dict[str, list[str | None]] = {}
-        for key, state in states.items():
-            group = key.split(".", 1)[0]
-            groups.setdefault(group, []).append(state)
-            if state is not None:
-                self.first_seen.setdefault(group, now)
-            if state in WAITING_TI and (key, state) not in self.waits_seen:
-                self.waits_seen.add((key, state))
-                what = "waiting for a person (Required actions)" if state == "awaiting_input" else \
-                    "deferred: no worker slot"
-                extra = self.detail(key, state) if self.detail else ""
-                self.out(f"  [{self.elapsed():>6}]    ... {key} {what}{(' ' + extra) if extra else ''}")
+    def update(self, tis: list) -> None:
+        """One snapshot of the run's task instances (client objects: task_id, map_index, state, dates)."""
+        groups: dict[str, list] = {}
+        for ti in tis:
+            groups.setdefault(ti.task_id.split(".", 1)[0], []).append(ti)
         for group, text in self.stages:
             if group in self.done:
                 continue
             members = groups.get(group)
-            if not members or not all(s in TERMINAL_TI for s in members):
+            states = [state_str(ti.state) for ti in members or []]
+            if not members or not all(s in TERMINAL_TI for s in states):
                 break  # the runbook's order: nothing later is reported before this group
-            self.done[group] = now
-            if all(s == "success" for s in members):
-                mark = "ok"
-            elif any(s in ("failed", "upstream_failed") for s in members):
+            self.done[group] = time.monotonic()
+            if any(s in ("failed", "upstream_failed") for s in states):
                 mark = "FAILED"
+            elif all(s == "skipped" for s in states):
+                mark = "skipped"
             else:
-                mark = "skipped" if all(s == "skipped" for s in members) else "ok"
-            took = now - self.first_seen.get(group, now)
-            self.out(f"  [{self.elapsed():>6}] {mark:>6} {group:<26} {text}  (took ~{fmt_seconds(took)})")
+                mark = "ok"
+            ran = [ti for ti in members if ti.start_date and ti.end_date and state_str(ti.state) != "skipped"]
+            took = (max(ti.end_date for ti in ran) - min(ti.start_date for ti in ran)).total_seconds() if ran else 0
+            self.out(f"  [{self.elapsed():>6}] {mark:>7} {group:<24} {text}  (took {fmt_seconds(took)})")
+        waiting: dict[tuple[str, str], int] = {}
+        for ti in tis:
+            state = state_str(ti.state)
+            if state in WAITING_TI:
+                waiting[(ti.task_id, state)] = waiting.get((ti.task_id, state), 0) + 1
+        for (task_id, state), count in waiting.items():
+            if (task_id, state) in self.waits_seen:
+                continue
+            self.waits_seen.add((task_id, state))
+            what = "waits for a person (Required actions)" if state == "awaiting_input" else \
+                "deferred (no worker slot)"
+            extra = self.detail(task_id, state) if self.detail else ""
+            many = f" x{count}" if count > 1 else ""
+            self.out(f"  [{self.elapsed():>6}]     ... {task_id}{many} {what}{(' ' + extra) if extra else ''}")
 
     @property
     def finished_groups(self) -> list[str]:

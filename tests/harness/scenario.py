@@ -56,15 +56,32 @@ def reset_airflow_state() -> None:
     Variable.delete(ACTIVE_BUILD_VARIABLE)
 
 
+def xcoms(run_id: str, dag_id: str = "immutable_image_rollout") -> dict[str, object]:
+    """Every XCom of a run, as ``{"task_id[map_index]:key": value}`` (for assertions)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    out = {}
+    with create_session() as session:
+        for row in session.scalars(XComModel.get_many(run_id=run_id, dag_ids=dag_id)).all():
+            index = f"[{row.map_index}]" if row.map_index >= 0 else ""
+            out[f"{row.task_id}{index}:{row.key}"] = XComModel.deserialize_value(row)
+    return out
+
+
 def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve: str = "Approve",
-                 timing: dict | None = None, variables: dict | None = None) -> dict:
-    """Run one rollout; return ``{"state": sandbox state, "run_state", "tasks", "error"}``."""
+                 timing: dict | None = None, variables: dict | None = None, reset: bool = True) -> dict:
+    """Run one rollout; return ``{"state": sandbox state, "run_state", "tasks", "xcoms", "error"}``.
+
+    ``reset=False`` runs again against the sandbox as the last run left it (a rerun).
+    """
     from tests.harness.hitl import Approver
 
-    sandbox_call(base_url, "/_sandbox/reset", {"timing": timing} if timing else {})
+    if reset:
+        sandbox_call(base_url, "/_sandbox/reset", {"timing": timing} if timing else {})
+        reset_airflow_state()
     if faults:
         sandbox_call(base_url, "/_sandbox/faults", {"faults": faults})
-    reset_airflow_state()
     from airflow.models.variable import Variable
 
     for key, value in (variables or {}).items():
@@ -74,7 +91,7 @@ def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve
     dag = load_rollout_dag()
     approver = Approver(approve)
     approver.start()
-    result: dict = {"conf": conf, "faults": faults, "error": None, "run_state": None, "tasks": {}}
+    result: dict = {"conf": conf, "faults": faults, "error": None, "run_state": None, "tasks": {}, "xcoms": {}}
     started = time.monotonic()
     try:
         dr = dag.test(run_conf=conf)
@@ -83,6 +100,8 @@ def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve
             f"{ti.task_id}" + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state)
             for ti in dr.get_task_instances()
         }
+        result["run_id"] = dr.run_id
+        result["xcoms"] = xcoms(dr.run_id)
     except Exception as exc:  # a refused conf is an outcome, not a harness failure
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["run_state"] = "refused"
@@ -134,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     (BUILD / "scenario-state.json").write_text(json.dumps(result["state"], indent=2, sort_keys=True))
     (BUILD / "scenario-result.json").write_text(
-        json.dumps({k: v for k, v in result.items() if k != "state"}, indent=2, sort_keys=True)
+        json.dumps({k: v for k, v in result.items() if k not in ("state", "xcoms")}, indent=2, sort_keys=True)
     )
     print(summarize(result))
     print(f"state written to {BUILD / 'scenario-state.json'}")

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import urllib3
+from airflow_client.client.exceptions import ApiException
 
 from tests.harness.env import ROOT, airflow_env
 
@@ -43,6 +45,8 @@ ROLES = {"admin": "admin", "jenkins": "user", "sre-approver": "user"}
 TERMINAL_TI = {"success", "failed", "skipped", "upstream_failed", "removed"}
 TERMINAL_RUN = {"success", "failed"}
 WAITING_TI = {"deferred", "awaiting_input"}
+#: What a poll may meet while the api-server is busy or restarting: look again instead of failing.
+TRANSIENT = (OSError, ValueError, ApiException, urllib3.exceptions.HTTPError)
 
 
 def flag_pool() -> str:
@@ -441,14 +445,12 @@ class AirflowStack:
 
     def wait_dag(self, dag_id: str = DAG_ID, timeout: float = 300) -> None:
         """Until the dag-processor has serialized ``dag_id`` (the api-server then knows it)."""
-        from airflow_client.client.exceptions import ApiException, NotFoundException
-
         def parsed() -> bool:
             self.check_alive()
             try:
                 self.rest().dags.get_dag(dag_id)
                 return True
-            except (NotFoundException, ApiException, OSError):
+            except TRANSIENT:
                 return False
 
         wait_for(parsed, timeout=timeout, interval=1, what=f"DAG {dag_id} parsed")
@@ -540,7 +542,7 @@ class AirflowStack:
             self.check_alive()
             try:
                 ti = self.task_instance(run_id, task_id, map_index)
-            except Exception:  # not created yet (404) or a busy api-server: look again
+            except TRANSIENT:  # not created yet (404) or a busy api-server: look again
                 return None
             seen["state"] = state_str(ti.state)
             if seen["state"] in wanted:
@@ -552,20 +554,20 @@ class AirflowStack:
         return wait_for(reached, timeout=timeout, interval=1,
                         what=lambda: f"{task_id} in {sorted(wanted)} (now {seen.get('state')})")
 
-    def wait_run(self, run_id: str, *, timeout: float = 900, on_poll: Callable[[dict], None] | None = None,
+    def wait_run(self, run_id: str, *, timeout: float = 900, on_poll: Callable[[list], None] | None = None,
                  interval: float = 2) -> str:
-        """Until the run is success/failed; ``on_poll`` gets the task states every ``interval`` seconds."""
+        """Until the run is success/failed; ``on_poll`` gets the run's task instances every ``interval`` s."""
         result: dict = {}
 
         def finished():
             self.check_alive()
             try:
-                states = self.task_states(run_id)
+                tis = self.task_instances(run_id)
                 run_state = state_str(self.dag_run(run_id).state)
-            except Exception:  # a busy api-server: look again
+            except TRANSIENT:  # a busy or restarting api-server: look again
                 return None
             if on_poll:
-                on_poll(states)
+                on_poll(tis)
             result["state"] = run_state
             return run_state if run_state in TERMINAL_RUN else None
 
@@ -577,26 +579,29 @@ class AirflowStack:
 
 
 def kill_tree(pid: int, *, hard: bool = False, grace: float = 20) -> None:
-    """Signal a process's group and every descendant (some re-parent or start sessions of their own)."""
+    """Stop a process and everything under it.
+
+    Soft: SIGTERM to the process alone (Celery, uvicorn and the scheduler shut their own children
+    down), then SIGKILL to its group and every descendant still there after ``grace`` seconds.
+    Hard (a crash): SIGKILL to all of them at once. Descendants are collected first because some
+    start sessions of their own and would escape a group kill.
+    """
     try:
         root = psutil.Process(pid)
         procs = [root] + root.children(recursive=True)
     except psutil.NoSuchProcess:
         procs = []
-    sig = signal.SIGKILL if hard else signal.SIGTERM
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-    for proc in procs:
+    alive = procs
+    if not hard and procs:
         with contextlib.suppress(psutil.Error):
-            proc.send_signal(sig)
-    _gone, alive = psutil.wait_procs(procs, timeout=0 if hard else grace)
-    if alive or not hard:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+            root.terminate()
+        _gone, alive = psutil.wait_procs(procs, timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
 
@@ -613,6 +618,7 @@ class RssSampler(threading.Thread):
 
     def sample(self) -> None:
         by_component: dict[str, float] = {}
+        pss = 0
         count = 0
         for name, proc in list(self.stack.procs.items()):
             if proc.poll() is not None:
@@ -625,13 +631,16 @@ class RssSampler(threading.Thread):
             total = 0
             for member in members:
                 with contextlib.suppress(psutil.Error):
-                    total += member.memory_info().rss
+                    info = member.memory_full_info()
+                    total += info.rss
+                    pss += getattr(info, "pss", info.rss)
                     count += 1
             by_component[name] = round(total / 2**20, 1)
         rss = round(sum(by_component.values()), 1)
         if rss > self.peak["rss_mb"]:
-            self.peak = {"rss_mb": rss, "processes": count, "by_component_mb": by_component,
-                         "at": datetime.now(UTC).isoformat()}
+            # RSS counts pages shared by forked workers once per process; PSS splits them fairly.
+            self.peak = {"rss_mb": rss, "pss_mb": round(pss / 2**20, 1), "processes": count,
+                         "by_component_mb": by_component, "at": datetime.now(UTC).isoformat()}
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
@@ -664,18 +673,32 @@ def tail(path: Path, lines: int = 40) -> str:
         return f"(no log at {path})"
 
 
-def redis_flush(db: int) -> None:
-    """Empty this stack's Redis database (a broker left over from an aborted run would hand out stale tasks)."""
+def redis_forget_queue(stack: AirflowStack) -> None:
+    """Drop this stack's Celery queue from Redis (its name is unique, so nobody else's tasks are touched)."""
     import redis
 
-    redis.Redis.from_url(f"{REDIS_URL}/{db}", socket_timeout=5).flushdb()
+    client = redis.Redis.from_url(f"{REDIS_URL}/{stack.redis_db}", socket_timeout=5)
+    client.delete(stack.queue)
 
 
-def http_ok(url: str, timeout: float = 5) -> bool:
+def tcp_open(host: str, port: int, timeout: float = 2) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status < 500
-    except urllib.error.HTTPError as exc:
-        return exc.code < 500
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
     except OSError:
         return False
+
+
+def ensure_services(timeout: float = 60) -> None:
+    """Start PostgreSQL and Redis the way this machine's docs say, if they are down; fail if they stay down."""
+    starters = {
+        5432: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main start",
+        6379: ("redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no "
+               "--dir /var/lib/redis --logfile /var/log/redis/ci.log"),
+    }
+    for port, command in starters.items():
+        if tcp_open("127.0.0.1", port):
+            continue
+        subprocess.run(command, shell=True, check=False, timeout=timeout)
+        wait_for(lambda p=port: tcp_open("127.0.0.1", p), timeout=timeout, interval=1,
+                 what=f"a service on 127.0.0.1:{port} (started with: {command})")

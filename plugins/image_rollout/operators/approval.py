@@ -32,6 +32,14 @@ class ProdChangeApprovalOperator(ApprovalOperator):
         self.target = target
         self.patching_channel = patching_channel
 
+    def execute(self, context):
+        filed = context["ti"].xcom_pull(task_ids=self.file_task_id) or {}
+        if filed.get("already_serving"):
+            # A rerun after the promotion went through: it was approved then; don't ask again.
+            self.log.info("%s already serves this build: no approval to ask for", self.target)
+            return {"chosen_options": [], "already_serving": True, "responded_by_user": None}
+        return super().execute(context)
+
     def execute_complete(self, context, event: dict):
         if (event.get("chosen_options") or [None])[0] == self.REJECT:
             self._rejected(context, event)
