@@ -24,8 +24,17 @@ MAX_CONSOLE_CHARS = 60_000
 IMAGE_ID = re.compile(r"^\d{1,12}$")
 
 
-def validate_request(params: dict, plan_targets: list[str]) -> dict:
-    """Validate the run's params/conf before any side effect; raise naming the bad field."""
+KNOWN_CONF = {"build_name", "build_number", "image_ids", "dry_run"}
+
+
+def validate_request(params: dict, conf: dict | None = None) -> dict:
+    """Validate the run's params/conf before any side effect; raise naming the bad field.
+
+    Unknown conf keys are refused: a mistyped ``"dryrun": true`` must not start a live rollout.
+    """
+    unknown = sorted(set(conf or {}) - KNOWN_CONF)
+    if unknown:
+        raise AirflowFailException(f"conf has unknown key(s) {unknown}; known: {sorted(KNOWN_CONF)}")
     build_name = params.get("build_name")
     if not isinstance(build_name, str) or not BUILD_NAME.match(build_name):
         raise AirflowFailException(f"conf build_name {build_name!r} does not match NNN-NNNN-NNN-YYYYMMDD")
@@ -40,10 +49,6 @@ def validate_request(params: dict, plan_targets: list[str]) -> dict:
             raise AirflowFailException(f"conf image_ids has unknown environment {key!r}")
         if not IMAGE_ID.match(str(value)):
             raise AirflowFailException(f"conf image_ids.{key} {value!r} is not a numeric image id")
-    only = params.get("targets") or []
-    unknown = sorted(set(only) - set(plan_targets))
-    if unknown:
-        raise AirflowFailException(f"conf targets has unknown target(s) {unknown}")
     return {
         "build_name": build_name,
         "build_number": int(number) if number not in (None, "") else None,
@@ -62,7 +67,7 @@ class VerifyBuildOperator(RolloutOperator):
     """
 
     def execute(self, context, event: dict | None = None) -> dict:
-        request = validate_request(dict(context["params"]), [t.target for t in self.plan.targets])
+        request = validate_request(dict(context["params"]), dict(context["dag_run"].conf or {}))
         name = request["build_name"]
         jenkins = JenkinsHook()
         job = self.plan.jenkins.image_job
