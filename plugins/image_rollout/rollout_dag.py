@@ -218,7 +218,10 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
             if gate_task_id(stage):
                 gates_tasks.append(dag.get_task(gate_task_id(stage)))
         with TaskGroup("rollout_end", tooltip="Check the fleet, or roll back a failed gate"):
-            verify_fleet = VerifyFleetOperator(task_id="verify_flag_state", plan=plan.name)
+            # ALL_DONE: however the run ended, it reports by data which targets serve the build, so a
+            # run is green only when every target does.
+            verify_fleet = VerifyFleetOperator(task_id="verify_flag_state", plan=plan.name,
+                                               trigger_rule=TriggerRule.ALL_DONE)
             rollback = RollbackOperator(task_id="rollback", plan=plan.name, trigger_rule=TriggerRule.ONE_FAILED)
             done = EmptyOperator(task_id="rollout_complete")
             verify_fleet >> done

@@ -95,7 +95,8 @@ def details(results: dict) -> list[str]:
                      f"{o['rollout_overhead_ratio_excluding_waits']}")
     r = results.get("reports_bench", {})
     if "counts_report_rows_per_second" in r:
-        lines.append(f"  reports: {r['counts_report_rows']} rows in {r['counts_report_seconds']} s; "
+        lines.append(f"  reports: {r['counts_report_rows']} rows in {r['counts_report_seconds']} s (best of "
+                     f"{r['counts_report_repeat']}; median {r['counts_report_rows_per_second_median']} rows/s); "
                      f"{r['counts_report_big_rows']} rows at {r['counts_report_big_rows_per_second']} rows/s; "
                      f"peak RSS growth {r['counts_report_rss_growth_kib']} KiB")
     s = results.get("scheduler", {})

@@ -122,7 +122,7 @@ def _run(dag, conf: dict | None) -> dict:
     """One ``dag.test`` run: wall seconds, waits, final state, task states and per-task durations."""
     from tests.harness.hitl import Approver
 
-    approver = Approver("Approve", interval=0.05) if conf is not None else None
+    approver = Approver("Approve", interval=0.25) if conf is not None else None
     if approver:
         approver.start()
     clock = _WaitClock()

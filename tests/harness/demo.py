@@ -73,13 +73,13 @@ def run_demo(args) -> int:
     print(f"sandbox: {sandbox_url} ({'started here' if server else 'reused'}); resetting it")
     sandbox_call(sandbox_url, "/_sandbox/reset", {})
     build = sandbox_call(sandbox_url, "/_sandbox/state")["builds"]["new"]
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # also when started with SIGINT ignored (CI, nohup)
+        signal.signal(sig, _raise_interrupt)
     if home.exists():
         shutil.rmtree(home)  # one run per build id: a fresh metadata DB each demo
     stack = AirflowStack(home, sandbox_url, api_port=args.api_port, api_host=args.api_host, plan=args.plan,
                          passwords={**DEMO_PASSWORDS, "jenkins": os.urandom(9).hex(),
                                     "sre-approver": os.urandom(9).hex()})
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # also when started with SIGINT ignored (CI, nohup)
-        signal.signal(sig, _raise_interrupt)
     try:
         print(f"Airflow home {home} (SQLite, LocalExecutor as `airflow standalone` runs it); "
               f"component logs in {stack.logs}")
@@ -134,7 +134,9 @@ def run_demo(args) -> int:
             bad = {k: s for k, s in stack.task_states(run_id).items() if s in ("failed", "upstream_failed")}
             print(f"tasks not successful: {bad}; task logs under {home / 'logs'}")
         print_outcome(sandbox_call(sandbox_url, "/_sandbox/state"), run_id, stack.base_url)
-        print(f"\nwall time: {fmt_seconds(time.monotonic() - started)}")
+        peak = stack.peak_rss
+        print(f"\nwall time: {fmt_seconds(time.monotonic() - started)}; peak memory of the Airflow processes: "
+              f"{peak.get('rss_mb')} MB RSS ({peak.get('pss_mb')} MB PSS) over {peak.get('processes')} processes")
         if args.exit:
             return 0 if final == "success" else 1
         print("\nThe UI stays up with the finished run; Ctrl-C stops Airflow and the sandbox.")

@@ -124,6 +124,26 @@ def drop_database(name: str) -> None:
         conn.close()
 
 
+def drop_stale_databases(prefix: str = "airflow_stack", older_than_hours: float = 6) -> list[str]:
+    """Drop databases an aborted run (SIGKILL, power cut) left behind; their names carry their creation time."""
+    conn = _pg_admin()
+    dropped = []
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{prefix}_%",))
+            for (name,) in cur.fetchall():
+                try:
+                    made = datetime.strptime(name[len(prefix) + 1:][:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+                except ValueError:
+                    continue
+                if (datetime.now(UTC) - made).total_seconds() > older_than_hours * 3600:
+                    cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    dropped.append(name)
+    finally:
+        conn.close()
+    return dropped
+
+
 # -- REST: JWT from /auth/token, then the official client -------------------------------------------
 
 
@@ -187,6 +207,29 @@ class Rest:
 
 # -- the stack -------------------------------------------------------------------------------------
 
+_LIVE: list[AirflowStack] = []
+
+
+def _stop_on_sigterm() -> None:
+    """A SIGTERM (CI timeout, ``kill``) skips atexit: stop the stacks first, then die of it as usual.
+
+    Installed only where nobody else handles SIGTERM (the demo has its own handler).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def handler(signum, frame):
+        for stack in list(_LIVE):
+            with contextlib.suppress(Exception):
+                stack.stop()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 
 class AirflowStack:
     """Scheduler, dag-processor, triggerer, api-server (+ Celery worker) from the venv, sharing one home.
@@ -227,6 +270,8 @@ class AirflowStack:
         self._stopped = False
         self.env = self._environment()
         atexit.register(self.stop)
+        _LIVE.append(self)
+        _stop_on_sigterm()
 
     # -- configuration ----------------------------------------------------------------------------
     @property
@@ -388,6 +433,8 @@ class AirflowStack:
                 kill_tree(pid, hard=True)
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
+        with contextlib.suppress(ValueError):
+            _LIVE.remove(self)
 
     def alive(self) -> dict[str, bool]:
         return {name: proc.poll() is None for name, proc in self.procs.items()}

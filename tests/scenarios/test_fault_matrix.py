@@ -35,10 +35,14 @@ def escalations(state) -> list[str]:
     return [m["text"] for m in state["slack"] if m["channel"] == PATCHING]
 
 
+def not_successful(result) -> dict:
+    return {t: s for t, s in result["tasks"].items() if s != "success"}
+
+
 def assert_all_new(result):
     state = result["state"]
-    assert result["run_state"] == "success", result["tasks"]
-    assert set(serving(state).values()) == {"new"}
+    assert result["run_state"] == "success", not_successful(result)
+    assert set(serving(state).values()) == {"new"}, (serving(state), not_successful(result))
     assert promotions_per_target(state) == {t: 1 for t in TARGETS}, "a rule was written more than once"
     commits = state["evidence"]["commits"]
     assert len(commits) == 3, [c["message"] for c in commits]

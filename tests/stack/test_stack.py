@@ -25,6 +25,7 @@ from tests.harness.stack import (
     AirflowStack,
     create_database,
     drop_database,
+    drop_stale_databases,
     ensure_services,
     redis_forget_queue,
     run_id_for,
@@ -87,6 +88,7 @@ def rollout(request):
     from include.sandbox import serve_in_thread
 
     ensure_services()
+    drop_stale_databases()
     started = time.monotonic()
     obs: dict = {"samples": [], "approvals": [], "after_restart": [], "errors": []}
     server, sandbox_url = serve_in_thread(port=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout.hooks.flags import FlagsHook
 from image_rollout.hooks.github import GitHubEvidenceHook
@@ -193,9 +193,8 @@ class ApplyChangeRequestOperator(RolloutOperator):
         if not self.approval_task_id:
             return None
         result = self.pull(context, self.approval_task_id)
-        if not result:
-            raise AirflowSkipException("no approval recorded in Airflow")
-        if result.get("chosen_options") != ["Approve"]:
-            raise AirflowSkipException("the prod change was rejected in Airflow")
+        if not result or result.get("chosen_options") != ["Approve"]:
+            # Never promote prod without the recorded approval: fail closed, don't skip quietly.
+            raise AirflowFailException(f"no Airflow approval recorded by {self.approval_task_id}: {result!r}")
         user = result.get("responded_by_user") or {}
         return user.get("name") or user.get("id") or "unknown"

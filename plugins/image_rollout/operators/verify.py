@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout.hooks.flags import FlagsHook
-from image_rollout.operators.base import RolloutOperator
+from image_rollout.operators.base import VERIFY_TASK, RolloutOperator
 
 
 class VerifyFleetOperator(RolloutOperator):
     """Confirm by data that the rollout reached every target, then announce completion."""
 
     def execute(self, context) -> dict:
+        if not context["ti"].xcom_pull(task_ids=VERIFY_TASK):
+            raise AirflowSkipException("no verified build: nothing was rolled out")
         build = self.build(context)
+        newer = self.superseded_by(build["name"])
+        if newer:
+            raise AirflowSkipException(f"superseded by {newer}: this rollout no longer owns the flag")
         rules = FlagsHook().rule_values()
         behind = [t.target for t in self.plan.targets if rules.get(t.target) != build["images"]]
         if behind:
