@@ -103,12 +103,14 @@ def details(results: dict) -> list[str]:
     if "calendar_compressed" in s:
         c, prod = s["calendar_compressed"], s["calendar_production"]
         lines.append(f"  real scheduler: run {s['scheduler_run_state']}, wall {c['wall_seconds']} s = mandated waits "
-                     f"{c['mandated_seconds']} s + overhead {c['overhead_seconds']} s ({c['percent']} % compressed); "
+                     f"{c['mandated_seconds']} s + overhead {c['overhead_seconds']} s ({c['percent']} % compressed; "
+                     f"{c.get('between_tasks_seconds')} s of the wall time no task instance was running or deferred); "
                      f"samples during bake/soak {s['slots_watched']}")
         lines.append(f"  production ({prod['mandated_hours']} h of mandated waits): overhead "
                      f"{prod['overhead_expected_minutes']} min expected = {prod['percent_expected']} %, "
                      f"worst {prod['overhead_worst_minutes']} min = {prod['percent_worst']} %; "
-                     f"poll intervals {prod['polls']}")
+                     f"poll intervals {prod['polls']}; with adoption.poll 5m: "
+                     f"{prod.get('percent_expected_if_adoption_poll_5m')} %")
     return lines
 
 

@@ -30,7 +30,7 @@ from datetime import datetime
 REPORT_PERIOD_SECONDS = 6 * 3600  # RUNBOOK.md, "Monitoring rollout": the report job runs every 6 hours
 
 
-def _t(value) -> float | None:
+def epoch(value) -> float | None:
     """Epoch seconds from an ISO string, epoch milliseconds or a datetime."""
     if value is None:
         return None
@@ -53,7 +53,7 @@ def mandated_windows(*, plan, state: dict, hitl: list[dict], adoption_report_tim
     promoted: dict[str, float] = {}
     for p in state["promotions"]:
         if p.get("build") == new_build and p["target"] not in promoted:
-            promoted[p["target"]] = _t(p["time"])
+            promoted[p["target"]] = epoch(p["time"])
     reloads = [r for r in state["reloads"] if r.get("status") == "succeeded" and r.get("finished_at")]
     windows: list[tuple[str, float, float]] = []
     for stage in plan.stages:
@@ -61,8 +61,8 @@ def mandated_windows(*, plan, state: dict, hitl: list[dict], adoption_report_tim
             target = stage.targets[0]
             start = promoted.get(target.target)
             image = new_images[target.image_key]
-            done = [_t(r["finished_at"]) for r in reloads if r["carrier"] == stage.carrier
-                    and r.get("image_id") == image and start is not None and _t(r["finished_at"]) >= start]
+            done = [epoch(r["finished_at"]) for r in reloads if r["carrier"] == stage.carrier
+                    and r.get("image_id") == image and start is not None and epoch(r["finished_at"]) >= start]
             end = _nth(done, plan.reloads.required)
             if start is not None and end is not None:
                 windows.append((f"reloads {stage.carrier}", start, end))
@@ -76,24 +76,24 @@ def mandated_windows(*, plan, state: dict, hitl: list[dict], adoption_report_tim
             start = promoted.get(region)
             image = new_images[plan.image_key(region)]
             if start is not None:
-                done = [_t(r["finished_at"]) for r in reloads if r.get("region") == region
+                done = [epoch(r["finished_at"]) for r in reloads if r.get("region") == region
                         and r.get("kind") == "autorecovery" and r.get("image_id") == image
-                        and _t(r["finished_at"]) >= start]
+                        and epoch(r["finished_at"]) >= start]
                 nth = _nth(done, plan.soak.min_autorecovery_reloads)
                 end = max(start + plan.soak.min_duration, nth if nth is not None else start)
                 windows.append((f"soak {region}", start, end))
     for request in state.get("approval_requests", []):
         if request.get("train") != "prod" or new_build not in (request.get("description") or ""):
             continue
-        reviews = [_t(r["creationDate"]) for r in request.get("allReviews", []) if r.get("creationDate")]
+        reviews = [epoch(r["creationDate"]) for r in request.get("allReviews", []) if r.get("creationDate")]
         if reviews:
             windows.append((f"change board {','.join(request.get('targets', []))}",
-                            _t(request["creationDate"]), min(reviews)))
+                            epoch(request["creationDate"]), min(reviews)))
     for h in hitl:
         if h.get("created_at") and h.get("responded_at"):
-            windows.append((f"approval {h['task_id']}", _t(h["created_at"]), _t(h["responded_at"])))
+            windows.append((f"approval {h['task_id']}", epoch(h["created_at"]), epoch(h["responded_at"])))
     if adoption_report_time is not None and promoted:
-        windows.append(("adoption report", max(promoted.values()), _t(adoption_report_time)))
+        windows.append(("adoption report", max(promoted.values()), epoch(adoption_report_time)))
     return windows
 
 
@@ -113,7 +113,7 @@ def union_seconds(windows: list[tuple[str, float, float]], lo: float, hi: float)
 
 
 def compressed_overhead(queued_at, ended_at, windows) -> dict:
-    start, end = _t(queued_at), _t(ended_at)
+    start, end = epoch(queued_at), epoch(ended_at)
     wall = end - start
     mandated = union_seconds(windows, start, end)
     overhead = wall - mandated

@@ -178,7 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         plan=load_plan(PLAN), state=state, hitl=recorded["hitl"], adoption_report_time=report_time,
     )
     compressed = calendar_model.compressed_overhead(recorded["queued_at"], recorded["end"], windows)
-    production = calendar_model.production_estimate(compressed["overhead_seconds"], load_plan("default"))
+    prod_plan = load_plan("default")
+    production = calendar_model.production_estimate(compressed["overhead_seconds"], prod_plan)
+    # What-if: the one production poll that dominates, at 5 minutes.
+    faster = prod_plan.model_copy(update={"adoption": prod_plan.adoption.model_copy(update={"poll": 300.0})})
+    production["percent_expected_if_adoption_poll_5m"] = calendar_model.production_estimate(
+        compressed["overhead_seconds"], faster)["percent_expected"]
+    # Where the compressed overhead sits: between task instances (scheduler/executor latency) or inside them.
+    ti_windows = [("ti", calendar_model.epoch(v["start"]), calendar_model.epoch(v["end"]))
+                  for v in recorded["tis"].values() if v["start"] and v["end"]]
+    run_lo, run_hi = calendar_model.epoch(recorded["queued_at"]), calendar_model.epoch(recorded["end"])
+    compressed["between_tasks_seconds"] = round(
+        (run_hi - run_lo) - calendar_model.union_seconds(ti_windows, run_lo, run_hi), 2)
     failed = [k for k, v in recorded["tis"].items() if v["state"] not in ("success", "skipped")]
     result.update({
         "slots_held_during_waits": max(w["max_running"] for w in watched.values()),
