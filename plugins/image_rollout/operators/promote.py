@@ -19,6 +19,13 @@ from image_rollout.slack import escape_mrkdwn
 from image_rollout.triggers import ChangeRequestTrigger
 
 
+def _promoted_at(request: dict) -> str:
+    """The promotion time is the system's own (LaunchDarkly's ``appliedDate``), so a bake measured
+    from it survives reruns of the task that applied it."""
+    applied_ms = request.get("appliedDate")
+    return iso(datetime.fromtimestamp(applied_ms / 1000, tz=UTC) if applied_ms else utcnow())
+
+
 class PromoteTargetOperator(RolloutOperator):
     """Point one target's rule at the new image map with a direct flag write.
 
@@ -140,10 +147,13 @@ class ApplyChangeRequestOperator(RolloutOperator):
         build = self.build(context)
         self.guard_write(context, build["name"])
         filed = self._filed(context)
-        if filed.get("already_serving"):
-            return {"target": self.target, "changed": False, "previous": filed["previous"],
-                    "request_id": filed.get("request_id"), "promoted_at": iso(utcnow())}
         flags = FlagsHook()
+        if filed.get("already_serving"):
+            # A rerun: keep the original promotion time, so a bake or soak measured from it
+            # neither restarts nor is cut short.
+            applied = flags.get_change_request(filed["request_id"]) if filed.get("request_id") else {}
+            return {"target": self.target, "changed": False, "previous": filed["previous"],
+                    "request_id": filed.get("request_id"), "promoted_at": _promoted_at(applied)}
         request = flags.get_change_request(filed["request_id"])
         approver = self._airflow_approver(context)
         if approver and request.get("reviewStatus") == "pending":
@@ -178,12 +188,10 @@ class ApplyChangeRequestOperator(RolloutOperator):
                                              request_id=request["_id"]),
                 method_name="execute_complete",
             )
-        self.stop_if_superseded(context, build["name"])
+        # An approval may arrive while the line is stopped: the freeze holds the apply too.
+        self.guard_write(context, build["name"])
         applied = FlagsHook().apply_change_request(request["_id"], f"Start promotion of {build['name']}")
-        applied_ms = applied.get("appliedDate")
-        # The recorded promotion time is the system's own (LaunchDarkly's appliedDate), so the bake
-        # measured from it survives reruns of this task.
-        promoted_at = iso(datetime.fromtimestamp(applied_ms / 1000, tz=UTC) if applied_ms else utcnow())
+        promoted_at = _promoted_at(applied)
         self.say(f"Promoted immutable image build {build['name']} to {self.target} "
                  f"(change request {escape_mrkdwn(request['_id'])})")
         return {"target": self.target, "changed": True, "previous": filed["previous"], "request_id": request["_id"],
