@@ -4,3 +4,5 @@ Each part runs in its own subprocess (its own Airflow home and settings) and han
 JSON; ``__main__`` prints the figures as ``name: value`` lines and a table. See
 BENCHMARKS.md for what each figure means and the latest results.
 """
+
+from __future__ import annotations

@@ -9,9 +9,10 @@ The report is the runbook's per-carrier ``uniq -c`` log (``prod-531277-counts-pe
 generated with 1M and 4M count rows and parsed streamed from the file (an iterator of lines,
 as the operator streams the Jenkins artifact). Speed is the best of several parses of the 1M
 file (as ``timeit`` reports: slower repeats measure other processes on the machine, not the
-parser); the median is reported beside it. Memory: peak RSS growth of a parse (in a forked child), for 1M and 4M rows. Both reports name
-the same carriers and image ids (the 4M one has four times as many sections of the same fleet),
-so the parsed result is the same size and any growth would be the parser holding input.
+parser); the median is reported beside it. Memory: peak RSS growth of a parse in a fresh
+interpreter, for 1M and 4M rows. Both reports name the same carriers and image ids (the 4M one
+has four times as many sections of the same fleet), so the parsed result is the same size and
+any growth would be the parser holding input.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import argparse
 import gc
 import os
 import random
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from tests.bench.common import BUILD, emit, in_child, median
+from tests.bench.common import BUILD, ROOT, emit, median
 
 CARRIERS = 2000
 IMAGES_PER_SECTION = 50
@@ -80,37 +81,24 @@ def timed(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+_MEMORY_PROBE = """
+import gc, resource, sys
+from image_rollout.reports import parse_carrier_counts
+gc.collect()
+with open("/proc/self/statm") as f:
+    before = int(f.read().split()[1]) * resource.getpagesize() // 1024
+with open(sys.argv[1]) as f:
+    result = parse_carrier_counts(f)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, len(result))
+"""
 
 
 def peak_growth_kib(path: Path) -> int:
-    """Peak resident memory of a parse above the resident memory before it, in a fresh forked child."""
-    def child() -> dict:
-        gc.collect()
-        return {"kib": _sampled_growth(path, _rss_kib())}
-
-    return in_child(child)["kib"]
-
-
-def _sampled_growth(path: Path, before: int) -> int:
-    """Highest RSS seen by a 1 ms sampler thread during the parse, minus ``before``."""
-    peak = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_kib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    parse_file(path)
-    done.set()
-    sampler.join()
-    peak[0] = max(peak[0], _rss_kib())
-    return peak[0] - before
+    """Peak RSS of a parse above the RSS before it, in a fresh interpreter that imports only the parser."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)])}
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path)], env=env, capture_output=True, text=True,
+                         check=True, timeout=300)
+    return int(out.stdout.split()[0])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ PLAN = "sandbox"
 BAKE_TASK = "bake.wait_bake"
 SOAK_TASK = "canary_soak.soak_gate"
 WAITING = ("deferred", "awaiting_input")
+HUMAN_SECONDS = 3.0  # how long the bench's approver takes to answer the prod approval
 
 
 def _pg(db_url: str):
@@ -144,11 +145,19 @@ def main(argv: list[str] | None = None) -> int:
                 approvals: list = []
                 deadline = time.monotonic() + args.timeout
                 last_approve = 0.0
+                parked_since: float | None = None
                 while time.monotonic() < deadline:
                     entry = sampler.sample()
                     if entry["run"] in ("success", "failed"):
                         break
-                    if "awaiting_input" in entry["states"].values() and time.monotonic() - last_approve > 0.5:
+                    parked = "awaiting_input" in entry["states"].values()
+                    parked_since = (parked_since or time.monotonic()) if parked else None
+                    # A person answers seconds later, not at once: an answer within ~1 s of the request
+                    # can beat the executor's report that the parking process ended, and Airflow 3.3.2
+                    # then fails the task ("finished with state success, but ... state attribute is
+                    # queued"). The time until the answer counts as the person's (a mandated wait).
+                    if (parked and time.monotonic() - parked_since >= HUMAN_SECONDS
+                            and time.monotonic() - last_approve > 0.5):
                         last_approve = time.monotonic()
                         with contextlib.suppress(Exception):  # the api-server may be busy: next sample
                             approvals += stack.approve_pending(run_id)
