@@ -1,39 +1,43 @@
-"""Slack notifiers built on the slack provider's ``SlackNotifier``.
+"""Slack notifiers for callbacks and the approval request, posting through the slack provider's hook.
 
-Two differences from the stock notifier, both from DESIGN.md: a Slack outage never fails the
-rollout (the stock notifier re-raises), and text that comes from outside (exception
-messages, build names) is escaped for Slack's mrkdwn.
+Built on ``airflow.sdk.BaseNotifier`` rather than the provider's ``SlackNotifier`` for two reasons
+from DESIGN.md: a Slack outage never fails the rollout (the stock notifier re-raises), and text that
+comes from outside (exception messages, build names) is escaped for Slack's mrkdwn. Posting goes
+through :func:`image_rollout.slack.notify`, which uses the provider's ``SlackHook`` and imports it
+only when a message is sent, so parsing the DAG stays light.
 """
 
 from __future__ import annotations
 
-import logging
+from airflow.sdk import BaseNotifier
 
-from airflow.providers.slack.notifications.slack import SlackNotifier
-
-from image_rollout.slack import escape_mrkdwn
-
-log = logging.getLogger(__name__)
+from image_rollout.slack import escape_mrkdwn, notify
 
 
-class SafeSlackNotifier(SlackNotifier):
-    """``SlackNotifier`` that logs instead of raising when Slack is down."""
+class SafeSlackNotifier(BaseNotifier):
+    """Post ``text`` (templated) to ``channel``; never raises.
+
+    :param text: the message, a Jinja template rendered with the task's context.
+    :param channel: Slack channel.
+    :param slack_conn_id: the Slack API connection.
+    """
+
+    template_fields = ("text", "channel")
+
+    def __init__(self, *, text: str, channel: str, slack_conn_id: str = "slack_api_default") -> None:
+        super().__init__()
+        self.text = text
+        self.channel = channel
+        self.slack_conn_id = slack_conn_id
 
     def notify(self, context) -> None:
-        try:
-            super().notify(context)
-        except Exception as exc:  # a notification must never fail the task it reports on
-            log.warning("Slack notification to %s failed: %s", self.channel, type(exc).__name__)
-
-    def __call__(self, *args) -> None:
-        try:
-            super().__call__(*args)
-        except Exception as exc:
-            log.warning("Slack notification to %s failed: %s", self.channel, type(exc).__name__)
+        notify(self.text, channel=self.channel, slack_conn_id=self.slack_conn_id)
 
 
 class RolloutFailureNotifier(SafeSlackNotifier):
     """Escalate a failed task to the patching channel: what failed, where, and where to look."""
+
+    template_fields = ("channel",)
 
     def __init__(self, *, channel: str, airflow_url: str, **kwargs) -> None:
         super().__init__(channel=channel, text="", **kwargs)

@@ -211,7 +211,10 @@ class RolloutPlan(_Strict):
     freeze: FreezePlan
     slack: SlackPlan
     airflow_base_url: str
+    retry_delay: float = 120.0
     stages: tuple[StagePlan, ...]
+
+    _d = field_validator("retry_delay", mode="before")(_seconds)
 
     @model_validator(mode="after")
     def _order(self):

@@ -139,7 +139,7 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
     default_args = {
         "owner": "sre-cfs-patching",
         "retries": 3,
-        "retry_delay": timedelta(seconds=5 if plan.name == "sandbox" else 120),
+        "retry_delay": timedelta(seconds=plan.retry_delay),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
         "on_failure_callback": RolloutFailureNotifier(

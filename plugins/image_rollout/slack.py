@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from airflow.providers.slack.hooks.slack import SlackHook
-
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10
@@ -24,7 +22,7 @@ def notify(
     text: str,
     *,
     channel: str,
-    slack_conn_id: str = SlackHook.default_conn_name,
+    slack_conn_id: str = "slack_api_default",
     timeout: int = DEFAULT_TIMEOUT,
 ) -> bool:
     """
@@ -39,6 +37,8 @@ def notify(
         point at another API root, e.g. the sandbox).
     :param timeout: seconds to wait for Slack.
     """
+    from airflow.providers.slack.hooks.slack import SlackHook  # imported here: keeps DAG parsing light
+
     token = None
     try:
         hook = SlackHook(slack_conn_id=slack_conn_id, timeout=timeout)

@@ -177,8 +177,10 @@ class RolloutHttpHook(HttpHook):
 
     @property
     def extras(self) -> dict[str, Any]:
-        """The connection's extra field as a dict."""
-        return dict(self.connection.extra_dejson or {})
+        """The connection's extra field as a dict (parsed once: hooks read it on every call)."""
+        if getattr(self, "_extras", None) is None:
+            self._extras = dict(self.connection.extra_dejson or {})
+        return self._extras
 
     def extra(self, key: str, default: T) -> T:
         """Return a connection extra, or ``default`` when it is missing or empty."""

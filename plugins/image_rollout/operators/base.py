@@ -27,6 +27,32 @@ ACTIVE_BUILD_VARIABLE = "image_rollout_active_build"
 FLAG_POOL = "worker_image_flag"
 
 
+# Hooks are imported when a task runs, not when the DAG is parsed: they bring requests, tenacity
+# and the http provider, which would make every parse several times slower.
+def flags_hook():
+    from image_rollout.hooks.flags import FlagsHook
+
+    return FlagsHook()
+
+
+def jenkins_hook():
+    from image_rollout.hooks.jenkins import JenkinsHook
+
+    return JenkinsHook()
+
+
+def github_hook():
+    from image_rollout.hooks.github import GitHubEvidenceHook
+
+    return GitHubEvidenceHook()
+
+
+def chlorine_hook():
+    from image_rollout.hooks.chlorine import ChlorineHook
+
+    return ChlorineHook()
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -117,10 +143,9 @@ class RolloutOperator(BaseOperator):
     def _record_supersession(self, context, build_name: str, newer: str) -> None:
         """Say so in the evidence file, if this rollout has one yet (once)."""
         from image_rollout.evidence import Record
-        from image_rollout.hooks.github import GitHubEvidenceHook
         from image_rollout.operators.evidence import append_record, evidence_for
 
-        github = GitHubEvidenceHook()
+        github = github_hook()
         path = self.plan.evidence_path(build_name)
         if github.get_file(path) is None:
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import Variable
@@ -13,15 +13,23 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import gates
 from image_rollout.evidence import BUILD_NAME, Evidence, Reload, render
-from image_rollout.hooks.flags import FlagsHook
-from image_rollout.hooks.jenkins import JenkinsHook
-from image_rollout.operators.base import ACTIVE_BUILD_VARIABLE, RolloutOperator, iso, utcnow
+from image_rollout.operators.base import (
+    ACTIVE_BUILD_VARIABLE,
+    RolloutOperator,
+    flags_hook,
+    iso,
+    jenkins_hook,
+    utcnow,
+)
 from image_rollout.plan import IMAGE_KEYS
 from image_rollout.slack import escape_mrkdwn
 
 TIMEOUT_MARKER = re.compile(r"Build timed out \(after \d+ minutes\)")
 MAX_CONSOLE_CHARS = 60_000
 IMAGE_ID = re.compile(r"^\d{1,12}$")
+
+if TYPE_CHECKING:
+    from image_rollout.hooks.jenkins import JenkinsHook
 
 
 KNOWN_CONF = {"build_name", "build_number", "image_ids", "dry_run"}
@@ -69,7 +77,7 @@ class VerifyBuildOperator(RolloutOperator):
     def execute(self, context, event: dict | None = None) -> dict:
         request = validate_request(dict(context["params"]), dict(context["dag_run"].conf or {}))
         name = request["build_name"]
-        jenkins = JenkinsHook()
+        jenkins = jenkins_hook()
         job = self.plan.jenkins.image_job
         state = context["ti"].xcom_pull(task_ids=self.task_id, key="follow") or {}
         number = state.get("number") or request["build_number"]
@@ -114,7 +122,7 @@ class VerifyBuildOperator(RolloutOperator):
             "dry_run": request["dry_run"],
             "verified_at": iso(utcnow()),
         }
-        result["baseline"] = FlagsHook().rule_values()
+        result["baseline"] = flags_hook().rule_values()
         if not request["dry_run"]:
             self._claim_flag(name)
         self.say(
@@ -160,7 +168,7 @@ class PlanRolloutOperator(RolloutOperator):
 
     def execute(self, context) -> dict:
         build = self.build(context)
-        current = FlagsHook().rule_values()
+        current = flags_hook().rule_values()
         rows = []
         for stage in self.plan.stages:
             for t in stage.targets:

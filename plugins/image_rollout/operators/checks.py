@@ -11,9 +11,7 @@ from datetime import timedelta
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import gates, reports
-from image_rollout.hooks.chlorine import ChlorineHook
-from image_rollout.hooks.jenkins import JenkinsHook
-from image_rollout.operators.base import RolloutOperator, iso, utcnow
+from image_rollout.operators.base import RolloutOperator, chlorine_hook, iso, jenkins_hook, utcnow
 from image_rollout.slack import escape_mrkdwn
 from image_rollout.triggers import ReloadsTrigger, ReportBuildTrigger, SoakTrigger
 
@@ -86,7 +84,7 @@ class ReloadCheckOperator(_GateOperator):
             return {"carrier": self.carrier, "image_id": image_id, **figures}
         if event["verdict"] == "fail":
             self._fail(context, self.carrier, event)
-        chlorine = ChlorineHook()
+        chlorine = chlorine_hook()
         reloads = chlorine.list_reloads(carrier=self.carrier, since=since)
         decision = gates.evaluate_reloads(reloads, image_id=image_id, required=self.plan.reloads.required,
                                           max_failed=self.plan.reloads.max_failed)
@@ -157,7 +155,7 @@ class MonitorAdoptionOperator(RolloutOperator):
         ti = context["ti"]
         started = ti.xcom_pull(task_ids=self.task_id, key="started") or iso(utcnow())
         ti.xcom_push(key="started", value=started)
-        jenkins = JenkinsHook()
+        jenkins = jenkins_hook()
         job = self.plan.jenkins.report_job
         report = jenkins.get_build(job, "lastSuccessfulBuild")
         number = int(report["number"])

@@ -7,14 +7,16 @@ committing again.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from image_rollout.evidence import Evidence, Record, escape_markdown, reloads_from, render
-from image_rollout.hooks.github import GitHubEvidenceHook
-from image_rollout.operators.base import RolloutOperator, iso, utcnow
+from image_rollout.operators.base import RolloutOperator, github_hook, iso, utcnow
 from image_rollout.plan import RolloutPlan
 
 Mode = Literal["initial", "stage_reloads"]
+
+if TYPE_CHECKING:
+    from image_rollout.hooks.github import GitHubEvidenceHook
 
 
 def reload_task_id(stage_id: str) -> str:
@@ -75,7 +77,7 @@ class CommitEvidenceOperator(RolloutOperator):
         path = self.plan.evidence_path(build["name"])
         message = (f"Add evidence for immutable image build {build['name']}" if self.mode == "initial"
                    else f"Add stage reloads to evidence for immutable image build {build['name']}")
-        github = GitHubEvidenceHook()
+        github = github_hook()
         sha = commit_once(github, path, render(evidence), message)
         url = github.blob_url(path, sha)
         self.say(f"Evidence for {build['name']} committed: {url}")
@@ -109,7 +111,7 @@ class RecordApprovalOperator(RolloutOperator):
         ))
         path = self.plan.evidence_path(build["name"])
         message = f"Record prod approval of immutable image build {build['name']} for {self.target}"
-        github = GitHubEvidenceHook()
+        github = github_hook()
         sha = append_record(github, path, record, message,
                             evidence_for(self.plan, context, build, ("dev", "prestage", "stage")))
         return {"path": path, "sha": sha, "approver": who, "approved_at": str(when)}

@@ -12,9 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout.hooks.flags import FlagsHook
-from image_rollout.hooks.github import GitHubEvidenceHook
-from image_rollout.operators.base import FLAG_POOL, RolloutOperator, iso, utcnow
+from image_rollout.operators.base import FLAG_POOL, RolloutOperator, flags_hook, github_hook, iso, utcnow
 from image_rollout.slack import escape_mrkdwn
 from image_rollout.triggers import ChangeRequestTrigger
 
@@ -42,7 +40,7 @@ class PromoteTargetOperator(RolloutOperator):
     def execute(self, context, event: dict | None = None) -> dict:
         build = self.build(context)
         self.guard_write(context, build["name"])
-        flags = FlagsHook()
+        flags = flags_hook()
         before = flags.rule_value(self.target)
         if before == build["images"]:
             self.log.info("%s already serves build %s: no write", self.target, build["name"])
@@ -77,13 +75,13 @@ class FileChangeRequestOperator(RolloutOperator):
     def execute(self, context, event: dict | None = None) -> dict:
         build = self.build(context)
         self.guard_write(context, build["name"])
-        flags = FlagsHook()
+        flags = flags_hook()
         before = flags.rule_value(self.target)
         if before == build["images"]:
             existing = flags.find_change_request(self.target, build["name"])
             return {"target": self.target, "already_serving": True, "previous": build["baseline"].get(self.target),
                     "request_id": existing["_id"] if existing else None}
-        github = GitHubEvidenceHook()
+        github = github_hook()
         path = self.plan.evidence_path(build["name"])
         if self.evidence_hash == "first":
             sha = (self.pull(context, self.evidence_task_id) or {}).get("sha") if self.evidence_task_id else None
@@ -147,7 +145,7 @@ class ApplyChangeRequestOperator(RolloutOperator):
         build = self.build(context)
         self.guard_write(context, build["name"])
         filed = self._filed(context)
-        flags = FlagsHook()
+        flags = flags_hook()
         if filed.get("already_serving"):
             # A rerun: keep the original promotion time, so a bake or soak measured from it
             # neither restarts nor is cut short.
@@ -190,7 +188,7 @@ class ApplyChangeRequestOperator(RolloutOperator):
             )
         # An approval may arrive while the line is stopped: the freeze holds the apply too.
         self.guard_write(context, build["name"])
-        applied = FlagsHook().apply_change_request(request["_id"], f"Start promotion of {build['name']}")
+        applied = flags_hook().apply_change_request(request["_id"], f"Start promotion of {build['name']}")
         promoted_at = _promoted_at(applied)
         self.say(f"Promoted immutable image build {build['name']} to {self.target} "
                  f"(change request {escape_mrkdwn(request['_id'])})")

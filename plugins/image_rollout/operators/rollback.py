@@ -10,9 +10,7 @@ so running this twice writes nothing the second time.
 from __future__ import annotations
 
 from image_rollout.evidence import Record
-from image_rollout.hooks.flags import FlagsHook
-from image_rollout.hooks.github import GitHubEvidenceHook
-from image_rollout.operators.base import FLAG_POOL, RolloutOperator, iso, utcnow
+from image_rollout.operators.base import FLAG_POOL, RolloutOperator, flags_hook, github_hook, iso, utcnow
 from image_rollout.operators.evidence import append_record, evidence_for
 from image_rollout.plan import RolloutPlan, StagePlan
 from image_rollout.slack import escape_mrkdwn
@@ -97,7 +95,7 @@ class RollbackOperator(RolloutOperator):
                      escalate=True)
             return {"rolled_back": [], "superseded_by": newer}
         decision = self.pull_decision(context, gate_task_id(failed_gate))
-        flags = FlagsHook()
+        flags = flags_hook()
         restored = []
         for target in targets:
             stage = next(s for s in self.plan.stages if target in [t.target for t in s.targets])
@@ -115,7 +113,7 @@ class RollbackOperator(RolloutOperator):
         if not restored:
             lines.append("No target served the new image any more: nothing to restore")
         path = self.plan.evidence_path(build["name"])
-        github = GitHubEvidenceHook()
+        github = github_hook()
         sha = append_record(
             github, path, Record("Rollback", tuple(lines)),
             f"Record rollback of immutable image build {build['name']} after gate {failed_gate.id}",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from image_rollout.hooks.flags import FlagsHook
-from image_rollout.operators.base import VERIFY_TASK, RolloutOperator
+from image_rollout.operators.base import VERIFY_TASK, RolloutOperator, flags_hook
 
 
 class VerifyFleetOperator(RolloutOperator):
@@ -18,7 +17,7 @@ class VerifyFleetOperator(RolloutOperator):
         newer = self.superseded_by(build["name"])
         if newer:
             raise AirflowSkipException(f"superseded by {newer}: this rollout no longer owns the flag")
-        rules = FlagsHook().rule_values()
+        rules = flags_hook().rule_values()
         behind = [t.target for t in self.plan.targets if rules.get(t.target) != build["images"]]
         if behind:
             raise AirflowFailException(f"targets not serving build {build['name']}: {', '.join(behind)}")
