@@ -63,7 +63,7 @@ def promotion_task_id(stage: StagePlan) -> str:
     return f"{stage.id}.promote_{stage.id}"
 
 
-def _promote_stage(plan: RolloutPlan, stage: StagePlan, evidence_task: str | None):
+def _promote_stage(plan: RolloutPlan, stage: StagePlan, evidence_task: str | None, previous_cr: str | None):
     """Tasks of a promote stage; returns the last task (what the next stage waits for)."""
     targets = [t.target for t in stage.targets]
     mapped = len(targets) > 1
@@ -76,7 +76,8 @@ def _promote_stage(plan: RolloutPlan, stage: StagePlan, evidence_task: str | Non
             last = PromoteTargetOperator(task_id=f"promote_{stage.id}", target=targets[0], plan=plan.name)
     else:
         file_kwargs = dict(task_id=f"file_change_request_{stage.id}", evidence_hash=stage.evidence_hash,
-                           evidence_task_id=evidence_task, plan=plan.name)
+                           evidence_task_id=evidence_task, previous_deployment_task_id=previous_cr,
+                           plan=plan.name)
         apply_kwargs = dict(task_id=f"apply_change_request_{stage.id}",
                             file_task_id=f"{stage.id}.file_change_request_{stage.id}", plan=plan.name,
                             execution_timeout=None)
@@ -182,11 +183,14 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
         previous = first
         gates_tasks = []
         evidence_task = None
+        previous_cr = None
         last = proceed
         for stage in plan.stages:
             with TaskGroup(stage.id, tooltip=f"{stage.kind}: {', '.join(t.target for t in stage.targets)}") as group:
                 if stage.kind == "promote":
-                    last = _promote_stage(plan, stage, evidence_task)
+                    last = _promote_stage(plan, stage, evidence_task, previous_cr)
+                    if stage.change_request:
+                        previous_cr = promotion_task_id(stage)
                 elif stage.kind == "evidence_commit":
                     last = CommitEvidenceOperator(task_id="commit_evidence", mode="initial", plan=plan.name)
                     evidence_task = f"{stage.id}.commit_evidence"

@@ -58,6 +58,7 @@ def assert_all_new(result):
         assert cr["details"] == f"Promoting immutable image build {state['builds']['new']}-prod"
         assert cr["backoutPlan"] == "Rollback to previous version"
         assert cr["securityOnly"] is True
+    assert by_target["ap-south"]["change_request"]["previousDeployment"] == by_target["stage-south"]["request_id"]
     requests = collections.Counter(r["integrationConfig"]["target"] for r in state["approval_requests"])
     assert max(requests.values()) == 1, f"a change request was filed twice: {requests}"
 

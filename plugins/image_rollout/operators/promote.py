@@ -62,15 +62,19 @@ class FileChangeRequestOperator(RolloutOperator):
     :param target: the rule's target name.
     :param evidence_hash: ``first`` (the first evidence commit) or ``latest`` (the newest).
     :param evidence_task_id: the task that made the first evidence commit.
+    :param previous_deployment_task_id: the task that applied the previous stage's change request,
+        the "Previous Deployment" a prod train must name (runbook: the stage-south promotion).
     """
 
     template_fields = ("target",)
 
-    def __init__(self, *, target: str, evidence_hash: str, evidence_task_id: str | None, **kwargs) -> None:
+    def __init__(self, *, target: str, evidence_hash: str, evidence_task_id: str | None,
+                 previous_deployment_task_id: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.target = target
         self.evidence_hash = evidence_hash
         self.evidence_task_id = evidence_task_id
+        self.previous_deployment_task_id = previous_deployment_task_id
 
     def execute(self, context, event: dict | None = None) -> dict:
         build = self.build(context)
@@ -97,7 +101,7 @@ class FileChangeRequestOperator(RolloutOperator):
             "securityImpact": self.plan.change_request.security_impact,
             "details": f"Promoting immutable image build {build['name']}-prod",
             "backoutPlan": self.plan.change_request.backout_plan,
-            "previousDeployment": None,
+            "previousDeployment": self._previous_deployment(context),
             "target": self.target,
             "build": build["name"],
         }
@@ -113,6 +117,15 @@ class FileChangeRequestOperator(RolloutOperator):
         return {"target": self.target, "request_id": request["_id"], "previous": before, "evidence_sha": sha,
                 "evidence_link": link, "already_serving": False,
                 "review_status": request.get("reviewStatus")}
+
+
+    def _previous_deployment(self, context) -> str | None:
+        if not self.previous_deployment_task_id:
+            return None
+        applied = self.pull(context, self.previous_deployment_task_id)
+        items = applied if isinstance(applied, list) else [applied]
+        ids = [i["request_id"] for i in items if isinstance(i, dict) and i.get("request_id")]
+        return ids[-1] if ids else None
 
 
 class ApplyChangeRequestOperator(RolloutOperator):
