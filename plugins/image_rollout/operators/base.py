@@ -110,11 +110,10 @@ class RolloutOperator(BaseOperator):
         if reason is None:
             return
         self.log.warning("Freeze is set (%s=%r): holding %s", self.plan.freeze.variable, reason, self.task_id)
-        if not context["ti"].xcom_pull(task_ids=self.task_id, key="freeze_announced", map_indexes=context[
-            "ti"
-        ].map_index):
+        ti = context["ti"]
+        if not ti.xcom_pull(task_ids=self.task_id, key="freeze_announced", map_indexes=ti.map_index):
             self.say(f"Rollout held by freeze ({escape_mrkdwn(reason)}): {escape_mrkdwn(self.task_id)} waits")
-            context["ti"].xcom_push(key="freeze_announced", value=True)
+            ti.xcom_push(key="freeze_announced", value=True)
         self.defer(
             trigger=TimeDeltaTrigger(timedelta(seconds=self.plan.freeze.poll)),
             method_name="execute",
