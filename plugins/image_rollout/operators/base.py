@@ -78,12 +78,18 @@ class RolloutOperator(BaseOperator):
         return load_plan(self.plan_name)
 
     # -- data from earlier tasks ----------------------------------------------------------------
-    @staticmethod
-    def build(context) -> dict:
-        """The verified build (name, images, console): fail closed if it is missing."""
+    def build(self, context) -> dict:
+        """The verified build (name, images, console): fail closed if it is missing.
+
+        Pulled once per task run: it carries the console log, and every step asks for it.
+        """
+        cached = getattr(self, "_build", None)
+        if cached is not None and cached[0] == context["run_id"]:
+            return cached[1]
         build = context["ti"].xcom_pull(task_ids=VERIFY_TASK)
         if not build or not build.get("images"):
             raise RuntimeError(f"no verified build in XCom of {VERIFY_TASK}; it must run first")
+        self._build = (context["run_id"], build)
         return build
 
     @staticmethod
