@@ -166,3 +166,11 @@ class RolloutOperator(BaseOperator):
     def guard_write(self, context, build_name: str) -> None:
         self.hold_if_frozen(context)
         self.stop_if_superseded(context, build_name)
+
+    def read_rule(self, context, target: str) -> tuple[dict, Any, dict | None]:
+        """Guards, then the map the target's rule serves now: every write reads first, so a rerun
+        never writes twice and the map it replaces is recorded."""
+        build = self.build(context)
+        self.guard_write(context, build["name"])
+        flags = flags_hook()
+        return build, flags, flags.rule_value(target)

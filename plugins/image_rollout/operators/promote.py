@@ -38,10 +38,7 @@ class PromoteTargetOperator(RolloutOperator):
         self.target = target
 
     def execute(self, context, event: dict | None = None) -> dict:
-        build = self.build(context)
-        self.guard_write(context, build["name"])
-        flags = flags_hook()
-        before = flags.rule_value(self.target)
+        build, flags, before = self.read_rule(context, self.target)
         if before == build["images"]:
             self.log.info("%s already serves build %s: no write", self.target, build["name"])
             return {"target": self.target, "previous": build["baseline"].get(self.target), "changed": False,
@@ -77,10 +74,7 @@ class FileChangeRequestOperator(RolloutOperator):
         self.previous_deployment_task_id = previous_deployment_task_id
 
     def execute(self, context, event: dict | None = None) -> dict:
-        build = self.build(context)
-        self.guard_write(context, build["name"])
-        flags = flags_hook()
-        before = flags.rule_value(self.target)
+        build, flags, before = self.read_rule(context, self.target)
         if before == build["images"]:
             existing = flags.find_change_request(self.target, build["name"])
             return {"target": self.target, "already_serving": True, "previous": build["baseline"].get(self.target),
