@@ -92,12 +92,10 @@ class ReloadCheckOperator(_GateOperator):
             return {"carrier": self.carrier, "image_id": image_id, **decision.figures}
         if decision.verdict == "fail" or phase == "final":
             self._fail(context, self.carrier, decision.as_event())
-        # Grace period over: ask chlorine for the reloads still missing. Reloads this rollout already
-        # requested (a retried task) count as asked for, so none is requested twice.
-        asked = [r for r in reloads if r.get("kind") == "requested" and r.get("status") != "failed"]
-        missing = self.plan.reloads.required - decision.figures["succeeded_with_new_image"] - sum(
-            1 for r in asked if r.get("status") == "pending"
-        )
+        # Grace period over: ask chlorine for the reloads still missing. Reloads already requested and
+        # still running (a retried task) count as asked for, so none is requested twice.
+        pending = sum(1 for r in reloads if r.get("kind") == "requested" and r.get("status") == "pending")
+        missing = self.plan.reloads.required - decision.figures["succeeded_with_new_image"] - pending
         for _ in range(max(0, missing)):
             r = chlorine.request_reload(self.carrier, reason=f"immutable image {build['name']} acceptance test")
             self.log.info("Requested chlorine reload %s of %s (%s)", r.get("id"), r.get("worker"), r.get("change_id"))
