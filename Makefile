@@ -1,6 +1,6 @@
 # Every target creates/reuses .venv and installs requirements.txt on a fresh machine.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 SANDBOX_PORT ?= 8765
