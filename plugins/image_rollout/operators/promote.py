@@ -165,7 +165,7 @@ class ApplyChangeRequestOperator(RolloutOperator):
             request = flags.review_change_request(
                 filed["request_id"], "approve", f"Approved in Airflow by {approver}"
             )
-        return self._decide(context, request)
+        return self._decide(context, request, filed, guarded=True)
 
     def execute_complete(self, context, event: dict) -> dict:
         if event.get("verdict") == "error":
@@ -173,11 +173,12 @@ class ApplyChangeRequestOperator(RolloutOperator):
         if event.get("verdict") == "deadline":
             self.say(f"Change request for {self.target} was not approved in time; rollout stopped", escalate=True)
             raise AirflowFailException(f"change request for {self.target} not approved before {event['reason']}")
-        return self._decide(context, event["request"])
+        return self._decide(context, event["request"], self._filed(context), guarded=False)
 
-    def _decide(self, context, request: dict) -> dict:
+    def _decide(self, context, request: dict, filed: dict, *, guarded: bool) -> dict:
+        """Apply an approved request. ``guarded``: the freeze and supersession were checked in this
+        same call; an approval that arrived later (resumed from the trigger) is checked again."""
         build = self.build(context)
-        filed = self._filed(context)
         review = request.get("reviewStatus")
         if review == "declined":
             self.say(
@@ -193,8 +194,9 @@ class ApplyChangeRequestOperator(RolloutOperator):
                                              request_id=request["_id"]),
                 method_name="execute_complete",
             )
-        # An approval may arrive while the line is stopped: the freeze holds the apply too.
-        self.guard_write(context, build["name"])
+        if not guarded:
+            # The approval may arrive while the line is stopped: the freeze holds the apply too.
+            self.guard_write(context, build["name"])
         applied = flags_hook().apply_change_request(request["_id"], f"Start promotion of {build['name']}")
         promoted_at = _promoted_at(applied)
         self.say(f"Promoted immutable image build {build['name']} to {self.target} "
