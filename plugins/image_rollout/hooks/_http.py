@@ -207,33 +207,29 @@ class RolloutHttpHook(HttpHook):
 
     # -- settings -----------------------------------------------------------------------------
 
+    def _setting(self, override: Any, key: str, default: Any, cast: type) -> Any:
+        """A setting given to the hook, else the connection extra ``key``, else ``default``."""
+        return cast(override if override is not None else self.extra(key, default))
+
     @property
     def timeout(self) -> float:
         """Seconds to wait for a response."""
-        if self._timeout is not None:
-            return float(self._timeout)
-        return float(self.extra("timeout", DEFAULT_TIMEOUT))
+        return self._setting(self._timeout, "timeout", DEFAULT_TIMEOUT, float)
 
     @property
     def retries(self) -> int:
         """Attempts after the first one."""
-        if self._retries is not None:
-            return int(self._retries)
-        return int(self.extra("retries", DEFAULT_RETRIES))
+        return self._setting(self._retries, "retries", DEFAULT_RETRIES, int)
 
     @property
     def retry_wait(self) -> float:
         """Seconds before the first retry; each further retry waits twice as long."""
-        if self._retry_wait is not None:
-            return float(self._retry_wait)
-        return float(self.extra("retry_wait", DEFAULT_RETRY_WAIT))
+        return self._setting(self._retry_wait, "retry_wait", DEFAULT_RETRY_WAIT, float)
 
     @property
     def retry_max_wait(self) -> float:
         """Cap on a single backoff."""
-        if self._retry_max_wait is not None:
-            return float(self._retry_max_wait)
-        return float(self.extra("retry_max_wait", DEFAULT_RETRY_MAX_WAIT))
+        return self._setting(self._retry_max_wait, "retry_max_wait", DEFAULT_RETRY_MAX_WAIT, float)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based), e.g. after a 409 conflict."""
