@@ -25,11 +25,22 @@ def _route(sb: Sandbox, req: Request) -> Response:
         return json_response({"ok": True, "service": "image-rollout-sandbox"})
     if path == "reset" and req.method == "POST":
         body = req.json()
+        unknown = set(body) - {"timing", "seed", "launchdarkly", "jenkins"}
+        if unknown:
+            raise SandboxError(400, f"unknown reset field(s): {', '.join(sorted(unknown))}")
         timing = body.get("timing") or {}
         if not isinstance(timing, dict):
             raise SandboxError(400, "timing must be an object")
-        sb.reset(timing, body.get("seed"))
-        return json_response({"ok": True, "timing": sb.timing})
+        ld = body.get("launchdarkly") or {}
+        jenkins = body.get("jenkins") or {}
+        if not isinstance(ld, dict) or set(ld) - {"approvalSettings"}:
+            raise SandboxError(400, 'launchdarkly must be {"approvalSettings": {...}}')
+        if not isinstance(jenkins, dict) or set(jenkins) - {"new_build"}:
+            raise SandboxError(400, 'jenkins must be {"new_build": {"image_ids_json": ..., "console": ...}}')
+        sb.reset(timing, body.get("seed"), approval_settings=ld.get("approvalSettings"),
+                 new_build=jenkins.get("new_build"))
+        return json_response({"ok": True, "timing": sb.timing,
+                              "launchdarkly": {"approvalSettings": sb.approval_settings}})
     if path == "faults":
         if req.method == "POST":
             faults = sb.set_faults(req.json().get("faults"))
@@ -88,6 +99,7 @@ def state(sb: Sandbox, base_url: str, *, include_autorecovery: bool = True) -> d
             "rules": {t: dict(sb.served_map(t)) for t in seed.TARGET_NAMES},
             "rule_builds": {t: sb.build_for_map(sb.served_map(t)) for t in seed.TARGET_NAMES},
         },
+        "launchdarkly": {"approvalSettings": copy.deepcopy(sb.approval_settings)},
         "promotions": copy.deepcopy(sb.promotions),
         "evidence": _evidence(sb, base_url),
         "github_commits": [

@@ -25,6 +25,7 @@ TIMING_DEFAULTS = {
     "approval_delay_seconds": 2.0,
     "report_interval_seconds": 2.0,
     "rebuild_seconds": 1.0,
+    "queue_seconds": 1.0,
 }
 TICK_SECONDS = 0.1
 SLOW_FACTOR = 20
@@ -33,8 +34,33 @@ AUTORECOVERY_KEEP = 500
 REPORT_BUILDS_KEEP = 50
 
 #: Faults that fail the next N matching calls, then clear.
-TRANSIENT_FAULTS = {"jenkins_5xx": 3, "flags_5xx": 3, "github_5xx": 3, "flags_conflict": 2, "github_conflict": 2}
-PLAIN_FAULTS = {"jenkins_build_failed", "jenkins_build_timeout", "train_rejected", "slack_down"}
+TRANSIENT_FAULTS = {"jenkins_5xx": 3, "flags_5xx": 3, "github_5xx": 3, "flags_conflict": 2, "github_conflict": 2,
+                    "flags_lost_response": 1, "github_lost_response": 1, "jenkins_lost_response": 1}
+#: Faults that stay until DELETE /_sandbox/faults (or a reset).
+PLAIN_FAULTS = {"jenkins_build_failed", "jenkins_build_timeout", "train_rejected", "slack_down", "pagerduty_5xx"}
+
+#: The LaunchDarkly member behind the rollout's API token (the requester of every approval request).
+ROLLOUT_MEMBER = "sandbox-rollout"
+#: The change board's identities: non-prod trains are approved at once, prod trains after the delay.
+AUTO_APPROVER = "razee-auto-approver"
+CHANGE_BOARD = "change-board"
+#: The environment's approval settings at reset (LaunchDarkly's ApprovalSettings field names).
+DEFAULT_APPROVAL_SETTINGS = {
+    "required": False,
+    "bypassApprovalsForPendingChanges": False,
+    "minNumApprovals": 1,
+    "canReviewOwnRequest": False,
+    "canApplyDeclinedChanges": False,
+    "autoApplyApprovedChanges": False,
+    "serviceKind": "launchdarkly",
+    "serviceConfig": {},
+    "requiredApprovalTags": [],
+    "resourceKind": "environment",
+}
+_SETTING_TYPES = {"required": bool, "bypassApprovalsForPendingChanges": bool, "minNumApprovals": int,
+                  "canReviewOwnRequest": bool, "canApplyDeclinedChanges": bool, "autoApplyApprovedChanges": bool,
+                  "serviceKind": str, "serviceConfig": dict, "requiredApprovalTags": list, "resourceKind": str,
+                  "serviceKindConfigurationId": str}
 #: Faults that take an argument, and what the argument names.
 ARG_FAULTS = {"reload_fail": "carrier", "autorecovery_failed_alert": "region", "autorecovery_slow": "region"}
 
@@ -116,10 +142,38 @@ class Sandbox:
             with self.lock:
                 self.advance()
 
-    def reset(self, timing: dict | None = None, rng_seed: int | None = None) -> None:
-        """Fresh seed state (API.md "Seed"); timing keys not given fall back to the env/default values."""
+    def reset(self, timing: dict | None = None, rng_seed: int | None = None, *,
+              approval_settings: dict | None = None, new_build: dict | None = None) -> None:
+        """Fresh seed state (API.md "Seed"); timing keys not given fall back to the env/default values.
+
+        `approval_settings` (LaunchDarkly field names) are merged over DEFAULT_APPROVAL_SETTINGS;
+        `new_build` may replace the new build's `image_ids_json` artifact and `console` text (raw).
+        """
         if rng_seed is not None and not isinstance(rng_seed, int | str):
             raise SandboxError(400, "seed must be an integer or a string")
+        settings = copy.deepcopy(DEFAULT_APPROVAL_SETTINGS)
+        if approval_settings is not None:
+            if not isinstance(approval_settings, dict):
+                raise SandboxError(400, "launchdarkly.approvalSettings must be an object")
+            for key, value in approval_settings.items():
+                kind = _SETTING_TYPES.get(key)
+                if kind is None:
+                    raise SandboxError(400, f"unknown approvalSettings field: {key}")
+                if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                    raise SandboxError(400, f"approvalSettings.{key} must be {kind.__name__}")
+                settings[key] = copy.deepcopy(value)
+            if settings["minNumApprovals"] < 1:
+                raise SandboxError(400, "approvalSettings.minNumApprovals must be >= 1")
+        overrides = {}
+        if new_build is not None:
+            if not isinstance(new_build, dict):
+                raise SandboxError(400, "jenkins.new_build must be an object")
+            for key, value in new_build.items():
+                if key not in ("image_ids_json", "console"):
+                    raise SandboxError(400, f"unknown jenkins.new_build field: {key}")
+                if not isinstance(value, str):
+                    raise SandboxError(400, f"jenkins.new_build.{key} must be a string (the raw text)")
+                overrides[key] = value
         merged = env_timing()
         for key, value in (timing or {}).items():
             if key not in TIMING_DEFAULTS:
@@ -134,6 +188,9 @@ class Sandbox:
         with self.lock:
             now = time.time()
             self.timing = merged
+            self.approval_settings = settings
+            self.new_build_overrides = overrides
+            self.jenkins_sessions: dict[str, str] = {}
             self.rng = random.Random(rng_seed)
             self.reset_at = now
             self.faults: dict[str, int | None] = {}
@@ -217,6 +274,8 @@ class Sandbox:
             self._finish_reload(reload, now)
         self._autorecovery_due(now)
         self._decide_due(now)
+        for item in [q for q in self.queue.values() if q["number"] is None and q["start_at"] <= now]:
+            self._start_queued(item, now)
         for build in [b for job in self.jobs.values() for b in job["builds"].values() if b["building"]]:
             if build["finish_at"] <= now:
                 self._finish_build(build, now)
@@ -249,6 +308,7 @@ class Sandbox:
             }
             for target in seed.TARGET_NAMES
         ]
+        flag_path = f"/api/v2/flags/{seed.PROJECT}/{seed.FLAG_KEY}"
         self.flag = {
             "key": seed.FLAG_KEY,
             "name": seed.FLAG_KEY,
@@ -256,18 +316,36 @@ class Sandbox:
             "kind": "multivariate",
             "_version": 1,
             "creationDate": epoch_ms(now - 86400 * 900),
+            "includeInSnippet": False,
+            "clientSideAvailability": {"usingMobileKey": False, "usingEnvironmentId": False},
             "temporary": False,
+            "archived": False,
+            "deprecated": False,
             "tags": ["armada", "worker-image"],
+            "maintainerId": seed.stable_id("member", "conductors"),
+            "goalIds": [],
+            "customProperties": {},
+            "experiments": {"baselineIdx": 0, "items": []},
+            "defaults": {"onVariation": 0, "offVariation": 0},
+            "_links": {"parent": {"href": f"/api/v2/flags/{seed.PROJECT}", "type": "application/json"},
+                       "self": {"href": flag_path, "type": "application/json"}},
             "variations": variations,
             "environments": {
                 seed.ENVIRONMENT: {
                     "_environmentName": "Production",
-                    "_version": 1,
+                    "_site": {"href": f"/{seed.PROJECT}/{seed.ENVIRONMENT}/features/{seed.FLAG_KEY}",
+                              "type": "text/html"},
+                    "version": 1,
                     "on": True,
                     "archived": False,
+                    "salt": seed.stable_id("salt", seed.FLAG_KEY).replace("-", ""),
+                    "sel": seed.stable_id("sel", seed.FLAG_KEY).replace("-", ""),
+                    "trackEvents": False,
+                    "trackEventsFallthrough": False,
                     "offVariation": 0,
                     "fallthrough": {"variation": 0},
                     "targets": [],
+                    "contextTargets": [],
                     "prerequisites": [],
                     "rules": rules,
                     "lastModified": epoch_ms(now),
@@ -320,8 +398,13 @@ class Sandbox:
                     raise SandboxError(400, f"instruction {i}: addVariation needs an object value")
                 if any(v["value"] == value for v in flag["variations"]):
                     raise SandboxError(400, f"instruction {i}: a variation with this value already exists")
+                # `_id` may be chosen by the caller (so a later instruction of the same request can point a
+                # rule at it); without one the sandbox makes a stable one.
+                new_id = ins.get("_id") or seed.stable_id("variation", value)
+                if not isinstance(new_id, str) or any(v["_id"] == new_id for v in flag["variations"]):
+                    raise SandboxError(400, f"instruction {i}: addVariation _id must be a new string id")
                 flag["variations"].append(
-                    {"_id": seed.stable_id("variation", value), "name": ins.get("name") or self.build_for_map(value),
+                    {"_id": new_id, "name": ins.get("name") or self.build_for_map(value),
                      "description": ins.get("description", ""), "value": value}
                 )
             elif kind == "updateRuleVariationOrRollout":
@@ -346,7 +429,7 @@ class Sandbox:
         if changed or len(flag["variations"]) != len(self.flag["variations"]):
             now = time.time()
             flag["_version"] += 1
-            env["_version"] += 1
+            env["version"] += 1
             env["lastModified"] = epoch_ms(now)
             self.flag = flag
             for target in changed:
@@ -386,52 +469,62 @@ class Sandbox:
         now = time.time()
         request_id = hashlib.sha1(f"{now}/{len(self.approvals)}/{self.rng.random()}".encode()).hexdigest()[:24]
         prod = any(seed.is_prod_target(t) for t in targets)
+        path = (f"/api/v2/projects/{seed.PROJECT}/flags/{seed.FLAG_KEY}/environments/{seed.ENVIRONMENT}"
+                f"/approval-requests/{request_id}")
         request = {
             "_id": request_id,
             "_version": 1,
             "creationDate": epoch_ms(now),
-            "serviceKind": "launchdarkly",
-            "requestorId": body.get("requestorId") or "sandbox-requestor",
+            "serviceKind": self.approval_settings["serviceKind"],
+            "requestorId": ROLLOUT_MEMBER,
             "description": body.get("description", ""),
             "reviewStatus": "pending",
             "status": "pending",
-            "appliedDate": None,
-            "appliedByMemberId": None,
             "allReviews": [],
             "notifyMemberIds": list(body.get("notifyMemberIds") or []),
             "instructions": copy.deepcopy(instructions),
-            "integrationConfig": copy.deepcopy(body.get("integrationConfig")),
             "operatingOnId": seed.FLAG_KEY,
             "conflicts": [],
+            "_links": {"self": {"href": path, "type": "application/json"},
+                       "flag": {"href": f"/api/v2/flags/{seed.PROJECT}/{seed.FLAG_KEY}", "type": "application/json"}},
+            # Sandbox-only fields, kept in /_sandbox/state but never served by the LaunchDarkly API
+            # (PUBLIC_APPROVAL_FIELDS): what the request was sent with, and the change board's view of it.
+            "integrationConfig": copy.deepcopy(body.get("integrationConfig")),
             "environments": [{"key": seed.ENVIRONMENT, "name": "Production"}],
             "train": "prod" if prod else "non-prod",
             "targets": targets,
+            "deleted": False,
         }
         self.approvals[request_id] = request
         self._approval_meta[request_id] = {"prod": prod, "decide_at": now + self.timing["approval_delay_seconds"]}
         if not prod:
-            self._review(request, "approve", "razee-auto-approver", "stage train: auto-approved", now)
+            self._review(request, "approve", AUTO_APPROVER, "non-prod train: auto-approved", now)
         elif self.timing["approval_delay_seconds"] <= 0:
             self._decide(request, now)
         return request
 
     def _review(self, request: dict, kind: str, member: str, comment: str, now: float) -> None:
-        request["allReviews"].append({"kind": kind, "memberId": member, "comment": comment,
+        review_id = hashlib.sha1(f"{request['_id']}/{len(request['allReviews'])}/{member}".encode()).hexdigest()[:24]
+        request["allReviews"].append({"_id": review_id, "kind": kind, "memberId": member, "comment": comment,
                                       "creationDate": epoch_ms(now)})
-        if kind == "approve" and request["reviewStatus"] == "pending":
-            request["reviewStatus"] = "approved"
-        elif kind == "decline":
+        approvals = {r["memberId"] for r in request["allReviews"] if r["kind"] == "approve"}
+        if kind == "decline":
             request["reviewStatus"] = "declined"
+        elif (kind == "approve" and request["reviewStatus"] == "pending"
+              and len(approvals) >= self.approval_settings["minNumApprovals"]):
+            request["reviewStatus"] = "approved"
         request["_version"] += 1
 
     def _decide(self, request: dict, now: float) -> None:
         """The change board's decision on a prod train (declined under train_rejected)."""
-        if request["reviewStatus"] != "pending":
+        if request["reviewStatus"] != "pending" or request["deleted"]:
+            return
+        if any(r["memberId"] == CHANGE_BOARD for r in request["allReviews"]):
             return
         if self.has_fault("train_rejected"):
-            self._review(request, "decline", "change-board", "Train rejected by the change board", now)
+            self._review(request, "decline", CHANGE_BOARD, "Train rejected by the change board", now)
         else:
-            self._review(request, "approve", "change-board", "Train approved by the change board", now)
+            self._review(request, "approve", CHANGE_BOARD, "Train approved by the change board", now)
 
     def _decide_due(self, now: float) -> None:
         for request_id, meta in self._approval_meta.items():
@@ -440,19 +533,23 @@ class Sandbox:
                 self._decide(request, now)
 
     def review_approval(self, request: dict, body: dict) -> dict:
+        """A review POSTed through the API: it is the token's member's (the rollout's, the requester)."""
         kind = body.get("kind")
         if kind not in ("approve", "decline", "comment"):
             raise SandboxError(400, "review kind must be approve, decline or comment")
         if request["status"] != "pending":
             raise SandboxError(400, f"approval request is {request['status']}")
+        settings = self.approval_settings
+        if (kind != "comment" and settings["required"] and not settings["canReviewOwnRequest"]
+                and request["requestorId"] == ROLLOUT_MEMBER):
+            raise SandboxError(403, "You cannot review your own approval request", "forbidden")
         now = time.time()
         meta = self._approval_meta[request["_id"]]
         if kind == "approve" and meta["prod"] and self.has_fault("train_rejected"):
-            request["allReviews"].append({"kind": "comment", "memberId": body.get("memberId") or "sandbox-reviewer",
-                                          "comment": body.get("comment", ""), "creationDate": epoch_ms(now)})
+            self._review(request, "comment", ROLLOUT_MEMBER, body.get("comment", ""), now)
             self._decide(request, now)
         else:
-            self._review(request, kind, body.get("memberId") or "sandbox-reviewer", body.get("comment", ""), now)
+            self._review(request, kind, ROLLOUT_MEMBER, body.get("comment", ""), now)
         return request
 
     def apply_approval(self, request: dict, body: dict) -> dict:
@@ -469,9 +566,38 @@ class Sandbox:
         now = time.time()
         request["status"] = "completed"
         request["appliedDate"] = epoch_ms(now)
-        request["appliedByMemberId"] = body.get("memberId") or "sandbox-requestor"
+        request["appliedByMemberId"] = ROLLOUT_MEMBER
         request["_version"] += 1
         return request
+
+    def delete_approval(self, request: dict) -> None:
+        """DELETE by the requester: a request not yet applied disappears from the API (kept in the state)."""
+        if request["status"] == "completed":
+            raise SandboxError(400, "an applied approval request cannot be deleted")
+        request["deleted"] = True
+        request["deletedDate"] = epoch_ms(time.time())
+
+    def environment_json(self) -> dict:
+        """GET /api/v2/projects/{p}/environments/{e}: the Environment with its approvalSettings."""
+        path = f"/api/v2/projects/{seed.PROJECT}/environments/{seed.ENVIRONMENT}"
+        return {
+            "_links": {"self": {"href": path, "type": "application/json"},
+                       "project": {"href": f"/api/v2/projects/{seed.PROJECT}", "type": "application/json"}},
+            "_id": seed.stable_id("environment", seed.ENVIRONMENT).replace("-", "")[:24],
+            "key": seed.ENVIRONMENT,
+            "name": "Production",
+            "apiKey": "sdk-" + seed.stable_id("sdk", seed.ENVIRONMENT),
+            "mobileKey": "mob-" + seed.stable_id("mob", seed.ENVIRONMENT),
+            "color": "417505",
+            "defaultTtl": 0,
+            "secureMode": False,
+            "defaultTrackEvents": False,
+            "requireComments": False,
+            "confirmChanges": False,
+            "tags": ["armada"],
+            "critical": True,
+            "approvalSettings": copy.deepcopy(self.approval_settings),
+        }
 
     # ------------------------------------------------------------------ jenkins
 
@@ -535,6 +661,13 @@ class Sandbox:
         if outcome == "success":
             build["result"] = "SUCCESS"
             build["artifacts"] = {"image_ids.json": _json_text(build["image_map"])}
+            if build["display"] == seed.NEW_BUILD:
+                # Reset `jenkins.new_build`: the new build's artifact and console as given (raw text).
+                overrides = getattr(self, "new_build_overrides", {})
+                if "image_ids_json" in overrides:
+                    build["artifacts"]["image_ids.json"] = overrides["image_ids_json"]
+                if "console" in overrides:
+                    build["console"] = overrides["console"]
         else:
             build["result"] = "FAILURE"
             build["artifacts"] = {}
@@ -552,8 +685,22 @@ class Sandbox:
         self._complete_image_build(build, outcome)
 
     def trigger_build(self, job: str, params: dict) -> int:
-        """Queue a build (answered with a queue item at once); returns the queue id."""
+        """Queue a build (answered with a queue item at once); returns the queue id.
+
+        The item gets its executable (the build starts) after `queue_seconds`, as Jenkins' quiet period
+        and executor wait do; `advance` starts it.
+        """
         now = time.time()
+        queue_id = self._next_queue_id
+        self._next_queue_id += 1
+        self.queue[queue_id] = {"id": queue_id, "job": job, "number": None, "since": now, "params": dict(params),
+                                "start_at": now + self.timing["queue_seconds"]}
+        if self.timing["queue_seconds"] <= 0:
+            self._start_queued(self.queue[queue_id], now)
+        return queue_id
+
+    def _start_queued(self, item: dict, now: float) -> None:
+        job, params = item["job"], item["params"]
         number = self.jobs[job]["next"]
         user = {"_class": "hudson.model.Cause$UserIdCause", "shortDescription": "Started by user sandbox",
                 "userId": "sandbox", "userName": "sandbox"}
@@ -577,11 +724,8 @@ class Sandbox:
         else:
             build = self._new_build(job, number, None, now, 0.0, [user], params)
             build["console"] = seed.smith_console(number, None)
-        queue_id = self._next_queue_id
-        self._next_queue_id += 1
-        build["queue_id"] = queue_id
-        self.queue[queue_id] = {"id": queue_id, "job": job, "number": build["number"], "since": now}
-        return queue_id
+        build["queue_id"] = item["id"]
+        item["number"] = build["number"]
 
     def _map_for_build(self, name: str) -> dict:
         for build in self.jobs[seed.IMAGE_JOB]["builds"].values():

@@ -24,35 +24,152 @@ def _repo_base(req: Request) -> tuple[str, str]:
     return web, api
 
 
-def _content_json(req: Request, path: str, data: bytes, ref: str = "master") -> dict:
-    web, api = _repo_base(req)
-    qpath = quote(path)
+#: GitHub serves file contents inline up to 1 MB; above that `content` is "" and `encoding` "none"
+#: (the caller reads the blob through /git/blobs/{sha}).
+INLINE_LIMIT = 1024 * 1024
+BOT_LOGIN = "conductors-bot"
+
+
+def _user(req: Request, login: str = BOT_LOGIN, user_id: int = 5150) -> dict:
+    """simple-user of the GHES description."""
+    api = f"{req.base_url}/github/api/v3/users/{login}"
     return {
-        "type": "file",
-        "encoding": "base64",
-        "size": len(data),
-        "name": path.rsplit("/", 1)[-1],
-        "path": path,
-        "content": _b64_lines(data),
-        "sha": blob_sha(data),
-        "url": f"{api}/contents/{qpath}?ref={ref}",
-        "html_url": f"{web}/blob/{ref}/{qpath}",
-        "git_url": f"{api}/git/blobs/{blob_sha(data)}",
-        "download_url": f"{web}/raw/{ref}/{qpath}",
+        "login": login, "id": user_id, "node_id": base64.b64encode(f"04:User{user_id}".encode()).decode(),
+        "avatar_url": f"{req.base_url}/github/avatars/u/{user_id}", "gravatar_id": "",
+        "url": api, "html_url": f"{req.base_url}/github/{login}",
+        "followers_url": f"{api}/followers", "following_url": f"{api}/following{{/other_user}}",
+        "gists_url": f"{api}/gists{{/gist_id}}", "starred_url": f"{api}/starred{{/owner}}{{/repo}}",
+        "subscriptions_url": f"{api}/subscriptions", "organizations_url": f"{api}/orgs",
+        "repos_url": f"{api}/repos", "events_url": f"{api}/events{{/privacy}}",
+        "received_events_url": f"{api}/received_events", "type": "User" if login == BOT_LOGIN else "Organization",
+        "site_admin": False,
     }
 
 
-def _commit_json(req: Request, commit: dict) -> dict:
+def _private_user(req: Request) -> dict:
+    """private-user (GET /user) for the token's account."""
+    return {
+        **_user(req), "name": "Conductors Automation", "company": "Conductors", "blog": "", "location": None,
+        "email": "conductors@example.com", "hireable": None, "bio": None, "public_repos": 0, "public_gists": 0,
+        "followers": 0, "following": 0, "created_at": "2019-03-01T09:00:00Z", "updated_at": "2026-01-05T09:00:00Z",
+        "private_gists": 0, "total_private_repos": 1, "owned_private_repos": 0, "disk_usage": 0, "collaborators": 0,
+        "two_factor_authentication": True,
+    }
+
+
+def _repo_json(sb: Sandbox, req: Request) -> dict:
+    """full-repository of the GHES description."""
     web, api = _repo_base(req)
-    person = {**commit["committer"], "date": iso(commit["time"])}
+    owner = _user(req, seed.GITHUB_OWNER, 880)
+    head = sb.repo_commits[-1]
+    git_host = req.base_url.split("://", 1)[-1]
+    urls = {
+        "archive_url": "{archive_format}{/ref}", "assignees_url": "assignees{/user}", "blobs_url": "git/blobs{/sha}",
+        "branches_url": "branches{/branch}", "collaborators_url": "collaborators{/collaborator}",
+        "comments_url": "comments{/number}", "commits_url": "commits{/sha}", "compare_url": "compare/{base}...{head}",
+        "contents_url": "contents/{+path}", "contributors_url": "contributors", "deployments_url": "deployments",
+        "downloads_url": "downloads", "events_url": "events", "forks_url": "forks",
+        "git_commits_url": "git/commits{/sha}", "git_refs_url": "git/refs{/sha}", "git_tags_url": "git/tags{/sha}",
+        "hooks_url": "hooks", "issue_comment_url": "issues/comments{/number}", "issue_events_url": "issues/events{/number}",
+        "issues_url": "issues{/number}", "keys_url": "keys{/key_id}", "labels_url": "labels{/name}",
+        "languages_url": "languages", "merges_url": "merges", "milestones_url": "milestones{/number}",
+        "notifications_url": "notifications{?since,all,participating}", "pulls_url": "pulls{/number}",
+        "releases_url": "releases{/id}", "stargazers_url": "stargazers", "statuses_url": "statuses/{sha}",
+        "subscribers_url": "subscribers", "subscription_url": "subscription", "tags_url": "tags",
+        "teams_url": "teams", "trees_url": "git/trees{/sha}",
+    }
+    return {
+        "id": 4711, "node_id": "MDEwOlJlcG9zaXRvcnk0NzEx", "name": seed.GITHUB_REPO,
+        "full_name": f"{seed.GITHUB_OWNER}/{seed.GITHUB_REPO}", "owner": owner, "private": True, "html_url": web,
+        "description": "Conductors team notes and train evidence", "fork": False, "url": api,
+        **{key: f"{api}/{tail}" for key, tail in urls.items()},
+        "clone_url": f"{web}.git", "git_url": f"git://{git_host}/{seed.GITHUB_OWNER}/{seed.GITHUB_REPO}.git",
+        "ssh_url": f"git@{git_host}:{seed.GITHUB_OWNER}/{seed.GITHUB_REPO}.git", "svn_url": web, "mirror_url": None,
+        "homepage": None, "language": None, "forks": 0, "forks_count": 0, "stargazers_count": 0, "watchers": 0,
+        "watchers_count": 0, "size": sum(len(d) for d in sb.repo_files.values()) // 1024, "default_branch": "master",
+        "open_issues": 0, "open_issues_count": 0, "is_template": False, "topics": [], "has_issues": True,
+        "has_projects": False, "has_wiki": False, "has_pages": False, "has_downloads": True,
+        "has_discussions": False, "archived": False, "disabled": False, "visibility": "private",
+        "pushed_at": iso(head["time"]), "created_at": "2019-03-01T09:00:00Z", "updated_at": iso(head["time"]),
+        "permissions": {"admin": False, "maintain": False, "push": True, "triage": True, "pull": True},
+        "allow_rebase_merge": True, "allow_squash_merge": True, "allow_merge_commit": True,
+        "license": None, "network_count": 0, "subscribers_count": 3,
+    }
+
+
+def _content_json(req: Request, path: str, data: bytes, ref: str = "master", *, inline: bool = True) -> dict:
+    """content-file of the GHES description (no inline content above INLINE_LIMIT, as GitHub does)."""
+    web, api = _repo_base(req)
+    qpath = quote(path)
+    url = f"{api}/contents/{qpath}?ref={ref}"
+    git_url = f"{api}/git/blobs/{blob_sha(data)}"
+    html_url = f"{web}/blob/{ref}/{qpath}"
+    small = len(data) <= INLINE_LIMIT
+    out = {
+        "type": "file",
+        "encoding": "base64" if small else "none",
+        "size": len(data),
+        "name": path.rsplit("/", 1)[-1],
+        "path": path,
+        "content": _b64_lines(data) if small else "",
+        "sha": blob_sha(data),
+        "url": url,
+        "html_url": html_url,
+        "git_url": git_url,
+        "download_url": f"{web}/raw/{ref}/{qpath}",
+        "_links": {"self": url, "git": git_url, "html": html_url},
+    }
+    if not inline:
+        del out["content"], out["encoding"]
+    return out
+
+
+def _person(commit: dict) -> dict:
+    return {**commit["committer"], "date": iso(commit["time"])}
+
+
+def _commit_json(req: Request, commit: dict) -> dict:
+    """commit of the GHES description (GET /commits and /commits/{ref})."""
+    web, api = _repo_base(req)
+    person = _person(commit)
+    blob = f"{web}/blob/{commit['sha']}/{quote(commit['path'])}"
     return {
         "sha": commit["sha"],
+        "node_id": base64.b64encode(f"06:Commit4711:{commit['sha']}".encode()).decode(),
         "url": f"{api}/commits/{commit['sha']}",
         "html_url": f"{web}/commit/{commit['sha']}",
-        "commit": {"message": commit["message"], "author": person, "committer": person,
-                   "tree": {"sha": commit["sha"][::-1]}},
-        "parents": [{"sha": commit["parent"]}] if commit["parent"] else [],
-        "files": [{"filename": commit["path"], "status": "added" if commit["created"] else "modified", "sha": commit["blob_sha"]}],
+        "comments_url": f"{api}/commits/{commit['sha']}/comments",
+        "commit": {"url": f"{api}/git/commits/{commit['sha']}", "message": commit["message"], "author": person,
+                   "committer": person, "comment_count": 0,
+                   "tree": {"sha": commit["sha"][::-1], "url": f"{api}/git/trees/{commit['sha'][::-1]}"},
+                   "verification": {"verified": False, "reason": "unsigned", "signature": None, "payload": None,
+                                    "verified_at": None}},
+        "author": _user(req),
+        "committer": _user(req),
+        "parents": [{"sha": commit["parent"], "url": f"{api}/commits/{commit['parent']}",
+                     "html_url": f"{web}/commit/{commit['parent']}"}] if commit["parent"] else [],
+        "stats": {"additions": commit["content"].count("\n"), "deletions": 0, "total": commit["content"].count("\n")},
+        "files": [{"sha": commit["blob_sha"], "filename": commit["path"],
+                   "status": "added" if commit["created"] else "modified",
+                   "additions": commit["content"].count("\n"), "deletions": 0,
+                   "changes": commit["content"].count("\n"), "blob_url": blob,
+                   "raw_url": f"{web}/raw/{commit['sha']}/{quote(commit['path'])}",
+                   "contents_url": f"{api}/contents/{quote(commit['path'])}?ref={commit['sha']}"}],
+    }
+
+
+def _file_commit_json(req: Request, path: str, data: bytes, commit: dict) -> dict:
+    """file-commit of the GHES description (the PUT contents answer)."""
+    full = _commit_json(req, commit)
+    content = _content_json(req, path, data, inline=False)
+    return {
+        "content": content,
+        "commit": {
+            "sha": full["sha"], "node_id": full["node_id"], "url": full["commit"]["url"],
+            "html_url": full["html_url"], "author": full["commit"]["author"],
+            "committer": full["commit"]["committer"], "message": commit["message"], "tree": full["commit"]["tree"],
+            "parents": full["parents"], "verification": full["commit"]["verification"],
+        },
     }
 
 
@@ -66,6 +183,8 @@ def handle(sb: Sandbox, req: Request) -> Response:
 
 def _route(sb: Sandbox, req: Request) -> Response:
     segs = [unquote(s) for s in req.path.split("/") if s]
+    if segs == ["api", "v3", "user"] and req.method == "GET":
+        return json_response(_private_user(req))
     if segs[:3] == ["api", "v3", "repos"] and len(segs) >= 5:
         owner, repo, rest = segs[3], segs[4], segs[5:]
         _check_repo(owner, repo)
@@ -101,8 +220,14 @@ def _find_commit(sb: Sandbox, ref: str) -> dict:
 def _api(sb: Sandbox, req: Request, rest: list[str]) -> Response:
     web, api = _repo_base(req)
     if not rest and req.method == "GET":
-        return json_response({"id": 4711, "name": seed.GITHUB_REPO, "full_name": f"{seed.GITHUB_OWNER}/{seed.GITHUB_REPO}",
-                              "default_branch": "master", "private": True, "html_url": web, "url": api})
+        return json_response(_repo_json(sb, req))
+    if rest[:2] == ["git", "blobs"] and len(rest) == 3 and req.method == "GET":
+        data = next((d for c in reversed(sb.repo_commits) for d in c["tree"].values() if blob_sha(d) == rest[2]), None)
+        if data is None:
+            raise SandboxError(404, "Not Found")
+        return json_response({"sha": rest[2], "node_id": base64.b64encode(f"04:Blob4711:{rest[2]}".encode()).decode(),
+                              "size": len(data), "url": f"{api}/git/blobs/{rest[2]}", "content": _b64_lines(data),
+                              "encoding": "base64"})
     if rest[:1] == ["branches"] and len(rest) == 2 and req.method == "GET":
         if rest[1] != "master":
             raise SandboxError(404, "Branch not found")
@@ -137,6 +262,7 @@ def _api(sb: Sandbox, req: Request, rest: list[str]) -> Response:
                 raise SandboxError(404, "Not Found")
             for entry in entries:
                 del entry["content"], entry["encoding"]
+                entry["type"] = "file"
             return json_response(entries)
         if req.method == "PUT":
             return _put(sb, req, path)
@@ -162,11 +288,10 @@ def _put(sb: Sandbox, req: Request, path: str) -> Response:
         raise SandboxError(422, f'Invalid request.\n\n"sha" was supplied but {path} does not exist.')
     if current is not None:
         if not given:
-            raise SandboxError(409, f'{path} exists: "sha" wasn\'t supplied.')
+            # GitHub answers a PUT over an existing file without "sha" with 422 (validation failed).
+            raise SandboxError(422, 'Invalid request.\n\n"sha" wasn\'t supplied.')
         if given != blob_sha(current):
             raise SandboxError(409, f"{path} does not match {given}")
     committer = body.get("committer") if isinstance(body.get("committer"), dict) else None
     commit = sb.commit_file(path, data, body["message"], committer, time.time())
-    result = {"content": _content_json(req, path, data), "commit": _commit_json(req, commit)}
-    result["commit"]["message"] = commit["message"]
-    return json_response(result, 201 if current is None else 200)
+    return json_response(_file_commit_json(req, path, data, commit), 201 if current is None else 200)

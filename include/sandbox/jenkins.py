@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+from http.cookies import SimpleCookie
 from urllib.parse import quote, unquote
 
 from include.sandbox import seed
@@ -12,6 +15,29 @@ VERSION_HEADERS = {"X-Jenkins": "2.426.3"}
 FOLDER_CLASS = "com.cloudbees.hudson.plugins.folder.Folder"
 JOB_CLASS = "hudson.model.FreeStyleProject"
 BUILD_CLASS = "hudson.model.FreeStyleBuild"
+CRUMB_FIELD = "Jenkins-Crumb"
+SESSION_COOKIE = "JSESSIONID.5a1dbb0c"
+#: Jobs with parameter definitions (name -> default): Jenkins refuses `POST .../build` on them.
+PARAMETERS = {seed.IMAGE_JOB: {"BUILD_NAME": ""}}
+
+
+def _crumb(session: str) -> str:
+    return hashlib.sha256(f"sandbox-crumb/{session}".encode()).hexdigest()
+
+
+def _session(req: Request) -> str | None:
+    cookie = SimpleCookie()
+    try:
+        cookie.load(req.headers.get("cookie", ""))
+    except Exception:  # a malformed Cookie header is no session
+        return None
+    morsel = cookie.get(SESSION_COOKIE)
+    return morsel.value if morsel is not None else None
+
+
+def _forbidden(message: str) -> Response:
+    return text_response(f"<html><body><h2>HTTP ERROR 403 {message}</h2></body></html>", 403,
+                         "text/html; charset=utf-8")
 
 
 def _job_url(base: str, full_name: str) -> str:
@@ -74,8 +100,20 @@ def job_json(sb: Sandbox, base: str, job: str) -> dict:
         "inQueue": False,
         "queueItem": None,
         "keepDependencies": False,
-        "property": [],
+        "property": [_parameters_property(job)] if job in PARAMETERS else [],
         "healthReport": [],
+    }
+
+
+def _parameters_property(job: str) -> dict:
+    return {
+        "_class": "hudson.model.ParametersDefinitionProperty",
+        "parameterDefinitions": [
+            {"_class": "hudson.model.StringParameterDefinition", "name": name, "type": "StringParameterDefinition",
+             "description": "immutable image build name", "defaultParameterValue": {
+                 "_class": "hudson.model.StringParameterValue", "name": name, "value": default}}
+            for name, default in PARAMETERS[job].items()
+        ],
     }
 
 
@@ -124,24 +162,43 @@ def _route(sb: Sandbox, req: Request) -> Response:
         return json_response({"_class": "hudson.model.Hudson", "mode": "NORMAL", "nodeName": "",
                               "jobs": _children(sb, base, ""), "url": base + "/", "useCrumbs": True})
     if segs == ["crumbIssuer", "api", "json"] and get:
-        return json_response({"_class": "hudson.security.csrf.DefaultCrumbIssuer", "crumb": "sandbox",
-                              "crumbRequestField": "Jenkins-Crumb"})
+        # A crumb is valid only with the session it was issued to (the JSESSIONID cookie), as in Jenkins.
+        session = _session(req)
+        headers = {}
+        if session not in sb.jenkins_sessions:
+            session = secrets.token_hex(12)
+            sb.jenkins_sessions[session] = _crumb(session)
+            headers["Set-Cookie"] = f"{SESSION_COOKIE}={session}; Path=/jenkins; HttpOnly"
+        return json_response({"_class": "hudson.security.csrf.DefaultCrumbIssuer", "crumb": _crumb(session),
+                              "crumbRequestField": CRUMB_FIELD}, headers=headers)
+    if req.method == "POST":
+        session = _session(req)
+        crumb = req.headers.get(CRUMB_FIELD.lower())
+        if session not in sb.jenkins_sessions or not crumb or crumb != sb.jenkins_sessions[session]:
+            return _forbidden("No valid crumb was included in the request")
     if segs in (["me", "api", "json"], ["whoAmI", "api", "json"]) and get:
         return json_response({"_class": "hudson.model.User", "id": "sandbox", "fullName": "sandbox"})
     if len(segs) >= 3 and segs[:2] == ["queue", "item"] and segs[2].isdigit() and get:
         item = sb.queue.get(int(segs[2]))
         if item is None:
             return _not_found(f"queue item {segs[2]}")
-        build = sb.jobs[item["job"]]["builds"].get(item["number"])
-        return json_response({
-            "_class": "hudson.model.Queue$LeftItem",
+        body = {
+            "_class": "hudson.model.Queue$WaitingItem",
             "id": item["id"],
             "inQueueSince": epoch_ms(item["since"]),
-            "blocked": False, "buildable": False, "stuck": False, "cancelled": False, "why": None,
+            "blocked": False, "buildable": False, "stuck": False,
+            "why": "In the quiet period.",
+            "params": "".join(f"\n{k}={v}" for k, v in item["params"].items()),
             "task": {"_class": JOB_CLASS, "name": item["job"].rsplit("/", 1)[-1], "url": _job_url(base, item["job"])},
             "url": f"queue/item/{item['id']}/",
-            "executable": _build_ref(base, build),
-        })
+            "actions": [],
+        }
+        if item["number"] is not None:
+            # Left the queue: now (and only now) it names its executable, as Jenkins' Queue$LeftItem does.
+            build = sb.jobs[item["job"]]["builds"].get(item["number"])
+            body.update({"_class": "hudson.model.Queue$LeftItem", "why": None, "cancelled": False,
+                         "executable": _build_ref(base, build)})
+        return json_response(body)
     names = []
     i = 0
     while i + 1 < len(segs) and segs[i] == "job":
@@ -164,6 +221,16 @@ def _route(sb: Sandbox, req: Request) -> Response:
         params = {k: v[0] for k, v in req.query.items() if k not in ("token", "delay", "cause")}
         if req.body and "json" not in req.headers.get("content-type", ""):
             params.update(req.form_or_json())
+        defined = PARAMETERS.get(full)
+        if rest == ["build"] and defined is not None:
+            # Jenkins: a parameterized job built through /build without a `json` form is refused.
+            return text_response("<html><body><h2>HTTP ERROR 400 Nothing is submitted</h2></body></html>", 400,
+                                 "text/html; charset=utf-8")
+        if rest == ["buildWithParameters"]:
+            if defined is None:
+                return text_response(f"<html><body><h2>HTTP ERROR 400 {full} is not parameterized</h2>"
+                                     "</body></html>", 400, "text/html; charset=utf-8")
+            params = {**defined, **{k: v for k, v in params.items() if k in defined}}
         queue_id = sb.trigger_build(full, {k: str(v) for k, v in params.items()})
         return Response(201, "", "text/plain", {"Location": f"{base}/queue/item/{queue_id}/"})
     if not rest:

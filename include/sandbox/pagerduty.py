@@ -12,6 +12,21 @@ def incident_json(req: Request, incident: dict) -> dict:
     return {
         "id": incident["id"],
         "type": "incident",
+        "summary": f"[#{incident['incident_number']}] {incident['title']}",
+        "updated_at": iso(incident["created_at"]),
+        "last_status_change_at": iso(incident["created_at"]),
+        "assignments": [],
+        "assigned_via": "escalation_policy",
+        "acknowledgements": [],
+        "pending_actions": [],
+        "teams": [],
+        "is_mergeable": True,
+        "alert_counts": {"all": 1, "triggered": 1 if incident["status"] == "triggered" else 0,
+                         "resolved": 1 if incident["status"] == "resolved" else 0},
+        "escalation_policy": {"id": "PESC0AR", "type": "escalation_policy_reference",
+                              "summary": "armada-infra escalation",
+                              "self": f"{req.base_url}/pagerduty/escalation_policies/PESC0AR",
+                              "html_url": f"{req.base_url}/pagerduty/escalation_policies/PESC0AR"},
         "incident_number": incident["incident_number"],
         "title": incident["title"],
         "description": incident["description"],
@@ -25,6 +40,7 @@ def incident_json(req: Request, incident: dict) -> dict:
             "id": seed.PD_SERVICE_ID,
             "type": "service_reference",
             "summary": seed.PD_SERVICE_SUMMARY,
+            "self": f"{req.base_url}/pagerduty/services/{seed.PD_SERVICE_ID}",
             "html_url": f"{req.base_url}/pagerduty/services/{seed.PD_SERVICE_ID}",
         },
     }
@@ -69,5 +85,7 @@ def _list(sb: Sandbox, req: Request) -> Response:
         and (until is None or i["created_at"] < until)
     ]
     page = matching[offset: offset + limit]
+    # PagerDuty counts the total only when asked (total=true); otherwise `total` is null.
+    total = len(matching) if (req.arg("total") or "").lower() == "true" else None
     return json_response({"incidents": [incident_json(req, i) for i in page], "limit": limit, "offset": offset,
-                          "more": offset + limit < len(matching), "total": len(matching)})
+                          "more": offset + limit < len(matching), "total": total})

@@ -59,13 +59,30 @@ def injected_fault(sb: Sandbox, system: str, method: str) -> tuple[str, Response
             return "github_conflict", json_response(
                 {"message": "is at a different commit: the branch moved, fetch and retry",
                  "documentation_url": "https://docs.github.com/rest/repos/contents"}, 409)
+    if system == "pagerduty" and sb.has_fault("pagerduty_5xx"):
+        return "pagerduty_5xx", json_response({"error": {"message": "Internal Server Error", "code": 2000}}, 500)
     if system == "slack" and sb.has_fault("slack_down"):
         return "slack_down", json_response({"ok": False, "error": "service_unavailable"}, 503)
     return None
 
 
+#: system -> the methods whose next successful call a `<system>_lost_response` fault swallows.
+LOST_RESPONSE_WRITES = {"flags": ("POST", "PATCH", "DELETE"), "github": ("PUT",), "jenkins": ("POST",)}
+
+
+def lost_response(sb: Sandbox, system: str, method: str, resp: Response) -> str | None:
+    """The lost-response fault to spend on this carried-out write, if one is armed."""
+    if method not in LOST_RESPONSE_WRITES.get(system, ()) or resp.status >= 300:
+        return None
+    name = f"{system}_lost_response"
+    return name if sb.consume_fault(name) else None
+
+
 def dispatch(sb: Sandbox, req_path: str, req: Request) -> tuple[Response, str | None]:
-    """Route one request under the state lock; returns the response and the fault that answered, if any."""
+    """Route one request under the state lock; returns the response and the fault that answered, if any.
+
+    A fault ending in `_lost_response` means the write was carried out and no answer may be sent.
+    """
     for prefix, (system, handler) in SYSTEMS.items():
         if req_path == prefix or req_path.startswith(prefix + "/"):
             req.path = req_path[len(prefix):] or "/"
@@ -81,7 +98,10 @@ def dispatch(sb: Sandbox, req_path: str, req: Request) -> tuple[Response, str | 
                 resp = handler(sb, req)
                 # Encode while holding the lock: bodies may reference live state.
                 resp.body, resp.content_type = resp.encode()
-                return resp, None
+                lost = lost_response(sb, system, req.method, resp) if system is not None else None
+                if lost is not None:
+                    sb.faulted_calls[f"{system} {req.method}"] += 1
+                return resp, lost
     if req_path in ("", "/"):
         return json_response({"ok": True, "service": "image-rollout-sandbox", "systems": list(SYSTEMS)}), None
     return json_response({"error": f"no system at {req_path}", "systems": list(SYSTEMS)}, 404), None
@@ -125,6 +145,16 @@ class SandboxRequestHandler(BaseHTTPRequestHandler):
         except Exception as exc:  # the sandbox must answer, not drop the connection
             log.error("sandbox error on %s %s:\n%s", self.command, parts.path, traceback.format_exc())
             resp = json_response({"error": f"sandbox internal error: {exc}"}, 500)
+        if fault is not None and fault.endswith("_lost_response"):
+            # The write was carried out; the connection closes before any answer (the ambiguous write).
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            log.info('%s "%s %s" carried out, connection closed fault=%s', self.client_address[0], self.command,
+                     parts.path, fault)
+            return
         payload, ctype = resp.encode()
         self.send_response(resp.status)
         self.send_header("Content-Type", ctype)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from include.sandbox.core import Sandbox, SandboxError, iso
 from include.sandbox.web import Request, Response, json_response
+
+
+def channel_id(name: str) -> str:
+    """Slack answers with the channel's id (C + 10 upper-case alphanumerics), stable per channel name."""
+    if name.startswith("C") and name[1:].isalnum() and name.isupper():
+        return name
+    return "C" + hashlib.sha1(name.lstrip("#").encode()).hexdigest()[:10].upper()
 
 
 def handle(sb: Sandbox, req: Request) -> Response:
@@ -26,8 +34,10 @@ def handle(sb: Sandbox, req: Request) -> Response:
             return json_response({"ok": False, "error": "no_text"})
         now = time.time()
         ts = f"{now:.6f}"
-        sb.slack.append({"channel": channel, "text": text, "time": iso(now), "ts": ts,
+        cid = channel_id(channel)
+        sb.slack.append({"channel": channel, "channel_id": cid, "text": text, "time": iso(now), "ts": ts,
                          "thread_ts": body.get("thread_ts"), "blocks": body.get("blocks")})
-        message = {"type": "message", "text": text, "ts": ts, "bot_id": "B0ROLLOUT"}
-        return json_response({"ok": True, "channel": channel, "ts": ts, "message": message})
+        message = {"type": "message", "subtype": "bot_message", "text": text, "ts": ts, "bot_id": "B0ROLLOUT",
+                   "user": "U0ROLLOUT", "team": "T0SANDBOX"}
+        return json_response({"ok": True, "channel": cid, "ts": ts, "message": message})
     return json_response({"ok": False, "error": "unknown_method"}, 404)
