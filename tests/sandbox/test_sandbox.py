@@ -401,7 +401,52 @@ def _fault_slack_down(c):
     assert c.state()["slack"] == []
 
 
+def _lost(call) -> None:
+    """The write's answer never comes: the connection closes first."""
+    with pytest.raises(requests.ConnectionError):
+        call()
+
+
+def _fault_flags_lost_response(c):
+    assert c.get(FLAG).status_code == 200  # reads answer as usual
+    _lost(lambda: c.promote("dev-south"))
+    state = c.state()
+    assert state["flag"]["rules"]["dev-south"] == NEW_MAP and len(state["promotions"]) == 1  # carried out
+    assert state["faults"] == [] and state["faulted_calls"]["flags PATCH"] == 1
+    assert c.promote("prestage-south").status_code == 200  # one use only
+
+
+def _fault_github_lost_response(c):
+    body = {"message": "Add evidence", "content": base64.b64encode(b"evidence\n").decode(), "branch": "master"}
+    _lost(lambda: c.put(f"{CONTENTS}/{EVIDENCE}", json=body))
+    got = c.get(f"{CONTENTS}/{EVIDENCE}")
+    assert got.status_code == 200 and base64.b64decode(got.json()["content"]) == b"evidence\n"
+    assert len(c.state()["evidence"]["commits"]) == 1
+    again = c.put(f"{CONTENTS}/{EVIDENCE}", json={**body, "sha": got.json()["sha"]})
+    assert again.status_code == 200
+
+
+def _fault_jenkins_lost_response(c):
+    headers = c.crumb()
+    _lost(lambda: c.post(f"{IMAGE_JOB}/buildWithParameters", params={"BUILD_NAME": NEW_BUILD}, headers=headers))
+    builds = c.state()["jenkins"]["immutable_image"]
+    assert [b["number"] for b in builds] == [433, 434, 435]  # the build was queued and started
+    assert c.queued_build(c.build_with_parameters(BUILD_NAME=NEW_BUILD)) == 436
+
+
+def _fault_pagerduty_5xx(c):
+    incidents = "/pagerduty/incidents"
+    assert [c.get(incidents).status_code for _ in range(5)] == [500] * 5  # an outage, not a blip
+    assert c.state()["faults"] == ["pagerduty_5xx"]
+    c.http.delete(c.base + "/_sandbox/faults", timeout=5)
+    assert c.get(incidents).status_code == 200
+
+
 FAULT_CHECKS = {
+    "flags_lost_response": _fault_flags_lost_response,
+    "github_lost_response": _fault_github_lost_response,
+    "jenkins_lost_response": _fault_jenkins_lost_response,
+    "pagerduty_5xx": _fault_pagerduty_5xx,
     "jenkins_build_failed": _fault_jenkins_build_failed,
     "jenkins_build_timeout": _fault_jenkins_build_timeout,
     "jenkins_5xx": _fault_jenkins_5xx,
@@ -430,7 +475,7 @@ def test_every_contract_fault_is_tested():
     assert names == {
         "jenkins_build_failed", "jenkins_build_timeout", "jenkins_5xx", "flags_5xx", "flags_conflict", "github_5xx",
         "github_conflict", "reload_fail", "autorecovery_failed_alert", "autorecovery_slow", "train_rejected",
-        "slack_down",
+        "slack_down", "flags_lost_response", "github_lost_response", "jenkins_lost_response", "pagerduty_5xx",
     }
 
 
@@ -799,3 +844,195 @@ def test_runbook_walkthrough_leaves_a_complete_state(c):
     assert len(requested) == 9 and {r["result"] for r in requested} == {"succeeded"}
     assert state["calls"]["flags PATCH"] == 13 and state["calls"]["github PUT"] == 2
     assert state["incidents"] == [] and len(state["approval_requests"]) == 3
+
+
+# ---------------------------------------------------------------------------- held to the real systems' rules
+
+ENVIRONMENT = "/launchdarkly/api/v2/projects/default/environments/production"
+REQUIRED = {"required": True, "canReviewOwnRequest": False, "minNumApprovals": 1}
+
+
+def reset_with(c: Client, body: dict, **timing: float) -> None:
+    r = c.post("/_sandbox/reset", json={"timing": {**FAST, **timing}, **body})
+    assert r.status_code == 200, r.text
+
+
+def test_environment_serves_approval_settings_and_reset_sets_them(c):
+    env = c.get(ENVIRONMENT).json()
+    assert env["key"] == "production" and env["approvalSettings"]["required"] is False
+    assert env["approvalSettings"]["serviceKind"] == "launchdarkly"
+    reset_with(c, {"launchdarkly": {"approvalSettings": REQUIRED}})
+    settings = c.get(ENVIRONMENT).json()["approvalSettings"]
+    assert {k: settings[k] for k in REQUIRED} == REQUIRED and settings["requiredApprovalTags"] == []
+    assert c.state()["launchdarkly"]["approvalSettings"]["required"] is True
+    for bad in ({"launchdarkly": {"approvalSettings": {"requird": True}}},
+                {"launchdarkly": {"approvalSettings": {"minNumApprovals": "1"}}},
+                {"launchdarkly": {"settings": {}}}, {"jenkins": {"new_build": {"image_ids": "{}"}}}, {"other": 1}):
+        r = c.post("/_sandbox/reset", json=bad)
+        assert r.status_code == 400, bad
+    c.reset()
+    assert c.get(ENVIRONMENT).json()["approvalSettings"]["required"] is False  # a plain reset restores the default
+
+
+def test_required_approvals_refuse_direct_writes_with_405(c):
+    reset_with(c, {"launchdarkly": {"approvalSettings": REQUIRED}})
+    r = c.promote("dev-south")
+    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+    added = c.patch(FLAG, headers=SEMANTIC, json={"environmentKey": "production", "instructions": [
+        {"kind": "addVariation", "value": {"dev": "1", "prod": "2", "prodfr2": "3", "stage": "4"}}]})
+    assert added.status_code == 405
+    state = c.state()
+    assert state["promotions"] == [] and state["flag"]["rules"]["dev-south"] == PREVIOUS_MAP
+    assert len(c.flag()["variations"]) == 2
+
+
+def test_required_approvals_board_approves_and_requester_cannot(c):
+    reset_with(c, {"launchdarkly": {"approvalSettings": REQUIRED}}, approval_delay_seconds=0.3)
+    stage = c.train("stage-south").json()
+    assert stage["reviewStatus"] == "approved" and stage["requestorId"] == "sandbox-rollout"
+    assert [(r["kind"], r["memberId"]) for r in stage["allReviews"]] == [("approve", "razee-auto-approver")]
+    prod = c.train("ap-south").json()
+    assert prod["reviewStatus"] == "pending"
+    own = c.post(f"{APPROVALS}/{prod['_id']}/reviews", json={"kind": "approve"})
+    assert own.status_code == 403 and own.json()["code"] == "forbidden"
+    assert c.post(f"{APPROVALS}/{prod['_id']}/reviews", json={"kind": "decline"}).status_code == 403
+    decided = wait_for(lambda: (r := c.get(f"{APPROVALS}/{prod['_id']}").json())["reviewStatus"] != "pending" and r)
+    assert decided["reviewStatus"] == "approved"
+    assert [(r["kind"], r["memberId"]) for r in decided["allReviews"]] == [("approve", "change-board")]
+    assert all(re.fullmatch(r"[0-9a-f]{24}", r["_id"]) for r in decided["allReviews"])
+    applied = c.post(f"{APPROVALS}/{prod['_id']}/apply", json={}).json()
+    assert applied["status"] == "completed" and applied["appliedByMemberId"] == "sandbox-rollout"
+    assert isinstance(applied["appliedDate"], int) and c.state()["flag"]["rules"]["ap-south"] == NEW_MAP
+
+
+def test_min_num_approvals_is_honoured(c):
+    reset_with(c, {"launchdarkly": {"approvalSettings": {**REQUIRED, "minNumApprovals": 2}}},
+               approval_delay_seconds=0)
+    for target in ("dev-south", "ap-south"):
+        request = c.train(target).json()
+        assert request["reviewStatus"] == "pending" and len(request["allReviews"]) == 1, target
+        assert c.post(f"{APPROVALS}/{request['_id']}/apply", json={}).status_code == 400
+    reset_with(c, {"launchdarkly": {"approvalSettings": {"minNumApprovals": 2, "canReviewOwnRequest": True}}})
+    request = c.train("dev-south").json()
+    assert request["reviewStatus"] == "pending"
+    second = c.post(f"{APPROVALS}/{request['_id']}/reviews", json={"kind": "approve"}).json()
+    assert second["reviewStatus"] == "approved"
+
+
+def test_approval_requests_answer_without_integration_config(c):
+    request = c.train("ap-south").json()
+    assert "integrationConfig" not in request and "train" not in request and "targets" not in request
+    assert set(request) >= {"_id", "_links", "_version", "allReviews", "conflicts", "creationDate", "instructions",
+                            "notifyMemberIds", "reviewStatus", "serviceKind", "status"}
+    listed = c.get(APPROVALS).json()
+    assert "_links" in listed and all("integrationConfig" not in r for r in listed["items"])
+    (kept,) = c.state()["approval_requests"]
+    assert kept["integrationConfig"]["target"] == "ap-south" and kept["train"] == "prod"
+
+
+def test_requester_deletes_a_pending_request(c):
+    c.reset(approval_delay_seconds=60)
+    request = c.train("ap-south").json()
+    url = f"{APPROVALS}/{request['_id']}"
+    assert c.http.delete(c.base + url, timeout=5).status_code == 204
+    assert c.get(url).status_code == 404 and c.get(APPROVALS).json()["items"] == []
+    assert c.http.delete(c.base + url, timeout=5).status_code == 404
+    (kept,) = c.state()["approval_requests"]
+    assert kept["deleted"] is True and kept["status"] == "pending"
+    stage = c.train("stage-south").json()
+    assert c.post(f"{APPROVALS}/{stage['_id']}/apply", json={}).status_code == 200
+    refused = c.http.delete(c.base + f"{APPROVALS}/{stage['_id']}", timeout=5)
+    assert refused.status_code == 400  # an applied request stays
+
+
+def test_add_variation_inside_an_approval_request(c):
+    reset_with(c, {"launchdarkly": {"approvalSettings": REQUIRED}}, approval_delay_seconds=0)
+    fresh = {"dev": "9100001", "prod": "9100053", "prodfr2": "9100059", "stage": "9100021"}
+    rule = next(r for r in c.flag()["environments"]["production"]["rules"] if r["ref"] == "dev-south")
+    new_id = "c0ffee00-0000-4000-8000-000000000001"
+    body = {"description": "Rollout-Key: immutable-image/x/dev-south", "instructions": [
+        {"kind": "addVariation", "_id": new_id, "value": fresh, "name": "x"},
+        {"kind": "updateRuleVariationOrRollout", "ruleId": rule["_id"], "variationId": new_id}]}
+    request = c.post(APPROVALS, json=body)
+    assert request.status_code == 201, request.text
+    assert len(c.flag()["variations"]) == 2  # nothing changes before the request is applied
+    applied = c.post(f"{APPROVALS}/{request.json()['_id']}/apply", json={})
+    assert applied.status_code == 200, applied.text
+    flag = c.flag()
+    assert [v["_id"] for v in flag["variations"]][-1] == new_id
+    assert c.state()["flag"]["rules"]["dev-south"] == fresh
+    bad = {**body, "instructions": [body["instructions"][1]]}  # the variation now exists; an unknown id does not
+    bad["instructions"][0] = {**bad["instructions"][0], "variationId": "nope"}
+    assert c.post(APPROVALS, json=bad).status_code == 400
+
+
+def test_flag_carries_the_fields_the_description_requires(c):
+    flag = c.flag()
+    assert {"_links", "_version", "archived", "creationDate", "customProperties", "experiments", "key", "kind",
+            "name", "tags", "temporary", "variations"} <= set(flag)
+    env = flag["environments"]["production"]
+    assert {"_environmentName", "_site", "archived", "lastModified", "on", "salt", "sel", "trackEvents",
+            "trackEventsFallthrough", "version"} <= set(env)
+    version = env["version"]
+    assert c.promote("dev-south").status_code == 200
+    assert c.flag()["environments"]["production"]["version"] == version + 1
+
+
+def test_jenkins_posts_need_a_crumb_of_the_same_session(c):
+    no_crumb = c.post(f"{IMAGE_JOB}/buildWithParameters", params={"BUILD_NAME": NEW_BUILD})
+    assert no_crumb.status_code == 403 and "crumb" in no_crumb.text
+    other = Client(c.base)
+    stolen = other.crumb()
+    assert c.post(f"{IMAGE_JOB}/buildWithParameters", headers=stolen).status_code == 403
+    assert c.state()["jenkins"]["immutable_image"][-1]["number"] == 434  # nothing was queued
+    assert c.build_with_parameters(BUILD_NAME=NEW_BUILD).status_code == 201
+
+
+def test_jenkins_parameterized_job_refuses_plain_build(c):
+    r = c.jenkins_post(f"{IMAGE_JOB}/build")
+    assert r.status_code == 400 and "Nothing is submitted" in r.text
+    job = c.get(f"{IMAGE_JOB}/api/json").json()
+    (prop,) = job["property"]
+    assert prop["_class"] == "hudson.model.ParametersDefinitionProperty"
+    assert [d["name"] for d in prop["parameterDefinitions"]] == ["BUILD_NAME"]
+    assert c.jenkins_post(f"{REPORT_JOB}/buildWithParameters", params={"X": "1"}).status_code == 400
+
+
+def test_jenkins_queue_item_gets_its_executable_after_a_moment(c):
+    c.reset(queue_seconds=0.5)
+    r = c.build_with_parameters(BUILD_NAME=NEW_BUILD)
+    assert r.status_code == 201
+    queue = r.headers["Location"].removeprefix(c.base) + "api/json"
+    waiting = c.get(queue).json()
+    assert "executable" not in waiting and waiting["_class"] == "hudson.model.Queue$WaitingItem"
+    assert c.queued_build(r) == 435
+    assert c.get(queue).json()["_class"] == "hudson.model.Queue$LeftItem"
+    build = wait_for(lambda: (b := c.get(f"{IMAGE_JOB}/435/api/json").json())["result"] and b)
+    params = next(a for a in build["actions"] if a.get("_class") == "hudson.model.ParametersAction")
+    assert {p["name"]: p["value"] for p in params["parameters"]} == {"BUILD_NAME": NEW_BUILD}
+
+
+def test_reset_replaces_the_new_builds_artifact_and_console(c):
+    raw = '{"dev": "8935101\\n", "prod": "８９３５１５４", "prodfr2": "8935160", "stage": "8935122"}\n'
+    reset_with(c, {"jenkins": {"new_build": {"image_ids_json": raw, "console": "just this\nFinished: SUCCESS\n"}}})
+    assert c.get(f"{IMAGE_JOB}/434/artifact/image_ids.json").content.decode() == raw
+    assert c.get(f"{IMAGE_JOB}/434/consoleText").text == "just this\nFinished: SUCCESS\n"
+    assert c.get(f"{IMAGE_JOB}/433/artifact/image_ids.json").json() == PREVIOUS_MAP  # the previous build is as seeded
+
+
+def test_github_large_file_is_served_through_the_blob(c):
+    big = b"x" * (1024 * 1024 + 1)
+    url = f"{CONTENTS}/big.txt"
+    assert c.put(url, json={"message": "big", "content": base64.b64encode(big).decode()}).status_code == 201
+    got = c.get(url).json()
+    assert (got["content"], got["encoding"], got["size"]) == ("", "none", len(big))
+    blob = c.get(got["git_url"].removeprefix(c.base)).json()
+    assert blob["encoding"] == "base64" and base64.b64decode(blob["content"]) == big and blob["sha"] == got["sha"]
+    assert c.get("/github/api/v3/repos/alchemy-conductors/team/git/blobs/" + "0" * 40).status_code == 404
+
+
+def test_github_repository_and_user(c):
+    repo = c.get("/github/api/v3/repos/alchemy-conductors/team").json()
+    assert repo["full_name"] == "alchemy-conductors/team" and repo["owner"]["login"] == "alchemy-conductors"
+    assert repo["default_branch"] == "master"
+    assert c.get("/github/api/v3/user").json()["login"] == "conductors-bot"
