@@ -53,7 +53,7 @@ def _private_user(req: Request) -> dict:
         "email": "conductors@example.com", "hireable": None, "bio": None, "public_repos": 0, "public_gists": 0,
         "followers": 0, "following": 0, "created_at": "2019-03-01T09:00:00Z", "updated_at": "2026-01-05T09:00:00Z",
         "private_gists": 0, "total_private_repos": 1, "owned_private_repos": 0, "disk_usage": 0, "collaborators": 0,
-        "two_factor_authentication": True,
+        "two_factor_authentication": True, "user_view_type": "private",
     }
 
 

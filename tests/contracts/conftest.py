@@ -99,3 +99,8 @@ def sandbox(sandbox_url):
     assert r.status_code == 200, r.text
     yield http
     http.close()
+
+
+def validate_component(spec: dict, name: str, body: object) -> None:
+    """Validate against one named schema of the description (where an operation's `oneOf` is ambiguous)."""
+    OAS30Validator({"$ref": f"#/components/schemas/{name}", "components": spec["components"]}).validate(body)
