@@ -6,10 +6,15 @@ BIN := $(VENV)/bin
 SANDBOX_PORT ?= 8765
 FAULTS ?=
 CONF ?=
+RESET ?=
+DAG ?=
+#: GitHub's GHES REST description for the contract tests (npm package, installed under build/).
+OCTOKIT_OPENAPI_VERSION := 23.0.2
+OCTOKIT_DIR := build/octokit
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: venv test demo sandbox scenario lint stack-test bench clean
+.PHONY: venv test-deps test demo sandbox scenario lint stack-test bench clean
 
 $(BIN)/.installed: requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -19,7 +24,20 @@ $(BIN)/.installed: requirements.txt
 
 venv: $(BIN)/.installed
 
-test: venv
+$(BIN)/.installed-test: $(BIN)/.installed requirements-test.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	@touch $@
+
+$(OCTOKIT_DIR)/.installed-$(OCTOKIT_OPENAPI_VERSION):
+	@command -v npm >/dev/null || { echo "need npm (node) on PATH for the GitHub contract tests"; exit 1; }
+	mkdir -p $(OCTOKIT_DIR)
+	npm install --prefix $(OCTOKIT_DIR) --no-audit --no-fund --no-save --loglevel=error @octokit/openapi@$(OCTOKIT_OPENAPI_VERSION)
+	@touch $@
+
+# Test-only Python packages (requirements-test.txt) and GitHub's API description for tests/contracts.
+test-deps: $(BIN)/.installed-test $(OCTOKIT_DIR)/.installed-$(OCTOKIT_OPENAPI_VERSION)
+
+test: venv test-deps
 	$(BIN)/python -m pytest -q tests
 
 lint: venv
@@ -30,7 +48,8 @@ sandbox: venv
 	SANDBOX_PORT=$(SANDBOX_PORT) $(BIN)/python -m include.sandbox
 
 scenario: venv
-	$(BIN)/python -m tests.harness.scenario --faults "$(FAULTS)" --conf '$(CONF)' --port $(SANDBOX_PORT)
+	$(BIN)/python -m tests.harness.scenario --faults "$(FAULTS)" --conf '$(CONF)' --reset '$(RESET)' --dag '$(DAG)' \
+		--port $(SANDBOX_PORT)
 
 demo: venv
 	$(BIN)/python -m tests.harness.demo --port $(SANDBOX_PORT)

@@ -70,15 +70,20 @@ def xcoms(run_id: str, dag_id: str = "immutable_image_rollout") -> dict[str, obj
 
 
 def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve: str = "Approve",
-                 timing: dict | None = None, variables: dict | None = None, reset: bool = True) -> dict:
+                 timing: dict | None = None, variables: dict | None = None, reset: bool | dict = True) -> dict:
     """Run one rollout; return ``{"state": sandbox state, "run_state", "tasks", "xcoms", "error"}``.
 
-    ``reset=False`` runs again against the sandbox as the last run left it (a rerun).
+    ``reset=False`` runs again against the sandbox as the last run left it (a rerun); a dict is the
+    body of ``POST /_sandbox/reset`` (e.g. ``{"launchdarkly": {"approvalSettings": {...}}}``), with
+    ``timing`` merged into it.
     """
     from tests.harness.hitl import Approver
 
-    if reset:
-        sandbox_call(base_url, "/_sandbox/reset", {"timing": timing} if timing else {})
+    if reset is not False:
+        body = dict(reset) if isinstance(reset, dict) else {}
+        if timing:
+            body["timing"] = {**body.get("timing", {}), **timing}
+        sandbox_call(base_url, "/_sandbox/reset", body)
         reset_airflow_state()
     if faults:
         sandbox_call(base_url, "/_sandbox/faults", {"faults": faults})
@@ -136,7 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conf", default="")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SANDBOX_PORT", 8765)))
     parser.add_argument("--reject", action="store_true", help="reject the prod change instead of approving it")
+    parser.add_argument("--reset", default="", help="JSON body for POST /_sandbox/reset (RESET=)")
+    parser.add_argument("--dag", default="", help="accepted for symmetry with other targets; only "
+                        "immutable_image_rollout runs here")
     args = parser.parse_args(argv)
+    try:
+        reset_body = json.loads(args.reset) if args.reset.strip() else {}
+    except json.JSONDecodeError as exc:
+        print(f"RESET is not JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(reset_body, dict):
+        print("RESET must be a JSON object (the body of POST /_sandbox/reset)", file=sys.stderr)
+        return 2
+    if args.dag.strip() and args.dag.strip() != "immutable_image_rollout":
+        print(f"DAG={args.dag}: make scenario runs immutable_image_rollout; ignoring", file=sys.stderr)
     try:
         conf = json.loads(args.conf) if args.conf.strip() else None
     except json.JSONDecodeError as exc:
@@ -147,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         _server, base_url = ensure_sandbox(args.port)
         prepare_airflow(BUILD / "airflow-scenario", base_url)
         result = run_scenario(base_url, faults=parse_faults(args.faults), conf=conf,
-                              approve="Reject" if args.reject else "Approve")
+                              approve="Reject" if args.reject else "Approve", reset=reset_body or True)
     except Exception:
         traceback.print_exc()
         return 2
