@@ -1,6 +1,12 @@
 """The fault matrix: every sandbox fault, alone and in the combinations that matter, through a whole
 compressed rollout (``dag.test`` against the sandbox). Each case ends either with every target on
 the new image and exactly one promotion per target, or stopped safely (DESIGN.md section 5).
+
+The whole matrix runs under both LaunchDarkly configurations (the module-scoped ``ld`` fixture, so
+pytest runs every case of one configuration, then every case of the other): approvals not required,
+and approvals required with ``canReviewOwnRequest: false, minNumApprovals: 1``. Every run shares one
+sandbox and one Airflow database (``rollout_sandbox``), and the matrix's timing cuts the change
+board's delay and Jenkins' queue wait, which only add wall time here.
 """
 
 from __future__ import annotations
@@ -16,6 +22,56 @@ PLAN = load_plan("sandbox")
 TARGETS = [t.target for t in PLAN.targets]
 UP_TO = {name: TARGETS[: TARGETS.index(name) + 1] for name in TARGETS}
 PATCHING = PLAN.slack.patching_channel
+REQUIRED_SETTINGS = {"required": True, "canReviewOwnRequest": False, "minNumApprovals": 1}
+#: name -> the /_sandbox/reset body of that LaunchDarkly configuration.
+LD_CONFIGS = {
+    "approvals-optional": {},
+    "approvals-required": {"launchdarkly": {"approvalSettings": REQUIRED_SETTINGS}},
+}
+#: Sandbox timing for the matrix: the change board decides, a queued build starts, a rebuild and a reload
+#: finish sooner than the seeded defaults (every wait the plan polls for stays one poll or less); the
+#: autorecovery and report clocks, which the soak and adoption gates count, stay as seeded.
+MATRIX_TIMING = {"approval_delay_seconds": 0.3, "queue_seconds": 0.2, "rebuild_seconds": 0.5, "reload_seconds": 0.5}
+
+
+@pytest.fixture(scope="module", params=list(LD_CONFIGS))
+def ld(request) -> str:
+    return request.param
+
+
+def run(base_url: str, ld: str, faults: list[str], **kwargs) -> dict:
+    """One rollout under LaunchDarkly configuration ``ld`` (a fresh sandbox and Airflow claim)."""
+    result = run_scenario(base_url, faults=faults, conf=None, reset={**LD_CONFIGS[ld], "timing": MATRIX_TIMING},
+                          **kwargs)
+    settings = result["state"]["launchdarkly"]["approvalSettings"]
+    assert settings["required"] is (ld == "approvals-required"), settings
+    return result
+
+
+def required(state) -> bool:
+    return state["launchdarkly"]["approvalSettings"]["required"]
+
+
+def trains_per_target(state) -> collections.Counter:
+    """Approval requests ("trains") per target they move, leaving out those the requester deleted."""
+    counts: collections.Counter = collections.Counter()
+    for request in state["approval_requests"]:
+        if not request.get("deleted"):
+            counts.update(request["targets"])
+    return counts
+
+
+def assert_common(state) -> None:
+    """What holds in every outcome: no evidence written twice; under required approvals no direct write."""
+    contents = [c["content"] for c in state["evidence"]["commits"]]
+    assert len(set(contents)) == len(contents), "two evidence commits with the same content"
+    if required(state):
+        direct = [p["target"] for p in state["promotions"] if not p["request_id"]]
+        assert direct == [], f"rules written without an approval request under required approvals: {direct}"
+    promoted = promotions_per_target(state)
+    trains = trains_per_target(state)
+    extra = {t: trains[t] - promoted.get(t, 0) for t in trains if trains[t] > promoted.get(t, 0)}
+    assert sum(extra.values()) <= 1, f"trains filed and never applied: {extra}"
 
 
 def promotions_per_target(state) -> collections.Counter:
@@ -59,14 +115,18 @@ def assert_all_new(result):
         assert cr["backoutPlan"] == "Rollback to previous version"
         assert cr["securityOnly"] is True
     assert by_target["ap-south"]["change_request"]["previousDeployment"] == by_target["stage-south"]["request_id"]
-    requests = collections.Counter(r["integrationConfig"]["target"] for r in state["approval_requests"])
-    assert max(requests.values()) == 1, f"a change request was filed twice: {requests}"
+    trains = trains_per_target(state)
+    assert max(trains.values()) == 1, f"a change request was filed twice: {trains}"
+    if required(state):
+        assert trains == {t: 1 for t in TARGETS}, f"every promotion needs exactly one train: {trains}"
+    assert_common(state)
 
 
 def assert_stopped(result, new: list[str], *, rolled_back: list[str] = (), rollback_record: bool = False):
     """Stopped safely: exactly ``new`` serve the new image, ``rolled_back`` were restored, nothing else moved."""
     state = result["state"]
     assert result["run_state"] in ("failed", "success"), result
+    assert_common(state)
     now = serving(state)
     assert sorted(t for t, s in now.items() if s == "new") == sorted(new), now
     assert sorted(t for t, s in now.items() if s == "previous") == sorted(set(TARGETS) - set(new))
@@ -96,8 +156,8 @@ ALL_NEW_CASES = [
 
 
 @pytest.mark.parametrize("faults", ALL_NEW_CASES, ids=lambda f: ",".join(f) or "no-faults")
-def test_rollout_reaches_every_target_once(rollout_sandbox, faults):
-    result = run_scenario(rollout_sandbox, faults=faults, conf=None)
+def test_rollout_reaches_every_target_once(rollout_sandbox, ld, faults):
+    result = run(rollout_sandbox, ld, faults)
     assert_all_new(result)
     state = result["state"]
     texts = [m["text"] for m in state["slack"]]
@@ -108,14 +168,14 @@ def test_rollout_reaches_every_target_once(rollout_sandbox, faults):
         assert any("rebuilding" in t for t in texts)
 
 
-def test_slack_outage_never_fails_the_rollout(rollout_sandbox):
-    result = run_scenario(rollout_sandbox, faults=["slack_down"], conf=None)
+def test_slack_outage_never_fails_the_rollout(rollout_sandbox, ld):
+    result = run(rollout_sandbox, ld, ["slack_down"])
     assert_all_new(result)
     assert result["state"]["slack"] == []
 
 
-def test_failed_build_stops_before_anything_changes(rollout_sandbox):
-    result = run_scenario(rollout_sandbox, faults=["jenkins_build_failed"], conf=None)
+def test_failed_build_stops_before_anything_changes(rollout_sandbox, ld):
+    result = run(rollout_sandbox, ld, ["jenkins_build_failed"])
     assert_stopped(result, new=[])
     assert result["tasks"]["build_verification.verify_build"] == "failed"
     assert result["state"]["evidence"]["commits"] == []
@@ -134,26 +194,46 @@ def test_failed_build_stops_before_anything_changes(rollout_sandbox):
     ],
     ids=lambda v: ",".join(v) if isinstance(v, list) and v and ":" in str(v[0]) else None,
 )
-def test_failed_gate_rolls_back_what_it_does_not_vouch_for(rollout_sandbox, faults, new, rolled_back):
-    result = run_scenario(rollout_sandbox, faults=faults, conf=None)
+def test_failed_gate_rolls_back_what_it_does_not_vouch_for(rollout_sandbox, ld, faults, new, rolled_back):
+    result = run(rollout_sandbox, ld, faults)
     assert_stopped(result, new=new, rolled_back=rolled_back, rollback_record="slack_down" not in faults)
     assert result["tasks"]["rollout_end.rollback"] == "success"
 
 
-def test_soak_that_cannot_reach_its_reload_count_rolls_back_the_canary(rollout_sandbox):
-    result = run_scenario(rollout_sandbox, faults=["autorecovery_slow:ap-south"], conf=None)
+def test_soak_that_cannot_reach_its_reload_count_rolls_back_the_canary(rollout_sandbox, ld):
+    result = run(rollout_sandbox, ld, ["autorecovery_slow:ap-south"])
     assert_stopped(result, new=UP_TO["stage-south"], rolled_back=["ap-south"], rollback_record=True)
 
 
-def test_rejected_prod_train_stops_before_the_canary_changes(rollout_sandbox):
-    result = run_scenario(rollout_sandbox, faults=["train_rejected"], conf=None)
+def test_rejected_prod_train_stops_before_the_canary_changes(rollout_sandbox, ld):
+    result = run(rollout_sandbox, ld, ["train_rejected"])
     assert_stopped(result, new=UP_TO["stage-south"])
     assert any("declined" in t for t in escalations(result["state"]))
 
 
-def test_rejection_in_airflow_stops_and_declines_the_train(rollout_sandbox):
-    result = run_scenario(rollout_sandbox, faults=[], conf=None, approve="Reject")
+def test_rejection_in_airflow_stops_and_withdraws_the_train(rollout_sandbox, ld):
+    result = run(rollout_sandbox, ld, [], approve="Reject")
     assert_stopped(result, new=UP_TO["stage-south"])
-    ap_south = [r for r in result["state"]["approval_requests"] if r["integrationConfig"]["target"] == "ap-south"]
-    assert [r["reviewStatus"] for r in ap_south] == ["declined"]
+    ap_south = [r for r in result["state"]["approval_requests"] if "ap-south" in r["targets"]]
+    # The requester never reviews its own train: it deletes it (LaunchDarkly's DELETE of a pending request).
+    assert [r["deleted"] for r in ap_south] == [True]
+    assert all(r["memberId"] != "sandbox-rollout" for r in ap_south[0]["allReviews"])
     assert any("rejected in Airflow" in t for t in escalations(result["state"]))
+
+
+@pytest.mark.parametrize("faults", [
+    ["flags_lost_response"],
+    ["github_lost_response"],
+    ["jenkins_build_timeout", "jenkins_lost_response"],
+], ids=lambda f: ",".join(f))
+def test_lost_answer_is_not_a_second_write(rollout_sandbox, ld, faults):
+    """The write is carried out and its answer lost: the retry must find it, not write again."""
+    result = run(rollout_sandbox, ld, faults)
+    assert_all_new(result)
+    state = result["state"]
+    lost = [f for f in faults if f.endswith("_lost_response")]
+    assert not set(lost) & set(state["faults"]), "the lost-response fault never fired"
+    assert all(f in state["faults_applied"] for f in lost)
+    if "jenkins_lost_response" in faults:
+        numbers = [b["number"] for b in state["jenkins"]["immutable_image"]]
+        assert numbers == [433, 434, 435], f"the rebuild was triggered more than once: {numbers}"
