@@ -63,7 +63,7 @@ def load_spec(name: str) -> dict:
 def load_ghes() -> dict:
     path = ghes_description()
     if path is None:
-        pytest.skip(f"{OCTOKIT_PACKAGE} is not installed in build/octokit: run `make contract-deps` (make test does)")
+        pytest.skip(f"{OCTOKIT_PACKAGE} is not installed in build/octokit: run `make test-deps` (make test does)")
     return json.loads(path.read_text())
 
 
