@@ -100,3 +100,31 @@ def test_a_wrong_github_answer_fails(sandbox, spec, damage):
     wreck(body)
     with pytest.raises(jsonschema.ValidationError):
         validate(spec, template, method, body, status)
+
+
+def test_pygithub_reads_and_writes_through_the_sandbox(sandbox):
+    """The client the github provider's GithubHook hands out (PyGithub) against the sandbox's GHES API."""
+    github = pytest.importorskip("github", reason="PyGithub comes with the github provider (requirements.txt)")
+    gh = github.Github(base_url=sandbox.base + API, auth=github.Auth.Token("ghp-sandbox"), retry=None, timeout=5)
+    repo = gh.get_repo("alchemy-conductors/team")
+    assert repo.default_branch == "master"
+    created = repo.create_file(PATH, "Add evidence\n\nRollout-Key: immutable-image/contract/first", "# one\n",
+                               branch="master")
+    file = repo.get_contents(PATH, ref="master")
+    assert file.decoded_content == b"# one\n" and file.sha == created["content"].sha
+    with pytest.raises(github.GithubException) as missing_sha:
+        repo.create_file(PATH, "again", "# two\n", branch="master")
+    assert missing_sha.value.status == 422
+    with pytest.raises(github.GithubException) as stale:
+        repo.update_file(PATH, "again", "# two\n", "0" * 40, branch="master")
+    assert stale.value.status == 409
+    updated = repo.update_file(PATH, "Update evidence", "# two\n", file.sha, branch="master")
+    commits = list(repo.get_commits(path=PATH, sha="master"))
+    assert [c.sha for c in commits] == [updated["commit"].sha, created["commit"].sha]
+    assert repo.get_commit(created["commit"].sha).commit.message.endswith("Rollout-Key: immutable-image/contract/first")
+    assert repo.get_contents(PATH, ref=created["commit"].sha).decoded_content == b"# one\n"
+    big = "z" * (1024 * 1024 + 5)
+    repo.create_file("big.log", "big", big, branch="master")
+    large = repo.get_contents("big.log")
+    assert large.encoding == "none"
+    assert len(repo.get_git_blob(large.sha).content) > 1024 * 1024
