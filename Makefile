@@ -14,7 +14,7 @@ OCTOKIT_DIR := build/octokit
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: venv test-deps test demo sandbox scenario lint stack-test bench clean
+.PHONY: venv test-deps test test-fast demo sandbox scenario lint stack-test bench clean
 
 $(BIN)/.installed: requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -37,8 +37,17 @@ $(OCTOKIT_DIR)/.installed-$(OCTOKIT_OPENAPI_VERSION):
 # Test-only Python packages (requirements-test.txt) and GitHub's API description for tests/contracts.
 test-deps: $(BIN)/.installed-test $(OCTOKIT_DIR)/.installed-$(OCTOKIT_OPENAPI_VERSION)
 
+#: Scenarios mostly wait on the sandbox's compressed clocks, so three workers share two cores well;
+#: the real-scheduler and status-page tests each stay on one worker (tests/conftest.py).
+TEST_WORKERS ?= 3
+FAST_TESTS := tests/unit tests/dags tests/hooks tests/sandbox tests/contracts tests/test_compose.py
+
 test: venv test-deps
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=10 tests
+
+# The inner loop: unit, DAG integrity, hooks, sandbox and contract tests; no whole rollouts.
+test-fast: venv test-deps
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=10 $(FAST_TESTS)
 
 lint: venv
 	$(BIN)/ruff check .
