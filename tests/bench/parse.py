@@ -26,6 +26,8 @@ from tests.bench.common import BUILD, ROOT, emit, in_child, median
 
 HOME = BUILD / "airflow-parse"
 SHAPE_DIR = BUILD / "shape-dags"
+#: The second baseline: the same shape with the same Params form (Airflow copies it into every task).
+PARAMS_DIR = BUILD / "shape-dags-params"
 
 
 def _setup_env() -> None:
@@ -107,7 +109,7 @@ def _write_shape() -> dict:
     """In a child (so the parent stays clean of project modules): parse dags/, write the baseline."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from tests.bench.shape import SHAPE_SUFFIX, describe, shape_module_source
+    from tests.bench.shape import PARAMS_SUFFIX, SHAPE_SUFFIX, describe, shape_module_source
 
     bag = DagBag(dag_folder=str(ROOT / "dags"), safe_mode=False)
     if bag.import_errors:
@@ -117,7 +119,16 @@ def _write_shape() -> dict:
     target.write_text(shape_module_source(list(bag.dags.values())))
     shape_bag = DagBag(dag_folder=str(SHAPE_DIR), safe_mode=False)
     same = all(describe(d) == describe(shape_bag.dags[i + SHAPE_SUFFIX]) for i, d in bag.dags.items())
-    return {"file": str(target), "same_shape": same, "shape_import_errors": list(shape_bag.import_errors)}
+    PARAMS_DIR.mkdir(parents=True, exist_ok=True)
+    (PARAMS_DIR / "dags_shape_params.py").write_text(shape_module_source(list(bag.dags.values()), with_params=True))
+    params_bag = DagBag(dag_folder=str(PARAMS_DIR), safe_mode=False)
+    same = same and all(
+        describe(d) == describe(params_bag.dags[i + PARAMS_SUFFIX])
+        and d.params.dump() == params_bag.dags[i + PARAMS_SUFFIX].params.dump()
+        for i, d in bag.dags.items()
+    )
+    return {"file": str(target), "same_shape": same,
+            "shape_import_errors": list(shape_bag.import_errors) + list(params_bag.import_errors)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,35 +148,38 @@ def main(argv: list[str] | None = None) -> int:
     if "error" in shape or not shape.get("same_shape"):
         emit({"error": f"could not build the baseline: {shape}"})
         return 1
-    for folder in (ROOT / "dags", SHAPE_DIR):  # what the dag-processor does before forking a parser
+    folders = {"real": ROOT / "dags", "shape": SHAPE_DIR, "shape_params": PARAMS_DIR}
+    for folder in folders.values():  # what the dag-processor does before forking a parser
         for path in sorted(folder.glob("*.py")):
             _pre_import_airflow_modules(str(path), structlog.get_logger())
-    real, base, touched = [], [], {"socket_connects": 0, "sql_statements": 0, "variable_gets": 0}
+    samples: dict[str, list[float]] = {kind: [] for kind in folders}
+    touched = {"socket_connects": 0, "sql_statements": 0, "variable_gets": 0}
     info = {}
-    for folder in (ROOT / "dags", SHAPE_DIR):  # warm-up: bytecode written, page cache warm
+    for folder in folders.values():  # warm-up: bytecode written, page cache warm
         in_child(lambda folder=folder: _guarded_parse(folder))
     for i in range(args.rounds):
-        order = [("real", ROOT / "dags"), ("shape", SHAPE_DIR)]
-        if i % 2:
+        order = list(folders.items())
+        if i % 2:  # alternate the order, so neither side always parses on a warmer machine
             order.reverse()
         for kind, folder in order:
             r = in_child(lambda folder=folder: _guarded_parse(folder))
             if "error" in r or r.get("import_errors"):
                 emit({"error": f"{kind} parse failed: {r}"})
                 return 1
-            (real if kind == "real" else base).append(r["seconds"])
+            samples[kind].append(r["seconds"])
             if kind == "real":
                 for key in touched:
                     touched[key] += r[key]
-                info["real"] = {"dags": r["dags"], "tasks": r["tasks"]}
-            else:
-                info["shape"] = {"dags": r["dags"], "tasks": r["tasks"]}
+            info[kind] = {"dags": r["dags"], "tasks": r["tasks"]}
+    real, base, same_params = samples["real"], samples["shape"], samples["shape_params"]
     result = {
         "dag_parse_seconds": round(median(real), 4),
         "dag_parse_shape_seconds": round(median(base), 4),
+        "dag_parse_shape_params_seconds": round(median(same_params), 4),
         "dag_parse_ratio": round(median(real) / median(base), 3),
+        "dag_parse_ratio_same_params": round(median(real) / median(same_params), 3),
         "dag_parse_rounds": args.rounds,
-        "dag_parse_samples": {"real": [round(x, 4) for x in real], "shape": [round(x, 4) for x in base]},
+        "dag_parse_samples": {kind: [round(x, 4) for x in xs] for kind, xs in samples.items()},
         "dag_parse_access": touched,
         "dag_parse_dags": info,
         "shape_file": shape["file"],
