@@ -10,8 +10,9 @@ import socket
 import time
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout.hooks._http import ExternalSystemError, truncate
+from image_rollout.hooks._http import ExternalSystemError, MalformedResponseError, truncate
 from image_rollout.hooks.chlorine import ChlorineHook
 from image_rollout.hooks.flags import FlagsHook
 from image_rollout.hooks.github import GitHubEvidenceHook
@@ -151,6 +152,8 @@ def test_malformed_response_names_system_and_call(stub_server, stub_connection):
     assert error.call == "GET /api/v2/flags/default/worker-image"
     assert "malformed response" in str(error)
     assert error.status == 200
+    assert isinstance(error, MalformedResponseError)
+    assert isinstance(error, AirflowFailException), "permanent: the task fails without retrying"
 
 
 def test_wrong_json_shape_is_malformed(stub_server, stub_connection):
@@ -160,6 +163,16 @@ def test_wrong_json_shape_is_malformed(stub_server, stub_connection):
         ExternalSystemError, match=r"chlorine GET /api/v1/reloads returned a malformed response"
     ):
         ChlorineHook(chlorine_conn_id="shape").list_reloads()
+
+
+def test_malformed_error_survives_pickling():
+    error = MalformedResponseError(
+        system="jenkins", call="GET /x", status=200, reason="returned a malformed response"
+    )
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is MalformedResponseError
+    assert (again.system, again.call, again.status) == ("jenkins", "GET /x", 200)
+    assert isinstance(again, AirflowFailException)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import requests
 import tenacity
 from airflow.providers.common.compat.sdk import AirflowException
 from airflow.providers.http.hooks.http import HttpHook
+from airflow.sdk.exceptions import AirflowFailException
 from requests.auth import AuthBase
 
 if TYPE_CHECKING:
@@ -79,8 +80,24 @@ class ExternalSystemError(AirflowException):
         )
 
 
-def _rebuild_error(system, call, status, body, reason) -> ExternalSystemError:
-    return ExternalSystemError(system=system, call=call, status=status, body=body, reason=reason)
+def _rebuild_error(system, call, status, body, reason, cls=None) -> ExternalSystemError:
+    return (cls or ExternalSystemError)(system=system, call=call, status=status, body=body, reason=reason)
+
+
+class MalformedResponseError(ExternalSystemError, AirflowFailException):
+    """
+    An answer or artifact that does not have the shape the API promises: a permanent error.
+
+    Retrying the task cannot fix it (the same build artifact or the same broken server answers
+    the same way), so it is also an ``AirflowFailException``: the task fails at once, without
+    its retries, and still fails closed through any ``except ExternalSystemError``.
+    """
+
+    def __reduce__(self):
+        return (
+            _rebuild_error,
+            (self.system, self.call, self.status, self.body, self.reason, MalformedResponseError),
+        )
 
 
 class _HttpStatusError(Exception):
@@ -382,7 +399,7 @@ class RolloutHttpHook(HttpHook):
         return self.decode_json(response, f"{method.upper()} {path}", expect=expect)
 
     def decode_json(self, response: Response, call: str, *, expect: type | tuple[type, ...] = dict) -> Any:
-        """Decode a JSON body or raise :class:`ExternalSystemError` ("malformed response")."""
+        """Decode a JSON body or raise :class:`MalformedResponseError` ("malformed response")."""
         try:
             value = response.json()
         except ValueError:
@@ -391,8 +408,8 @@ class RolloutHttpHook(HttpHook):
             raise self.malformed(call, f"expected a JSON {_type_names(expect)}", response)
         return value
 
-    def malformed(self, call: str, what: str, response: Response | None = None) -> ExternalSystemError:
-        """Build the error for an answer that does not have the shape the API promises."""
+    def malformed(self, call: str, what: str, response: Response | None = None) -> MalformedResponseError:
+        """Build the (permanent) error for an answer that does not have the shape the API promises."""
         body = None
         status = None
         if response is not None:
@@ -401,7 +418,7 @@ class RolloutHttpHook(HttpHook):
                 body = self.redact(truncate(response.text))
             except Exception:  # a streamed body may be gone already
                 body = None
-        return ExternalSystemError(
+        return MalformedResponseError(
             system=self.system,
             call=call,
             status=status,
