@@ -12,7 +12,7 @@ import time
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout.hooks._http import ExternalSystemError, MalformedResponseError, truncate
+from image_rollout.hooks._http import ExternalSystemError, MalformedResponseError, ResponseLostError, truncate
 from image_rollout.hooks.chlorine import ChlorineHook
 from image_rollout.hooks.flags import FlagsHook
 from image_rollout.hooks.github import GitHubEvidenceHook
@@ -140,6 +140,31 @@ def test_read_timeout_is_not_retried_for_posts(stub_server, stub_connection):
         hook.request_reload("dev-sjc04-carrier12")
     assert "ReadTimeout" in str(info.value)
     assert len(seen) == 1, "a POST that may have been applied must not be sent again"
+
+
+def test_a_post_whose_answer_is_lost_is_not_sent_again(stub_server, stub_connection):
+    seen = []
+
+    def lost(method, path, headers, body):
+        seen.append(method)
+        return None  # carried out, then the connection closes without an answer
+
+    stub_connection("lostpost", f"{stub_server(lost)}/chlorine")
+    hook = ChlorineHook(chlorine_conn_id="lostpost", retries=3, retry_wait=0.01)
+    with pytest.raises(ResponseLostError) as info:
+        hook.request_reload("dev-sjc04-carrier12")
+    assert info.value.status is None
+    assert "may or may not have been applied" in str(info.value)
+    assert seen == ["POST"], "the write may have landed: the hook must look before writing again"
+
+
+def test_a_post_that_never_reached_the_server_is_retried(stub_connection):
+    stub_connection("refused", f"http://127.0.0.1:{_free_port()}/chlorine")
+    hook = ChlorineHook(chlorine_conn_id="refused", retries=2, retry_wait=0.01)
+    with pytest.raises(ExternalSystemError) as info:
+        hook.request_reload("dev-sjc04-carrier12")
+    assert not isinstance(info.value, ResponseLostError)
+    assert "got no answer after 3 attempts" in str(info.value)
 
 
 def test_malformed_response_names_system_and_call(stub_server, stub_connection):
