@@ -159,3 +159,23 @@ def test_lost_answer_to_the_rebuild_starts_one_build(fake_jenkins):
     assert jenkins.rebuild(JOB, 434, poll_interval=0.05, wait_timeout=5) == 435
     assert len(fake.posts) == 1, "found the build the lost POST started: no second POST"
     assert sorted(fake.builds) == [434, 435]
+
+
+def test_a_post_without_the_session_cookie_is_refused_then_a_new_crumb_is_fetched(fake_jenkins):
+    fake, jenkins = fake_jenkins
+    jenkins._crumb_headers()  # a session exists...
+    real_crumb = jenkins._crumb_headers
+
+    calls = []
+
+    def crumb_then_forget():
+        headers = real_crumb()
+        calls.append(headers)
+        if len(calls) == 1:
+            fake.sessions.clear()  # ...and expires before the first POST
+        return headers
+
+    jenkins._crumb_headers = crumb_then_forget
+    assert jenkins.rebuild(JOB, 434, poll_interval=0.05, wait_timeout=5) == 435
+    assert len(calls) == 2, "the 403 got one fresh crumb"
+    assert fake.posts == [(f"{JOB_URL}/buildWithParameters", PARAMS)]
