@@ -57,12 +57,21 @@ def sandbox_connections(base_url: str, *, retry_wait: float | None = None) -> di
                 "flag_key": "worker-image",
             },
         },
+        # The github provider's connection type: host is the API base URL (GitHub Enterprise
+        # serves it under /api/v3). PyGithub's polite pauses between calls are off for the sandbox.
         "GITHUB_EVIDENCE_DEFAULT": {
-            "conn_type": "http",
+            "conn_type": "github",
             "description": "GitHub Enterprise, evidence repository (sandbox)",
-            "host": f"{base}/github",
+            "host": f"{base}/github/api/v3",
             "password": fake_token("github"),
-            "extra": {**retry, "owner": "alchemy-conductors", "repo": "team", "branch": "master"},
+            "extra": {
+                **retry,
+                "owner": "alchemy-conductors",
+                "repo": "team",
+                "branch": "master",
+                "seconds_between_requests": 0,
+                "seconds_between_writes": 0,
+            },
         },
         "CHLORINE_DEFAULT": {
             "conn_type": "http",

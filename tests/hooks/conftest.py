@@ -123,7 +123,8 @@ def stub_server() -> Iterator[Callable[[Responder], str]]:
     Start throwaway HTTP servers answering with a function; return a starter giving the base URL.
 
     The function gets ``(method, path_with_query, headers, body)`` and returns
-    ``(status, headers, body)``.
+    ``(status, headers, body)``, or None to close the connection without an answer (a lost
+    response: whatever the function did has happened).
     """
     servers: list[ThreadingHTTPServer] = []
 
@@ -132,7 +133,11 @@ def stub_server() -> Iterator[Callable[[Responder], str]]:
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                status, headers, payload = respond(self.command, self.path, dict(self.headers), body)
+                answer = respond(self.command, self.path, dict(self.headers), body)
+                if answer is None:
+                    self.close_connection = True
+                    return
+                status, headers, payload = answer
                 try:
                     self.send_response(status)
                     for key, value in headers.items():
@@ -143,7 +148,7 @@ def stub_server() -> Iterator[Callable[[Responder], str]]:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            do_GET = do_POST = do_PUT = do_PATCH = _answer  # noqa: N815
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer  # noqa: N815
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass

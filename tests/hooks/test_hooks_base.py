@@ -10,8 +10,9 @@ import socket
 import time
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout.hooks._http import ExternalSystemError, truncate
+from image_rollout.hooks._http import ExternalSystemError, MalformedResponseError, ResponseLostError, truncate
 from image_rollout.hooks.chlorine import ChlorineHook
 from image_rollout.hooks.flags import FlagsHook
 from image_rollout.hooks.github import GitHubEvidenceHook
@@ -141,6 +142,31 @@ def test_read_timeout_is_not_retried_for_posts(stub_server, stub_connection):
     assert len(seen) == 1, "a POST that may have been applied must not be sent again"
 
 
+def test_a_post_whose_answer_is_lost_is_not_sent_again(stub_server, stub_connection):
+    seen = []
+
+    def lost(method, path, headers, body):
+        seen.append(method)
+        return None  # carried out, then the connection closes without an answer
+
+    stub_connection("lostpost", f"{stub_server(lost)}/chlorine")
+    hook = ChlorineHook(chlorine_conn_id="lostpost", retries=3, retry_wait=0.01)
+    with pytest.raises(ResponseLostError) as info:
+        hook.request_reload("dev-sjc04-carrier12")
+    assert info.value.status is None
+    assert "may or may not have been applied" in str(info.value)
+    assert seen == ["POST"], "the write may have landed: the hook must look before writing again"
+
+
+def test_a_post_that_never_reached_the_server_is_retried(stub_connection):
+    stub_connection("refused", f"http://127.0.0.1:{_free_port()}/chlorine")
+    hook = ChlorineHook(chlorine_conn_id="refused", retries=2, retry_wait=0.01)
+    with pytest.raises(ExternalSystemError) as info:
+        hook.request_reload("dev-sjc04-carrier12")
+    assert not isinstance(info.value, ResponseLostError)
+    assert "got no answer after 3 attempts" in str(info.value)
+
+
 def test_malformed_response_names_system_and_call(stub_server, stub_connection):
     base = stub_server(lambda *_: (200, {"Content-Type": "text/html"}, b"<html>login page</html>"))
     stub_connection("junk", f"{base}/launchdarkly", password="sandbox-secret-launchdarkly")
@@ -151,6 +177,8 @@ def test_malformed_response_names_system_and_call(stub_server, stub_connection):
     assert error.call == "GET /api/v2/flags/default/worker-image"
     assert "malformed response" in str(error)
     assert error.status == 200
+    assert isinstance(error, MalformedResponseError)
+    assert isinstance(error, AirflowFailException), "permanent: the task fails without retrying"
 
 
 def test_wrong_json_shape_is_malformed(stub_server, stub_connection):
@@ -160,6 +188,16 @@ def test_wrong_json_shape_is_malformed(stub_server, stub_connection):
         ExternalSystemError, match=r"chlorine GET /api/v1/reloads returned a malformed response"
     ):
         ChlorineHook(chlorine_conn_id="shape").list_reloads()
+
+
+def test_malformed_error_survives_pickling():
+    error = MalformedResponseError(
+        system="jenkins", call="GET /x", status=200, reason="returned a malformed response"
+    )
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is MalformedResponseError
+    assert (again.system, again.call, again.status) == ("jenkins", "GET /x", 200)
+    assert isinstance(again, AirflowFailException)
 
 
 @pytest.mark.parametrize(

@@ -108,11 +108,11 @@ def test_point_rule_recovers_from_conflicts(flags, sandbox):
 
 def test_stage_change_request_lifecycle(flags, sandbox):
     target = "stage-dal10-carrier0"
-    assert flags.find_change_request(target, NEW_BUILD) is None
+    assert flags.find_change_request(target, NEW_BUILD, NEW_MAP) is None
     request = flags.create_change_request(
         [target], NEW_MAP, fields_for(target), f"Promote immutable image build {NEW_BUILD} to {target}"
     )
-    assert request["integrationConfig"]["target"] == target
+    assert f"Rollout-Key: immutable-image/{NEW_BUILD}/{target}" in request["description"].splitlines()
     assert request["reviewStatus"] == "approved", "stage trains are approved at creation"
     assert request["status"] == "pending"
     assert sandbox.state()["flag"]["rules"][target] == PREVIOUS_MAP, "nothing changes before apply"
@@ -120,8 +120,8 @@ def test_stage_change_request_lifecycle(flags, sandbox):
     again = flags.create_change_request([target], NEW_MAP, fields_for(target), "retried task")
     assert again["_id"] == request["_id"], "a second request for the same promotion is never filed"
     assert len(flags.list_change_requests()) == 1
-    assert flags.find_change_request(target, NEW_BUILD)["_id"] == request["_id"]
-    assert flags.find_change_request(target, "other-build") is None
+    assert flags.find_change_request(target, NEW_BUILD, NEW_MAP)["_id"] == request["_id"]
+    assert flags.find_change_request(target, "other-build", NEW_MAP) is None
 
     applied = flags.apply_change_request(request["_id"], "start")
     assert applied["status"] == "completed"
@@ -155,7 +155,7 @@ def test_declined_request_is_found_not_refiled(flags, sandbox, wait_for):
     sandbox.faults("train_rejected")
     request = flags.create_change_request(["ap-south"], NEW_MAP, fields_for("ap-south"), "canary")
     wait_for(lambda: flags.get_change_request(request["_id"])["reviewStatus"] == "declined")
-    found = flags.find_change_request("ap-south", NEW_BUILD)
+    found = flags.find_change_request("ap-south", NEW_BUILD, NEW_MAP)
     assert found["_id"] == request["_id"] and found["reviewStatus"] == "declined"
     assert (
         flags.create_change_request(["ap-south"], NEW_MAP, fields_for("ap-south"), "x")["_id"]

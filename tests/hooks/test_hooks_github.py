@@ -89,7 +89,8 @@ def test_paths_cannot_escape_the_contents_api(github):
 def test_a_4xx_names_system_call_and_status(sandbox, stub_connection, secrets):
     stub_connection(
         "github_wrong_branch",
-        f"{sandbox.base_url}/github",
+        f"{sandbox.base_url}/github/api/v3",
+        conn_type="github",
         password="sandbox-secret-github",
         extra={"branch": "no-such-branch", "retries": 1, "retry_wait": 0.01},
     )
@@ -98,8 +99,8 @@ def test_a_4xx_names_system_call_and_status(sandbox, stub_connection, secrets):
     error = info.value
     assert error.system == "github"
     assert error.status == 404
-    assert error.call == f"PUT /api/v3/repos/alchemy-conductors/team/contents/{PATH}"
+    assert error.call == f"PUT /repos/alchemy-conductors/team/contents/{PATH}"
     assert str(error).startswith(
-        f"github PUT /api/v3/repos/alchemy-conductors/team/contents/{PATH} failed: HTTP 404"
+        f"github PUT /repos/alchemy-conductors/team/contents/{PATH} failed: HTTP 404"
     )
     assert not any(secret in str(error) for secret in secrets)

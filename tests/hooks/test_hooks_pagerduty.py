@@ -56,3 +56,24 @@ def test_pagination_follows_more(stub_server, stub_connection):
     assert len(seen) == 3
     assert seen[0]["service_ids[]"] == ["PX"]
     assert seen[0]["since"] == ["2026-11-25T00:00:00Z"]
+
+
+def test_pagination_does_not_need_total(stub_server, stub_connection):
+    """PagerDuty's ``total`` is null unless ``total=true`` is asked: the hook follows ``more`` only."""
+    incidents = [{"id": f"P{i}", "title": "autorecovery_failed: c w in ap-south"} for i in range(150)]
+
+    def pages(method, path, headers, body):
+        query = parse_qs(urlsplit(path).query)
+        assert "total" not in query
+        offset, limit = int(query["offset"][0]), int(query["limit"][0])
+        payload = {
+            "incidents": incidents[offset : offset + limit],
+            "limit": limit,
+            "offset": offset,
+            "more": offset + limit < len(incidents),
+            "total": None,
+        }
+        return 200, {"Content-Type": "application/json"}, json.dumps(payload).encode()
+
+    stub_connection("pd_nototal", f"{stub_server(pages)}/pagerduty", password="pd-key-123456")
+    assert len(PagerDutyHook(pagerduty_conn_id="pd_nototal").list_incidents("2026-11-25T00:00:00Z")) == 150

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from image_rollout.slack import escape_mrkdwn, notify
@@ -33,3 +34,20 @@ def test_notify_returns_false_when_slack_is_down(sandbox, caplog, capsys, secret
 def test_notify_never_raises_without_a_connection(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_SLACK", raising=False)
     assert notify("hello", channel="#x", slack_conn_id="no_such_slack") is False
+
+
+def test_notify_copes_with_channel_ids_in_the_answer(stub_server, stub_connection):
+    """Slack answers with the channel's id (``C...``), not the name it was sent: still accepted."""
+    seen = []
+
+    def slack(method, path, headers, body):
+        seen.append(path)
+        payload = {"ok": True, "channel": "C024BE91L", "ts": "1732579200.000100", "message": {"text": "hi"}}
+        return 200, {"Content-Type": "application/json"}, json.dumps(payload).encode()
+
+    base = stub_server(slack)
+    stub_connection(
+        "slack_ids", "", conn_type="slack", password="xoxb-test", extra={"base_url": f"{base}/api/"}
+    )
+    assert notify("hello", channel="#conductors-patching", slack_conn_id="slack_ids") is True
+    assert seen == ["/api/chat.postMessage"]

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 import tenacity
+import urllib3
 from airflow.providers.common.compat.sdk import AirflowException
 from airflow.providers.http.hooks.http import HttpHook
+from airflow.sdk.exceptions import AirflowFailException
 from requests.auth import AuthBase
 
 if TYPE_CHECKING:
@@ -79,8 +81,59 @@ class ExternalSystemError(AirflowException):
         )
 
 
-def _rebuild_error(system, call, status, body, reason) -> ExternalSystemError:
-    return ExternalSystemError(system=system, call=call, status=status, body=body, reason=reason)
+def _rebuild_error(system, call, status, body, reason, cls=None) -> ExternalSystemError:
+    return (cls or ExternalSystemError)(system=system, call=call, status=status, body=body, reason=reason)
+
+
+class MalformedResponseError(ExternalSystemError, AirflowFailException):
+    """
+    An answer or artifact that does not have the shape the API promises: a permanent error.
+
+    Retrying the task cannot fix it (the same build artifact or the same broken server answers
+    the same way), so it is also an ``AirflowFailException``: the task fails at once, without
+    its retries, and still fails closed through any ``except ExternalSystemError``.
+    """
+
+    def __reduce__(self):
+        return (
+            _rebuild_error,
+            (self.system, self.call, self.status, self.body, self.reason, MalformedResponseError),
+        )
+
+
+class ResponseLostError(ExternalSystemError):
+    """
+    A write was sent but its answer never came (the connection closed or timed out after sending).
+
+    The write may have landed. It is never resent blindly: the hook that made it looks at the
+    system again (is the change there?) before it writes again.
+    """
+
+    def __reduce__(self):
+        return (
+            _rebuild_error,
+            (self.system, self.call, self.status, self.body, self.reason, ResponseLostError),
+        )
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True when a connection error happened before the request reached the server."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.ProxyError):
+        return True
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError):
+            return True
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        pending.extend([getattr(current, "reason", None), current.__cause__, current.__context__])
+        pending.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
+    return False
 
 
 class _HttpStatusError(Exception):
@@ -270,7 +323,11 @@ class RolloutHttpHook(HttpHook):
                 # A read timeout may mean the server applied the request: only resend when
                 # resending cannot apply it twice.
                 return method in IDEMPOTENT_METHODS
-            return isinstance(exc, requests.exceptions.ConnectionError)
+            if isinstance(exc, requests.exceptions.ConnectionError):
+                # A connection closed after the request was sent is as ambiguous as a read
+                # timeout: the write may have landed.
+                return method in IDEMPOTENT_METHODS or _never_sent(exc)
+            return False
 
         return retryable
 
@@ -363,6 +420,13 @@ class RolloutHttpHook(HttpHook):
                 reason=f"failed after {self.retries + 1} attempts" if retried else None,
             ) from None
         except requests.exceptions.RequestException as exc:
+            if method not in IDEMPOTENT_METHODS and not _never_sent(exc):
+                raise ResponseLostError(
+                    system=self.system,
+                    call=call,
+                    body=self.redact(truncate(f"{type(exc).__name__}: {exc}")),
+                    reason="got no answer: the write may or may not have been applied",
+                ) from None
             raise ExternalSystemError(
                 system=self.system,
                 call=call,
@@ -382,7 +446,7 @@ class RolloutHttpHook(HttpHook):
         return self.decode_json(response, f"{method.upper()} {path}", expect=expect)
 
     def decode_json(self, response: Response, call: str, *, expect: type | tuple[type, ...] = dict) -> Any:
-        """Decode a JSON body or raise :class:`ExternalSystemError` ("malformed response")."""
+        """Decode a JSON body or raise :class:`MalformedResponseError` ("malformed response")."""
         try:
             value = response.json()
         except ValueError:
@@ -391,8 +455,8 @@ class RolloutHttpHook(HttpHook):
             raise self.malformed(call, f"expected a JSON {_type_names(expect)}", response)
         return value
 
-    def malformed(self, call: str, what: str, response: Response | None = None) -> ExternalSystemError:
-        """Build the error for an answer that does not have the shape the API promises."""
+    def malformed(self, call: str, what: str, response: Response | None = None) -> MalformedResponseError:
+        """Build the (permanent) error for an answer that does not have the shape the API promises."""
         body = None
         status = None
         if response is not None:
@@ -401,7 +465,7 @@ class RolloutHttpHook(HttpHook):
                 body = self.redact(truncate(response.text))
             except Exception:  # a streamed body may be gone already
                 body = None
-        return ExternalSystemError(
+        return MalformedResponseError(
             system=self.system,
             call=call,
             status=status,

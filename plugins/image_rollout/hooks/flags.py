@@ -3,19 +3,51 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from image_rollout.hooks._http import ExternalSystemError, HeaderTokenAuth, RolloutHttpHook
+from image_rollout.hooks._http import ExternalSystemError, HeaderTokenAuth, ResponseLostError, RolloutHttpHook
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
+    from requests import Response
 
 T = TypeVar("T")
 
 SEMANTIC_PATCH = "application/json; domain-model=launchdarkly.semanticpatch"
 REVIEW_KINDS = frozenset({"approve", "decline", "comment"})
+#: The REST API version every request asks for, so response shapes do not follow the token's default.
+LD_API_VERSION = "20240415"
+#: The marker line in a change request's description that names the promotion it is for.
+ROLLOUT_KEY_MARKER = "Rollout-Key:"
+
+
+def rollout_key(build: str, target: str) -> str:
+    """Return the idempotency key of promoting ``build`` to ``target``: ``immutable-image/<build>/<target>``."""
+    return f"immutable-image/{build}/{target}"
+
+
+def marker_line(key: str) -> str:
+    """Return the description line that marks a change request as the rollout's for ``key``."""
+    return f"{ROLLOUT_KEY_MARKER} {key}"
+
+
+def has_marker(description: Any, key: str) -> bool:
+    """True when ``description`` has the exact marker line for ``key`` (a line of its own)."""
+    if not isinstance(description, str):
+        return False
+    wanted = marker_line(key)
+    return any(line.strip() == wanted for line in description.splitlines())
+
+
+class ApprovalRequired(ExternalSystemError):
+    """
+    LaunchDarkly refused a direct flag change (HTTP 405): the environment requires approval.
+
+    The change has to go through an approval request (:meth:`FlagsHook.create_change_request`).
+    """
 
 
 def normalize_image_map(image_map: Mapping[str, Any]) -> dict[str, str]:
@@ -75,6 +107,14 @@ class FlagsHook(RolloutHttpHook):
         """Send the API token as the bare ``Authorization`` header, as LaunchDarkly expects."""
         return HeaderTokenAuth(connection.password) if connection.password else None
 
+    def request(
+        self, method: str, path: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> Response:
+        """Send a request (see :meth:`RolloutHttpHook.request`) with ``LD-API-Version: 20240415``."""
+        return super().request(
+            method, path, headers={"LD-API-Version": LD_API_VERSION, **(headers or {})}, **kwargs
+        )
+
     @property
     def project_key(self) -> str:
         """The LaunchDarkly project (extra ``project_key``)."""
@@ -95,6 +135,13 @@ class FlagsHook(RolloutHttpHook):
         return f"/api/v2/flags/{quote(self.project_key, safe='')}/{quote(self.flag_key, safe='')}"
 
     @property
+    def _environment_path(self) -> str:
+        return (
+            f"/api/v2/projects/{quote(self.project_key, safe='')}"
+            f"/environments/{quote(self.environment_key, safe='')}"
+        )
+
+    @property
     def _approvals_path(self) -> str:
         return (
             f"/api/v2/projects/{quote(self.project_key, safe='')}/flags/{quote(self.flag_key, safe='')}"
@@ -102,6 +149,21 @@ class FlagsHook(RolloutHttpHook):
         )
 
     # -- reading ------------------------------------------------------------------------------
+
+    def approval_settings(self) -> dict[str, Any]:
+        """
+        Return the environment's ``approvalSettings`` (``required``, ``canReviewOwnRequest``,
+        ``minNumApprovals``, ``requiredApprovalTags``, ``serviceKind``, ...), as LaunchDarkly has them.
+
+        Under ``required: true`` every change to the environment's rules goes through an approval
+        request; a direct write answers 405 (:class:`ApprovalRequired`).
+        """
+        path = self._environment_path
+        environment = self.request_json("GET", path)
+        settings = self.require(environment, "approvalSettings", dict, f"GET {path}")
+        if not isinstance(settings.get("required", False), bool):
+            raise self.malformed(f"GET {path}", "'approvalSettings.required' is not a boolean")
+        return dict(settings)
 
     def get_flag(self) -> dict[str, Any]:
         """Return the flag JSON, checked to have variations and this environment's rules."""
@@ -181,11 +243,22 @@ class FlagsHook(RolloutHttpHook):
 
     # -- writing ------------------------------------------------------------------------------
 
-    def _with_conflict_retry(self, what: str, attempt_fn: Callable[[], T]) -> T:
-        """Run ``attempt_fn`` (which must re-read state itself) again after each 409 conflict."""
+    def _with_conflict_retry(self, what: str, attempt_fn: Callable[[], T], *, after_lost: bool = True) -> T:
+        """
+        Run ``attempt_fn`` (which must re-read state itself) again after each 409 conflict.
+
+        With ``after_lost``, also after a write whose answer was lost (:class:`ResponseLostError`):
+        the next attempt reads first, so it finds a write that landed instead of repeating it.
+        """
         for attempt in range(1, self.conflict_retries + 2):
             try:
                 return attempt_fn()
+            except ResponseLostError:
+                if not after_lost or attempt > self.conflict_retries:
+                    raise
+                wait = self.backoff(attempt)
+                self.log.warning("%s: the answer to a write was lost, looking again in %.1fs", what, wait)
+                time.sleep(wait)
             except ExternalSystemError as exc:
                 if exc.status != 409 or attempt > self.conflict_retries:
                     raise
@@ -196,9 +269,23 @@ class FlagsHook(RolloutHttpHook):
 
     def _patch(self, instructions: list[dict[str, Any]], comment: str) -> dict[str, Any]:
         body = {"environmentKey": self.environment_key, "comment": comment, "instructions": instructions}
-        return self.request_json(
-            "PATCH", self._flag_path, json=body, headers={"Content-Type": SEMANTIC_PATCH}
-        )
+        try:
+            return self.request_json(
+                "PATCH", self._flag_path, json=body, headers={"Content-Type": SEMANTIC_PATCH}
+            )
+        except ExternalSystemError as exc:
+            if exc.status != 405:
+                raise
+            raise ApprovalRequired(
+                system=self.system,
+                call=exc.call,
+                status=exc.status,
+                body=exc.body,
+                reason=(
+                    f"refused a direct change: environment {self.environment_key!r} requires approval, "
+                    "so the change must go through a change request"
+                ),
+            ) from None
 
     def _ensure_variation_in(
         self, flag: dict[str, Any], image_map: Mapping[str, Any], name: str | None, comment: str
@@ -224,7 +311,8 @@ class FlagsHook(RolloutHttpHook):
         Return the id of the variation serving ``image_map``, adding it when none does.
 
         Variations belong to the flag, not to an environment, so adding one changes what no
-        rule serves and needs no approval.
+        rule serves; but where the environment requires approval LaunchDarkly refuses it too
+        (:class:`ApprovalRequired`): then the variation goes into the change request instead.
 
         :param image_map: ``{"dev": id, "prod": id, "prodfr2": id, "stage": id}``.
         :param name: name of a new variation (default: the ids, e.g. ``dev=8935101 ...``).
@@ -247,7 +335,9 @@ class FlagsHook(RolloutHttpHook):
         Point the target's rule at ``image_map``; return False, writing nothing, when it already serves it.
 
         Reads the flag first, so a retried or cleared task never writes the flag twice. Adds
-        the variation when no variation has that value.
+        the variation when no variation has that value. When the answer to the write is lost,
+        it reads again (and returns True when its write landed) before writing again. Raises
+        :class:`ApprovalRequired` when the environment requires approval (HTTP 405).
 
         :param target: the rule's target, e.g. ``dev-south``.
         :param image_map: the image map the rule should serve.
@@ -255,10 +345,20 @@ class FlagsHook(RolloutHttpHook):
         :param variation_name: name for the variation if it must be added (e.g. the build name).
         """
 
+        sent = False
+
         def attempt() -> bool:
+            nonlocal sent
             flag = self.get_flag()
             rule = self._rule(flag, target)
             if self._served(flag, rule) == normalize_image_map(image_map):
+                if sent:
+                    self.log.info(
+                        "Rule %s serves %s: the write whose answer was lost landed",
+                        target,
+                        describe_image_map(image_map),
+                    )
+                    return True
                 self.log.info(
                     "Rule %s already serves %s: nothing to write", target, describe_image_map(image_map)
                 )
@@ -269,13 +369,110 @@ class FlagsHook(RolloutHttpHook):
                 "ruleId": rule["_id"],
                 "variationId": variation_id,
             }
-            self._patch([instruction], comment)
+            try:
+                self._patch([instruction], comment)
+            except ResponseLostError:
+                sent = True
+                raise
             self.log.info("Pointed rule %s at %s", target, describe_image_map(image_map))
             return True
 
         return self._with_conflict_retry(f"point rule {target}", attempt)
 
     # -- change requests ----------------------------------------------------------------------
+
+    def _instructions_for(
+        self,
+        flag: dict[str, Any],
+        targets: list[str],
+        image_map: Mapping[str, Any],
+        variation_name: str | None,
+        description: str,
+        approvals_required: bool | None,
+    ) -> list[dict[str, Any]]:
+        """The request's instructions: ``addVariation`` first when the variation is missing and cannot be
+        added directly (approval required), then one ``updateRuleVariationOrRollout`` per target."""
+        instructions: list[dict[str, Any]] = []
+        variation_id = self._variation_id(flag, image_map)
+        if variation_id is None and approvals_required is not True:
+            try:
+                variation_id = self._ensure_variation_in(flag, image_map, variation_name, description)
+            except ApprovalRequired:
+                self.log.info("Adding the variation needs approval: it goes into the change request")
+        if variation_id is None:
+            value = normalize_image_map(image_map)
+            # LaunchDarkly's addVariation takes value and name; the ``_id`` chosen here lets the
+            # following instruction of the same request point the rule at the new variation.
+            variation_id = str(uuid.uuid4())
+            instructions.append(
+                {
+                    "kind": "addVariation",
+                    "_id": variation_id,
+                    "value": value,
+                    "name": variation_name or describe_image_map(value),
+                }
+            )
+        instructions.extend(
+            {
+                "kind": "updateRuleVariationOrRollout",
+                "ruleId": self._rule(flag, name)["_id"],
+                "variationId": variation_id,
+            }
+            for name in targets
+        )
+        return instructions
+
+    def points_at(
+        self, request: Mapping[str, Any], flag: dict[str, Any], target: str, image_map: Mapping[str, Any]
+    ) -> bool:
+        """
+        True when ``request``'s instructions point ``target``'s rule at a variation serving ``image_map``.
+
+        The variation is one the flag has, or one the same request adds (``addVariation``).
+
+        :param request: an approval request as LaunchDarkly returns it.
+        :param flag: the flag (:meth:`get_flag`).
+        :param target: the rule's target.
+        :param image_map: the image map the rule should serve.
+        """
+        instructions = request.get("instructions")
+        if not isinstance(instructions, list):
+            return False
+        try:
+            rule_id = self._rule(flag, target)["_id"]
+        except ExternalSystemError:
+            return False
+        wanted = normalize_image_map(image_map)
+        values: dict[str, Any] = {v["_id"]: v.get("value") for v in flag["variations"]}
+        for instruction in instructions:
+            if isinstance(instruction, dict) and instruction.get("kind") == "addVariation":
+                if isinstance(instruction.get("_id"), str):
+                    values.setdefault(instruction["_id"], instruction.get("value"))
+        for instruction in instructions:
+            if (
+                isinstance(instruction, dict)
+                and instruction.get("kind") == "updateRuleVariationOrRollout"
+                and instruction.get("ruleId") == rule_id
+            ):
+                value = values.get(instruction.get("variationId"))
+                if isinstance(value, dict) and normalize_image_map(value) == wanted:
+                    return True
+        return False
+
+    def _find(
+        self, key: str, targets: list[str], image_map: Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
+        candidates = [
+            item for item in self.list_change_requests() if has_marker(item.get("description"), key)
+        ]
+        if candidates and image_map is not None:
+            flag = self.get_flag()
+            candidates = [
+                item for item in candidates if all(self.points_at(item, flag, t, image_map) for t in targets)
+            ]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda item: (item.get("creationDate") or 0, str(item["_id"])))
 
     def create_change_request(
         self,
@@ -284,51 +481,57 @@ class FlagsHook(RolloutHttpHook):
         fields: Mapping[str, Any],
         description: str,
         *,
+        key: str | None = None,
         variation_name: str | None = None,
         reuse_existing: bool = True,
+        approvals_required: bool | None = None,
     ) -> dict[str, Any]:
         """
         File a change request (approval request) pointing each target's rule at ``image_map``.
 
-        The variation is added first when missing (that needs no approval). When ``fields``
-        name a ``target`` and ``build`` and a request for that promotion exists already, it is
-        returned instead of filing a second one (see :meth:`find_change_request`).
+        The description gets the marker line ``Rollout-Key: <key>``. When a request with that
+        marker whose instructions point the targets at ``image_map`` exists already, it is
+        returned instead of filing a second one (see :meth:`find_change_request`); a request
+        whose answer was lost is found that way before anything is sent again.
+
+        A missing variation is added directly when the environment allows it, else (HTTP 405,
+        or ``approvals_required``) an ``addVariation`` instruction goes first in the request.
 
         :param targets: the targets whose rules the request promotes.
         :param image_map: the image map they should serve.
-        :param fields: the change-request fields (``integrationConfig``): evidence links and
-            hashes, details, backout plan, ``target``, ``build``, ...
+        :param fields: the change-request fields, sent as ``integrationConfig``: evidence links
+            and hashes, details, backout plan, ``target``, ``build``, ... (LaunchDarkly does not
+            return them: never read them back).
         :param description: the request's description.
+        :param key: the idempotency key, e.g. ``immutable-image/<build>/<target>``; default
+            :func:`rollout_key` of ``fields["build"]`` and ``fields["target"]``.
         :param variation_name: name for the variation if it must be added.
-        :param reuse_existing: return an existing request for the same target and build.
+        :param reuse_existing: return an existing request for the same key and content.
+        :param approvals_required: the environment's ``approvalSettings.required`` when known
+            (skips trying a direct variation add that would answer 405).
         """
         targets = list(targets)
         if not targets:
             raise ValueError("a change request needs at least one target")
         fields = dict(fields)
-        target, build = fields.get("target"), fields.get("build")
+        if key is None and fields.get("target") and fields.get("build"):
+            key = rollout_key(str(fields["build"]), str(fields["target"]))
+        if not key:
+            raise ValueError("a change request needs a key (or fields with 'target' and 'build')")
+        if not has_marker(description, key):
+            description = f"{description.rstrip()}\n\n{marker_line(key)}"
         call = f"POST {self._approvals_path}"
 
-        def existing() -> dict[str, Any] | None:
-            if reuse_existing and target and build:
-                return self.find_change_request(str(target), str(build))
-            return None
-
         def attempt() -> dict[str, Any]:
-            found = existing()
-            if found is not None:
-                self.log.info("Change request %s for %s %s exists already", found.get("_id"), target, build)
-                return found
+            if reuse_existing:
+                found = self._find(key, targets, image_map)
+                if found is not None:
+                    self.log.info("Change request %s for %s exists already", found.get("_id"), key)
+                    return found
             flag = self.get_flag()
-            variation_id = self._ensure_variation_in(flag, image_map, variation_name, description)
-            instructions = [
-                {
-                    "kind": "updateRuleVariationOrRollout",
-                    "ruleId": self._rule(flag, name)["_id"],
-                    "variationId": variation_id,
-                }
-                for name in targets
-            ]
+            instructions = self._instructions_for(
+                flag, targets, image_map, variation_name, description, approvals_required
+            )
             body = {
                 "description": description,
                 "instructions": instructions,
@@ -350,28 +553,43 @@ class FlagsHook(RolloutHttpHook):
             raise self.malformed(f"GET {self._approvals_path}", "an item lacks '_id'")
         return items
 
-    def find_change_request(self, target: str, build: str) -> dict[str, Any] | None:
+    def find_change_request(
+        self, target: str, build: str, image_map: Mapping[str, Any] | None = None, *, key: str | None = None
+    ) -> dict[str, Any] | None:
         """
         Return the newest change request for promoting ``build`` to ``target``, or None.
 
-        Matches ``integrationConfig.target`` and ``.build``. Declined and failed requests are
-        *not* skipped: a change board's "no" is a decision the rollout must stop on, and
-        filing a fresh request would route around it. Re-filing after a decline is a human's
-        call (``create_change_request(..., reuse_existing=False)``).
+        A request counts only when its description has the marker line ``Rollout-Key: <key>``
+        (key ``immutable-image/<build>/<target>``) AND its instructions point the target's rule
+        at a variation serving ``image_map``: what LaunchDarkly returns, never echoed fields.
+        Without ``image_map`` only the marker is checked (pass it: a person may copy a marker).
+
+        Declined and failed requests are *not* skipped: a change board's "no" is a decision the
+        rollout must stop on, and filing a fresh request would route around it. Re-filing after a
+        decline is a human's call (``create_change_request(..., reuse_existing=False)``).
 
         :param target: the target, e.g. ``stage-dal10-carrier0``.
         :param build: the image build name.
+        :param image_map: the build's image map (the content check).
+        :param key: the idempotency key when not the default ``immutable-image/<build>/<target>``.
         """
-        matches = [
-            item
-            for item in self.list_change_requests()
-            if isinstance(item.get("integrationConfig"), dict)
-            and item["integrationConfig"].get("target") == target
-            and item["integrationConfig"].get("build") == build
-        ]
-        if not matches:
-            return None
-        return max(matches, key=lambda item: (item.get("creationDate") or 0, str(item["_id"])))
+        return self._find(key or rollout_key(build, target), [target], image_map)
+
+    def delete_change_request(self, request_id: str) -> bool:
+        """
+        Delete a change request (the requester may delete its own pending request).
+
+        Returns True when it was deleted, False when it did not exist (deleted already).
+
+        :param request_id: the request's ``_id``.
+        """
+        path = f"{self._approvals_path}/{quote(request_id, safe='')}"
+        response = self.request("DELETE", path, allowed_status=(404,))
+        if response.status_code == 404:
+            self.log.info("Change request %s does not exist (deleted already)", request_id)
+            return False
+        self.log.info("Deleted change request %s", request_id)
+        return True
 
     def get_change_request(self, request_id: str) -> dict[str, Any]:
         """
@@ -398,11 +616,14 @@ class FlagsHook(RolloutHttpHook):
         return self._with_conflict_retry(
             f"review {request_id}",
             lambda: self.request_json("POST", path, json={"kind": kind, "comment": comment}),
+            after_lost=False,
         )
 
     def apply_change_request(self, request_id: str, comment: str = "") -> dict[str, Any]:
         """
         Apply an approved change request and return it; an already applied one is returned as is.
+
+        A lost answer to the apply is looked up again (applied? then done) before applying again.
 
         :param request_id: the request's ``_id``.
         :param comment: audit-log comment.
@@ -417,7 +638,7 @@ class FlagsHook(RolloutHttpHook):
             try:
                 self.request_json("POST", path, json={"comment": comment})
             except ExternalSystemError as exc:
-                if exc.status != 400:
+                if exc.status != 400 and not isinstance(exc, ResponseLostError):
                     raise
                 # An apply that timed out on our side may have gone through: look before failing.
                 request = self.get_change_request(request_id)

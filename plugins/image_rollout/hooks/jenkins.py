@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-from image_rollout.hooks._http import ExternalSystemError, RolloutHttpHook
+from requests.cookies import RequestsCookieJar
+
+from image_rollout.hooks._http import ExternalSystemError, ResponseLostError, RolloutHttpHook
 
 #: Build references Jenkins accepts in place of a number.
 BUILD_ALIASES = frozenset(
@@ -49,7 +51,9 @@ class JenkinsHook(RolloutHttpHook):
     The rollout starts from a Jenkins build: its result, its ``image_ids.json`` artifact
     and its console log (copied into the evidence file); the fleet report job publishes the
     image-count logs the prod monitoring reads. Uses Jenkins' JSON API with basic auth
-    (login = user, password = API token).
+    (login = user, password = API token). POSTs carry a CSRF crumb fetched in the same session
+    (the crumb is only valid with the session cookie that came with it): all requests of one
+    hook instance share one cookie jar.
 
     :param jenkins_conn_id: connection with the Jenkins base URL as host (may include a
         path prefix), login and API token.
@@ -74,6 +78,13 @@ class JenkinsHook(RolloutHttpHook):
     ) -> None:
         super().__init__(conn_id=jenkins_conn_id, timeout=timeout, retries=retries, retry_wait=retry_wait)
         self.jenkins_conn_id = jenkins_conn_id
+        self._cookies = RequestsCookieJar()
+
+    def get_conn(self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None):
+        """A session sharing this hook's cookie jar, so the crumb and the POST are one Jenkins session."""
+        session = super().get_conn(headers, extra_options)
+        session.cookies = self._cookies
+        return session
 
     def secrets(self) -> list[str]:
         """The API token, and the basic-auth header value that carries it (an echoing proxy may show it)."""
@@ -229,34 +240,110 @@ class JenkinsHook(RolloutHttpHook):
         field, value = crumb.get("crumbRequestField"), crumb.get("crumb")
         return {field: value} if isinstance(field, str) and isinstance(value, str) else {}
 
+    def post(self, path: str, *, params: dict[str, str] | None = None):
+        """
+        POST with a fresh crumb from the same session; a 403 (crumb or session expired) gets one new crumb.
+
+        :param path: path below the Jenkins root.
+        :param params: query parameters.
+        """
+        for attempt in (1, 2):
+            response = self.request(
+                "POST", path, params=params, headers=self._crumb_headers(), allowed_status=(403,)
+            )
+            if response.status_code != 403:
+                return response
+            if attempt == 1:
+                self.log.warning("Jenkins refused POST %s (HTTP 403): fetching a new crumb", path)
+                self._cookies.clear()
+        raise ExternalSystemError(
+            system=self.system,
+            call=f"POST {path}",
+            status=403,
+            body=self.redact(response.text[:500]),
+            reason="refused (crumb or permission)",
+        )
+
+    @staticmethod
+    def build_parameters(build: dict[str, Any]) -> dict[str, str] | None:
+        """
+        Return a build's parameters from its ``hudson.model.ParametersAction``, or None when it has none.
+
+        :param build: the build's JSON (:meth:`get_build`).
+        """
+        for action in build.get("actions") or []:
+            if not isinstance(action, dict) or not isinstance(action.get("parameters"), list):
+                continue
+            if action.get("_class", "hudson.model.ParametersAction") != "hudson.model.ParametersAction":
+                continue
+            parameters = {}
+            for parameter in action["parameters"]:
+                if isinstance(parameter, dict) and isinstance(parameter.get("name"), str):
+                    value = parameter.get("value")
+                    if isinstance(value, bool):
+                        value = str(value).lower()
+                    parameters[parameter["name"]] = "" if value is None else str(value)
+            return parameters
+        return None
+
+    def _newer_build_with(self, job_path: str, after: int, parameters: dict[str, str] | None) -> int | None:
+        """Return the number of a build newer than ``after`` started with ``parameters``, if any."""
+        job = self.get_job(job_path)
+        numbers = sorted(
+            (b["number"] for b in job["builds"] if isinstance(b.get("number"), int)), reverse=True
+        )
+        for number in numbers:
+            if number <= after:
+                break
+            if (self.build_parameters(self.get_build(job_path, number)) or None) == (parameters or None):
+                return number
+        return None
+
     def rebuild(
         self,
         job_path: str,
+        number: int | str | None = None,
         *,
         parameters: dict[str, str] | None = None,
         wait_timeout: float = 600.0,
         poll_interval: float = 2.0,
     ) -> int:
         """
-        Start a new build of the job and return its number, once Jenkins has assigned one.
+        Start a new build of the job with the parameters of build ``number``; return its number.
 
-        Jenkins answers ``POST .../build`` with a queue item; the build number exists only
-        when the item leaves the queue, so this follows the item until it has an executable.
+        A parameterized job is started with ``buildWithParameters`` and the original build's own
+        parameters (its ``ParametersAction``); a job without parameters with ``build``. Jenkins
+        answers with a queue item; the build number exists only when the item leaves the queue,
+        so this follows the item until it has an executable. When the answer to the POST is lost,
+        it looks for a build started with those parameters before posting again.
 
         :param job_path: e.g. ``Conductors/oceanPI/immutable_image``.
-        :param parameters: build parameters; posts to ``buildWithParameters`` when given.
+        :param number: the build to rebuild (default: the job's last build).
+        :param parameters: explicit parameters instead of the build's own.
         :param wait_timeout: seconds to wait for the queue item to start.
         :param poll_interval: seconds between queue polls.
         """
+        if parameters is None:
+            original = self.get_build(job_path, "lastBuild" if number is None else number)
+            parameters = self.build_parameters(original)
         endpoint = "buildWithParameters" if parameters else "build"
         path = f"{job_url_path(job_path)}/{endpoint}"
         call = f"POST {path}"
-        response = self.request("POST", path, params=parameters, headers=self._crumb_headers())
+        last = (self.get_job(job_path).get("lastBuild") or {}).get("number")
+        baseline = last if isinstance(last, int) else 0
+        deadline = time.monotonic() + wait_timeout
+        try:
+            response = self.post(path, params=parameters or None)
+        except ResponseLostError:
+            self.log.warning("The answer to %s was lost: looking for the build before posting again", call)
+            found = self._wait_for_lost_build(job_path, baseline, parameters, poll_interval)
+            if found is not None:
+                return found
+            response = self.post(path, params=parameters or None)
         match = _QUEUE_ITEM.search(response.headers.get("Location", ""))
         if not match:
             raise self.malformed(call, "no queue item in the Location header", response)
         queue_path = f"/queue/item/{match.group(1)}/api/json"
-        deadline = time.monotonic() + wait_timeout
         while True:
             item = self.request_json("GET", queue_path)
             if item.get("cancelled"):
@@ -274,6 +361,29 @@ class JenkinsHook(RolloutHttpHook):
                     call=f"GET {queue_path}",
                     reason=f"still queued after {wait_timeout:.0f}s",
                 )
+            time.sleep(poll_interval)
+
+    def _wait_for_lost_build(
+        self,
+        job_path: str,
+        baseline: int,
+        parameters: dict[str, str] | None,
+        poll_interval: float,
+        *,
+        grace: float = 5.0,
+        queued_limit: float = 60.0,
+    ) -> int | None:
+        """After a lost answer: the build it started. Looks for ``grace`` seconds, longer (up to
+        ``queued_limit``) while the job has an item in the queue; None when nothing turned up."""
+        started = time.monotonic()
+        while True:
+            found = self._newer_build_with(job_path, baseline, parameters)
+            if found is not None:
+                self.log.info("Jenkins had started %s #%d: not posting again", job_path, found)
+                return found
+            elapsed = time.monotonic() - started
+            if elapsed >= queued_limit or (elapsed >= grace and not self.get_job(job_path).get("inQueue")):
+                return None
             time.sleep(poll_interval)
 
     def build_url(self, job_path: str, number: int | str) -> str:

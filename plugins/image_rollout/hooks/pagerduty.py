@@ -69,6 +69,9 @@ class PagerDutyHook(RolloutHttpHook):
         """
         Return the service's incidents created in ``[since, until]``, following pagination.
 
+        Pages are followed by ``more`` alone: ``total`` is null unless ``total=true`` is asked
+        for (a count PagerDuty computes at extra cost), and nothing here needs it.
+
         :param since: start of the window.
         :param until: end of the window; PagerDuty's default (now) when None.
         :param title_contains: keep only incidents whose title contains this (case-insensitive).
