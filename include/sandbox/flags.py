@@ -103,15 +103,25 @@ def _route(sb: Sandbox, req: Request) -> Response:
     raise SandboxError(404, "Unknown resource")
 
 
+#: Semantic-patch instructions that change the flag itself, not an environment's targeting: LaunchDarkly's
+#: approvals are per environment, so these go through even where approvals are required.
+FLAG_LEVEL_KINDS = {"addVariation"}
+
+
 def _patch(sb: Sandbox, req: Request) -> Response:
     if SEMANTIC_PATCH not in req.headers.get("content-type", "").replace(" ", ""):
         raise SandboxError(400, "the sandbox supports semantic patch only: send "
                                 f"Content-Type: application/json; {SEMANTIC_PATCH}")
     body = req.json()
     env = body.get("environmentKey")
-    if env != seed.ENVIRONMENT:
+    instructions = body.get("instructions")
+    flag_level = (isinstance(instructions, list) and instructions
+                  and all(isinstance(i, dict) and i.get("kind") in FLAG_LEVEL_KINDS for i in instructions))
+    if flag_level and env is None:
+        pass  # variations belong to the flag, not to an environment: no environmentKey needed
+    elif env != seed.ENVIRONMENT:
         raise SandboxError(400, f"environmentKey must be {seed.ENVIRONMENT!r}, got {env!r}")
-    if sb.approval_settings["required"]:
+    if sb.approval_settings["required"] and not flag_level:
         # LaunchDarkly: "If a request attempts to alter a flag configuration in an environment where
         # approvals are required for the flag, the request will fail with a 405."
         sb.apply_instructions(body.get("instructions"), dry_run=True)

@@ -878,12 +878,22 @@ def test_required_approvals_refuse_direct_writes_with_405(c):
     reset_with(c, {"launchdarkly": {"approvalSettings": REQUIRED}})
     r = c.promote("dev-south")
     assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
-    added = c.patch(FLAG, headers=SEMANTIC, json={"environmentKey": "production", "instructions": [
-        {"kind": "addVariation", "value": {"dev": "1", "prod": "2", "prodfr2": "3", "stage": "4"}}]})
-    assert added.status_code == 405
     state = c.state()
     assert state["promotions"] == [] and state["flag"]["rules"]["dev-south"] == PREVIOUS_MAP
     assert len(c.flag()["variations"]) == 2
+
+
+def test_required_approvals_still_let_variations_be_added(c):
+    """Variations belong to the flag, approvals to an environment: adding one needs no train."""
+    reset_with(c, {"launchdarkly": {"approvalSettings": REQUIRED}})
+    value = {"dev": "1", "prod": "2", "prodfr2": "3", "stage": "4"}
+    added = c.patch(FLAG, headers=SEMANTIC, json={"instructions": [{"kind": "addVariation", "value": value}]})
+    assert added.status_code == 200, added.text
+    assert value in [v["value"] for v in c.flag()["variations"]]
+    mixed = c.patch(FLAG, headers=SEMANTIC, json={"environmentKey": "production", "instructions": [
+        {"kind": "addVariation", "value": {**value, "dev": "9"}}, c.instruction("dev-south", value)]})
+    assert mixed.status_code == 405  # a targeting change in the same patch still needs a train
+    assert c.state()["promotions"] == [] and len(c.flag()["variations"]) == 3
 
 
 def test_required_approvals_board_approves_and_requester_cannot(c):
