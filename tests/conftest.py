@@ -16,6 +16,13 @@ HOME.mkdir(parents=True, exist_ok=True)
 for p in (str(ROOT / "plugins"), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(0, p)
+# xdist workers inherit the controller's environment: a home the controller chose for itself (marked)
+# is replaced by the worker's own; one the caller set is kept.
+if os.environ.get("ROLLOUT_TEST_HOME_CHOSEN") == "1" and os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["AIRFLOW_HOME"] = str(HOME)
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{HOME}/airflow.db"
+elif "AIRFLOW_HOME" not in os.environ and "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ:
+    os.environ["ROLLOUT_TEST_HOME_CHOSEN"] = "1"
 os.environ.setdefault("AIRFLOW_HOME", str(HOME))
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{HOME}/airflow.db")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
