@@ -170,7 +170,7 @@ def read_canary(region: str, image_map: dict, floors: list) -> dict:
     flags = FlagsHook()
     flag = flags.get_flag()
     rules = flag["environments"][flags.environment_key]["rules"]
-    rule = next((r for r in rules if FlagsHook.rule_target(r) == region), None)
+    rule = next((r for r in rules if flags.rule_target(r) == region), None)
     if rule is None:
         raise RuntimeError(f"LaunchDarkly has no rule for {region}")
     serves = flags.rule_value(region)

@@ -104,3 +104,44 @@ def test_build_order():
     assert gates.is_newer("533-1251-880-20211101", "532-1250-879-20210818")
     assert gates.is_newer("532-1250-880-20210818", "532-1250-879-20210818")
     assert not gates.is_newer("999-1-1-20200101", "532-1250-879-20210818")
+
+
+# -- the soak counts from the canary's latest promotion (issue 9 item 1) ---------------------------------
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _request(rule_id, applied, status="completed"):
+    return {"_id": f"cr-{applied}", "status": status, "appliedDate": _ms(applied) if applied else None,
+            "instructions": [{"kind": "updateRuleVariationOrRollout", "ruleId": rule_id, "variationId": "v1"}]}
+
+
+def test_the_soak_counts_from_the_latest_applied_change_of_the_rule():
+    requests = [_request("r-ap-south", T0), _request("r-ap-south", T0 + timedelta(hours=3)),
+                _request("r-ap-north", T0 + timedelta(hours=5)), _request("r-ap-south", None, status="pending")]
+    assert gates.latest_rule_change(requests, "r-ap-south") == T0 + timedelta(hours=3)
+    assert gates.soak_since(requests, "r-ap-south") == T0 + timedelta(hours=3)
+
+
+def test_a_later_recorded_change_wins_over_an_older_applied_request():
+    # Under approvals-not-required a rollback is a direct write with no appliedDate: its recorded time
+    # (and this run's own promotion time) are floors the soak never counts from before.
+    requests = [_request("r-ap-south", T0)]
+    rollback_at = (T0 + timedelta(hours=1)).isoformat()
+    assert gates.soak_since(requests, "r-ap-south", [None, rollback_at]) == T0 + timedelta(hours=1)
+    assert gates.soak_since(requests, "r-ap-south", [(T0 - timedelta(hours=1)).isoformat()]) == T0
+
+
+def test_no_known_promotion_is_no_soak_start():
+    assert gates.soak_since([], "r-ap-south") is None
+    assert gates.soak_since([{"appliedDate": True, "instructions": [{"ruleId": "r-ap-south"}]}], "r-ap-south") is None
+
+
+def test_reloads_before_the_latest_promotion_never_pass_the_soak():
+    """After a rollback and a re-promotion, the soak measured from the new promotion has not run long enough."""
+    repromoted = T0 + timedelta(hours=30)
+    since = gates.soak_since([_request("r", T0), _request("r", repromoted)], "r")
+    d = gates.evaluate_soak(reloads=[], incidents=[{"title": "autorecovery_failed", "created_at": T0.isoformat()}],
+                            image_id=NEW, started_at=since, now=repromoted + timedelta(hours=1), min_duration=86400,
+                            min_reloads=10, timeout=3 * 86400, incident_title="autorecovery_failed")
+    assert d.verdict == "wait"  # the incident before the re-promotion is not counted
