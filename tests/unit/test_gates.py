@@ -339,3 +339,12 @@ def test_a_reload_check_inconclusive_timeout_keeps_its_phase(slack):
     with pytest.raises(TaskDeferred) as deferred:
         op.execute_decision(ctx, _answer("Keep waiting"), resume={"phase": "final"}, unreadable=UNREADABLE)
     assert deferred.value.kwargs == {"phase": "final"}
+
+
+def test_a_verdict_after_an_escalated_outage_closes_it_in_the_patching_channel(slack):
+    op, ti = _soak_gate(), _TI()
+    ti.pushed["inconclusive"] = {"unreadable_since": "2026-11-25T12:00:00Z", "reason": "503"}
+    event = {"verdict": "pass", "reason": "12 autorecovery reloads", "figures": {}, "since": "2026-11-25T10:00:00Z"}
+    op.execute_complete(_context(ti), event)
+    assert ("#sre-cfs-patching", "ap-south: data readable again; the gate decided: pass.") in _channels(slack)
+    assert ti.pushed["inconclusive"] is None

@@ -83,6 +83,15 @@ class _GateOperator(RolloutOperator):
             self._redefer(context, resume)
         if verdict == "inconclusive_timeout":
             self._ask(context, event, resume)
+        if verdict in ("pass", "fail"):
+            self._close_outage(context, verdict)
+
+    def _close_outage(self, context, verdict: str) -> None:
+        """A verdict on readable data after an escalated outage: the patching channel hears the end of it."""
+        ti = context["ti"]
+        if ti.xcom_pull(task_ids=self.task_id, key="inconclusive", map_indexes=ti.map_index):
+            self.say(f"{self.where()}: data readable again; the gate decided: {verdict}.", escalate=True)
+            ti.xcom_push(key="inconclusive", value=None)
 
     def _on_read_error(self, context, exc: Exception, resume: dict) -> None:
         """A read the operator made itself failed: permanent fails the gate, transient holds it."""
