@@ -66,9 +66,9 @@ def _patching(state) -> list[str]:
 
 
 def test_a_pagerduty_outage_shorter_than_the_timeout_never_restores_a_healthy_canary(rollout_sandbox):
-    # 60 s: longer than the old retry budget of the soak task (which failed the soak and rolled back),
+    # 100 s: longer than the old retry budget of the soak task (which failed the soak and rolled back),
     # shorter than the sandbox plan's gates.inconclusive_timeout (120 s).
-    with pagerduty_outage_during_soak(rollout_sandbox, 60) as window:
+    with pagerduty_outage_during_soak(rollout_sandbox, 100) as window:
         result = run_scenario(rollout_sandbox, faults=[], conf=None)
     assert window.get("to"), "the outage never started: ap-south was not promoted"
     state, new = result["state"], result["state"]["images"]["new"]
