@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 Verdict = Literal["pass", "fail", "wait"]
@@ -129,6 +129,43 @@ def evaluate_soak(
             figures,
         )
     return Decision("wait", f"{succeeded}/{min_reloads} reloads, {figures['seconds_left']}s of soak left", figures)
+
+
+def _applied_at(request: Mapping) -> datetime | None:
+    applied = request.get("appliedDate")
+    if isinstance(applied, bool) or not isinstance(applied, int | float) or applied <= 0:
+        return None
+    return datetime.fromtimestamp(applied / 1000, tz=UTC)
+
+
+def latest_rule_change(change_requests: Iterable[Mapping], rule_id: str) -> datetime | None:
+    """When LaunchDarkly last applied a change request that points ``rule_id`` anywhere: its ``appliedDate``.
+
+    Any applied request touching the rule counts, whoever filed it: the soak measures from the
+    rule's latest change, never from a time this rollout cached earlier.
+    """
+    latest = None
+    for request in change_requests:
+        applied = _applied_at(request)
+        if applied is None:
+            continue
+        instructions = request.get("instructions") or []
+        if any(isinstance(i, Mapping) and i.get("ruleId") == rule_id for i in instructions):
+            latest = applied if latest is None or applied > latest else latest
+    return latest
+
+
+def soak_since(
+    change_requests: Iterable[Mapping], rule_id: str, floors: Iterable[str | datetime | None] = ()
+) -> datetime | None:
+    """The time the canary soak measures from: the latest of LaunchDarkly's ``appliedDate`` for the
+    region's rule and the ``floors`` (changes this rollout recorded itself: its promotion, a rollback's
+    direct write). None when nothing is known: the caller must not start a soak then."""
+    times = [parse_time(f) for f in floors if f]
+    applied = latest_rule_change(change_requests, rule_id)
+    if applied is not None:
+        times.append(applied)
+    return max(times) if times else None
 
 
 def build_key(build_name: str) -> tuple[int, ...]:

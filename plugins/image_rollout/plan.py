@@ -116,6 +116,15 @@ class SoakPlan(_Strict):
         return self
 
 
+class GatesPlan(_Strict):
+    """Inconclusive is not failed: how long a gate's data may stay unreadable before a person is asked
+    to choose "Roll back" or "Keep waiting" (the gate holds and escalates meanwhile)."""
+
+    inconclusive_timeout: float = Field(ge=120)
+
+    _d = field_validator("inconclusive_timeout", mode="before")(_seconds)
+
+
 class AdoptionPlan(_Strict):
     threshold_percent: float = Field(gt=0, le=100)
     timeout: float
@@ -207,6 +216,7 @@ class RolloutPlan(_Strict):
     change_request: ChangeRequestPlan
     reloads: ReloadPlan
     soak: SoakPlan
+    gates: GatesPlan
     adoption: AdoptionPlan
     freeze: FreezePlan
     slack: SlackPlan

@@ -2,8 +2,16 @@
 
 Each trigger reads its system through the same hooks as the operators (run in a thread, so the
 triggerer's event loop is never blocked), applies the pure decision from ``gates``, and fires
-once the decision is final or the deadline passes. An API that stays down after the hook's
-retries ends the wait with an ``error`` event: the operator then fails closed.
+once the decision is final or the deadline passes.
+
+Inconclusive is not failed. A gate trigger (``inconclusive_timeout`` set) whose data cannot be
+read keeps polling instead of ending the wait: it fires ``inconclusive`` once (the operator
+escalates and defers again with ``escalated=True``), ``recovered`` when the data can be read again
+after that, and ``inconclusive_timeout`` when it stayed unreadable for ``inconclusive_timeout``
+seconds (the operator asks a person). While the data is unreadable no deadline fires: a time limit
+is judged on data, never on an outage. A permanent error (a malformed answer:
+``AirflowFailException`` or a data-shape error) ends the wait with ``error``/``permanent``.
+Without ``inconclusive_timeout`` (change requests, reports) any error ends the wait with ``error``.
 """
 
 from __future__ import annotations
@@ -13,52 +21,113 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
 from image_rollout import gates
 
 _MODULE = "image_rollout.triggers"
+PERMANENT_ERRORS = (AirflowFailException, ValueError, TypeError, KeyError)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class _PollingTrigger(BaseTrigger):
-    """Poll ``check()`` every ``poll`` seconds until it returns an event or ``deadline`` passes."""
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
-    def __init__(self, *, poll: float, deadline: str, **kwargs: Any) -> None:
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """A malformed answer will not get better by asking again (H2's MalformedResponseError is an
+    AirflowFailException); anything else (5xx after the hook's retries, refused connection) is transient."""
+    return isinstance(exc, PERMANENT_ERRORS)
+
+
+class _PollingTrigger(BaseTrigger):
+    """Poll ``check()`` every ``poll`` seconds until it returns an event or ``deadline`` passes.
+
+    :param deadline: ISO time after which a ``deadline`` event fires; None: no deadline.
+    :param inconclusive_timeout: seconds of continuous unreadable data before
+        ``inconclusive_timeout``; None: the first error ends the wait (``error``).
+    :param unreadable_since: ISO time the data became unreadable (carried over a re-deferral).
+    :param escalated: the operator has escalated this outage already: keep polling quietly.
+    """
+
+    def __init__(
+        self,
+        *,
+        poll: float,
+        deadline: str | None,
+        inconclusive_timeout: float | None = None,
+        unreadable_since: str | None = None,
+        escalated: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__()
         self.poll = float(poll)
         self.deadline = deadline
+        self.inconclusive_timeout = None if inconclusive_timeout is None else float(inconclusive_timeout)
+        self.unreadable_since = unreadable_since
+        self.escalated = bool(escalated)
         self.kwargs = kwargs
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{_MODULE}.{type(self).__name__}",
-            {"poll": self.poll, "deadline": self.deadline, **self.kwargs},
+            {
+                "poll": self.poll,
+                "deadline": self.deadline,
+                "inconclusive_timeout": self.inconclusive_timeout,
+                "unreadable_since": self.unreadable_since,
+                "escalated": self.escalated,
+                **self.kwargs,
+            },
         )
 
     async def check(self, now: datetime) -> dict | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        deadline = gates.parse_time(self.deadline)
+        deadline = gates.parse_time(self.deadline) if self.deadline else None
+        unreadable = gates.parse_time(self.unreadable_since) if self.unreadable_since else None
         while True:
             now = _now()
             try:
                 event = await self.check(now)
-            except Exception as exc:  # fail closed: the operator turns this into a failed task
-                yield TriggerEvent({"verdict": "error", "reason": f"{type(exc).__name__}: {exc}"[:500]})
-                return
+            except Exception as exc:
+                if self.inconclusive_timeout is None or is_permanent(exc):
+                    yield TriggerEvent({"verdict": "error", "reason": _reason(exc), "permanent": is_permanent(exc)})
+                    return
+                unreadable = unreadable or now
+                waited = (now - unreadable).total_seconds()
+                info = {"reason": _reason(exc), "unreadable_since": _iso(unreadable),
+                        "unreadable_seconds": round(waited, 3)}
+                if not self.escalated:
+                    yield TriggerEvent({"verdict": "inconclusive", **info})
+                    return
+                if waited >= self.inconclusive_timeout:
+                    yield TriggerEvent({"verdict": "inconclusive_timeout", **info})
+                    return
+                await asyncio.sleep(max(0.05, min(self.poll, self.inconclusive_timeout - waited)))
+                continue
             if event is not None:
                 yield TriggerEvent(event)
                 return
-            if now >= deadline:
+            if self.escalated:
+                # Readable again after an escalated outage: let the operator say so, then go on.
+                yield TriggerEvent({"verdict": "recovered", "unreadable_since": self.unreadable_since})
+                return
+            if deadline is not None and now >= deadline:
                 yield TriggerEvent({"verdict": "deadline", "reason": f"deadline {self.deadline} passed"})
                 return
-            await asyncio.sleep(max(0.05, min(self.poll, (deadline - now).total_seconds())))
+            left = (deadline - now).total_seconds() if deadline is not None else self.poll
+            await asyncio.sleep(max(0.05, min(self.poll, left)))
 
 
 class ChangeRequestTrigger(_PollingTrigger):
@@ -90,25 +159,61 @@ class ReloadsTrigger(_PollingTrigger):
         return decision.as_event()
 
 
+def read_canary(region: str, image_map: dict, floors: list) -> dict:
+    """Read, from LaunchDarkly, whether ``region`` serves ``image_map`` now and since when.
+
+    Returns ``{"serving": bool, "serves": map|None, "since": iso|None, "rule_id": str}``; ``since``
+    is the latest of the region rule's applied change requests (``appliedDate``) and ``floors``.
+    """
+    from image_rollout.hooks.flags import FlagsHook, normalize_image_map
+
+    flags = FlagsHook()
+    flag = flags.get_flag()
+    rules = flag["environments"][flags.environment_key]["rules"]
+    rule = next((r for r in rules if flags.rule_target(r) == region), None)
+    if rule is None:
+        raise RuntimeError(f"LaunchDarkly has no rule for {region}")
+    serves = flags.rule_value(region)
+    serving = serves is not None and serves == normalize_image_map(image_map)
+    since = gates.soak_since(flags.list_change_requests(), rule["_id"], floors) if serving else None
+    return {"serving": serving, "serves": serves, "since": _iso(since) if since else None, "rule_id": rule["_id"]}
+
+
 class SoakTrigger(_PollingTrigger):
-    """The canary soak: autorecovery reloads in the region and PagerDuty, until the gate decides."""
+    """The canary soak: autorecovery reloads in the region and PagerDuty, until the gate decides.
+
+    Each poll measures from the region's *latest* promotion as LaunchDarkly records it (and the
+    ``floors`` the operator passes: this rollout's own promotion and rollback times), so reloads
+    from before a rollback never count. If the region does not serve the build, it fires
+    ``not_serving`` once (``holding=False``) and then keeps polling without a verdict: it never
+    passes a canary that is not there.
+    """
 
     async def check(self, now: datetime) -> dict | None:
         from image_rollout.hooks.chlorine import ChlorineHook
         from image_rollout.hooks.pagerduty import PagerDutyHook
 
         k = self.kwargs
+        canary = await sync_to_async(read_canary)(k["region"], k["image_map"], list(k.get("floors") or []))
+        if not canary["serving"]:
+            if k.get("holding"):
+                return None
+            return {"verdict": "not_serving", "reason": f"{k['region']} does not serve the build",
+                    "serves": canary["serves"]}
+        if canary["since"] is None:
+            raise AirflowFailException(f"no promotion time for {k['region']} in LaunchDarkly or XCom")
+        since = canary["since"]
         reloads = await sync_to_async(ChlorineHook().list_reloads)(
-            region=k["region"], since=k["started_at"], kind="autorecovery"
+            region=k["region"], since=since, kind="autorecovery"
         )
         incidents = await sync_to_async(PagerDutyHook().list_incidents)(
-            since=k["started_at"], title_contains=k["incident_title"]
+            since=since, title_contains=k["incident_title"]
         )
         decision = gates.evaluate_soak(
             reloads=reloads,
             incidents=incidents,
             image_id=k["image_id"],
-            started_at=gates.parse_time(k["started_at"]),
+            started_at=gates.parse_time(since),
             now=now,
             min_duration=k["min_duration"],
             min_reloads=k["min_reloads"],
@@ -116,8 +221,11 @@ class SoakTrigger(_PollingTrigger):
             incident_title=k["incident_title"],
         )
         if decision.verdict == "wait":
+            if k.get("holding"):
+                # Serving again after a hold: tell the operator, which starts counting afresh.
+                return {"verdict": "serving", "since": since}
             return None
-        return decision.as_event()
+        return {**decision.as_event(), "since": since, "decided_at": _iso(now)}
 
 
 class ReportBuildTrigger(_PollingTrigger):

@@ -12,7 +12,7 @@ from airflow.sdk import Variable
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import gates
-from image_rollout.evidence import BUILD_NAME, Evidence, Reload, render
+from image_rollout.evidence import Evidence, Reload, render
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
     RolloutOperator,
@@ -26,7 +26,15 @@ from image_rollout.slack import escape_mrkdwn
 
 TIMEOUT_MARKER = re.compile(r"Build timed out \(after \d+ minutes\)")
 MAX_CONSOLE_CHARS = 60_000
-IMAGE_ID = re.compile(r"^\d{1,12}$")
+# Strict input (issue 9 item 6). Python's ``\d`` also matches non-ASCII digits ("٣") and ``$`` matches
+# before a trailing newline, so both patterns are ASCII-only and used with ``fullmatch``.
+IMAGE_ID = re.compile(r"[0-9]{1,12}", re.ASCII)
+BUILD_NAME_STRICT = re.compile(r"[0-9]+-[0-9]+-[0-9]+-[0-9]{8}", re.ASCII)
+BUILD_NUMBER = re.compile(r"[0-9]{1,10}", re.ASCII)
+# The same rules for the Params JSON schema (checked by Python's ``re.search`` in Airflow and by the
+# browser's RegExp in the trigger form): ``(?!\n)$`` refuses a trailing newline in both dialects.
+IMAGE_ID_SCHEMA_PATTERN = r"^[0-9]{1,12}(?!\n)$"
+BUILD_NAME_SCHEMA_PATTERN = r"^[0-9]+-[0-9]+-[0-9]+-[0-9]{8}(?!\n)$"
 
 if TYPE_CHECKING:
     from image_rollout.hooks.jenkins import JenkinsHook
@@ -35,34 +43,84 @@ if TYPE_CHECKING:
 KNOWN_CONF = {"build_name", "build_number", "image_ids", "dry_run"}
 
 
+def is_image_id(value: Any) -> bool:
+    """1-12 ASCII digits and nothing else (an int is read as its decimal digits; a bool is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return False
+    return IMAGE_ID.fullmatch(str(value)) is not None
+
+
+def is_build_name(value: Any) -> bool:
+    """``NNN-NNNN-NNN-YYYYMMDD`` in ASCII digits, nothing before or after it."""
+    return isinstance(value, str) and BUILD_NAME_STRICT.fullmatch(value) is not None
+
+
 def validate_request(params: dict, conf: dict | None = None) -> dict:
     """Validate the run's params/conf before any side effect; raise naming the bad field.
 
     Unknown conf keys are refused: a mistyped ``"dryrun": true`` must not start a live rollout.
+    An image id is 1-12 ASCII digits and nothing else (no sign, space, newline or non-ASCII
+    digit); a build name is ASCII ``NNN-NNNN-NNN-YYYYMMDD``.
     """
     unknown = sorted(set(conf or {}) - KNOWN_CONF)
     if unknown:
         raise AirflowFailException(f"conf has unknown key(s) {unknown}; known: {sorted(KNOWN_CONF)}")
     build_name = params.get("build_name")
-    if not isinstance(build_name, str) or not BUILD_NAME.match(build_name):
-        raise AirflowFailException(f"conf build_name {build_name!r} does not match NNN-NNNN-NNN-YYYYMMDD")
+    if not is_build_name(build_name):
+        raise AirflowFailException(
+            f"conf build_name {build_name!r} is not an ASCII build name NNN-NNNN-NNN-YYYYMMDD"[:300]
+        )
     number = params.get("build_number")
-    if number not in (None, "") and not (isinstance(number, int) or str(number).isdigit()):
-        raise AirflowFailException(f"conf build_number {number!r} is not a Jenkins build number")
+    if number not in (None, ""):
+        if isinstance(number, bool) or not isinstance(number, str | int) or not BUILD_NUMBER.fullmatch(str(number)):
+            raise AirflowFailException(f"conf build_number {number!r} is not a Jenkins build number"[:300])
     image_ids = params.get("image_ids") or {}
     if not isinstance(image_ids, dict):
         raise AirflowFailException("conf image_ids must be an object like {\"dev\": \"8495980\", ...}")
     for key, value in image_ids.items():
         if key not in IMAGE_KEYS:
-            raise AirflowFailException(f"conf image_ids has unknown environment {key!r}")
-        if not IMAGE_ID.match(str(value)):
-            raise AirflowFailException(f"conf image_ids.{key} {value!r} is not a numeric image id")
+            raise AirflowFailException(f"conf image_ids has unknown environment {key!r}"[:300])
+        if not is_image_id(value):
+            raise AirflowFailException(
+                f"conf image_ids.{key} {value!r} is not an image id (1-12 ASCII digits, nothing else)"[:300]
+            )
+    dry_run = params.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise AirflowFailException(f"conf dry_run {dry_run!r} must be true or false"[:300])
     return {
         "build_name": build_name,
         "build_number": int(number) if number not in (None, "") else None,
         "image_ids": {k: str(v) for k, v in image_ids.items()},
-        "dry_run": bool(params.get("dry_run", False)),
+        "dry_run": dry_run,
     }
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate key(s) {duplicates}")
+    return dict(pairs)
+
+
+def parse_image_ids(text: str, where: str = "Jenkins image_ids.json") -> dict:
+    """Parse and check the build's image map artifact strictly; a malformed one is a permanent error.
+
+    Raises ``AirflowFailException`` (no retry: the artifact will not change) naming the field.
+    """
+    try:
+        images = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise AirflowFailException(f"{where} is not valid JSON: {exc}"[:300]) from None
+    if not isinstance(images, dict) or set(images) != set(IMAGE_KEYS):
+        keys = sorted(images) if isinstance(images, dict) else type(images).__name__
+        raise AirflowFailException(f"{where} must have exactly the keys {list(IMAGE_KEYS)}, not {keys!r}"[:300])
+    for key in IMAGE_KEYS:
+        if not is_image_id(images[key]):
+            raise AirflowFailException(
+                f"{where} {key} {images[key]!r} is not an image id (1-12 ASCII digits, nothing else)"[:300]
+            )
+    return {k: str(images[k]) for k in sorted(images)}
 
 
 class VerifyBuildOperator(RolloutOperator):
@@ -108,7 +166,7 @@ class VerifyBuildOperator(RolloutOperator):
                 f"Jenkins {job} #{number} ({name}) ended {build['result']}; not rolling out. "
                 f"Console: {jenkins.build_url(job, number)}console"
             )
-        images = jenkins.get_artifact_json(job, number, "image_ids.json")
+        images = parse_image_ids(jenkins.get_artifact_text(job, number, "image_ids.json"))
         images = self._check_images(images, request["image_ids"])
         console_url = f"{jenkins.build_url(job, number)}console"
         result = {
@@ -143,10 +201,12 @@ class VerifyBuildOperator(RolloutOperator):
     def _check_images(images: Any, requested: dict) -> dict:
         if not isinstance(images, dict) or set(images) != set(IMAGE_KEYS):
             raise AirflowFailException(f"Jenkins image_ids.json must have keys {list(IMAGE_KEYS)}: {images!r}"[:300])
-        images = {k: str(v) for k, v in images.items()}
         for key, value in images.items():
-            if not IMAGE_ID.match(value):
-                raise AirflowFailException(f"Jenkins image_ids.json {key} is not a numeric image id: {value!r}")
+            if not is_image_id(value):
+                raise AirflowFailException(
+                    f"Jenkins image_ids.json {key} {value!r} is not an image id (1-12 ASCII digits, nothing else)"[:300]
+                )
+        images = {k: str(v) for k, v in images.items()}
         for key, value in requested.items():
             if images[key] != value:
                 raise AirflowFailException(

@@ -2,18 +2,32 @@
 
 A gate task returns its figures when it passes and pushes its decision to XCom (key
 ``decision``) before it fails, so the rollback and the status page can say why.
+
+Inconclusive is not failed (issue 9 item 2): when a gate cannot read its data (chlorine,
+PagerDuty or LaunchDarkly down after the hook's retries) it holds, deferred: nothing after it
+runs, nothing is rolled back. It escalates once to the patching channel, keeps polling, and
+after the plan's ``gates.inconclusive_timeout`` of continuous unreadable data it asks a person
+(a Human-in-the-loop request on the gate task itself) to choose "Roll back" (the gate fails;
+the rollback restores) or "Keep waiting" (the gate holds and keeps trying). Evidence of failure
+(failed reloads, an ``autorecovery_failed`` incident) still fails the gate at once.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import gates, reports
 from image_rollout.operators.base import RolloutOperator, chlorine_hook, iso, jenkins_hook, utcnow
 from image_rollout.slack import escape_mrkdwn
-from image_rollout.triggers import ReloadsTrigger, ReportBuildTrigger, SoakTrigger
+from image_rollout.triggers import ReloadsTrigger, ReportBuildTrigger, SoakTrigger, is_permanent
+
+ROLL_BACK = "Roll back"
+KEEP_WAITING = "Keep waiting"
+INCONCLUSIVE_OPTIONS = [ROLL_BACK, KEEP_WAITING]
+ROLLBACK_TASK = "rollout_end.rollback"
 
 
 def _promoted_at(operator: RolloutOperator, context, task_id: str) -> str:
@@ -23,25 +37,157 @@ def _promoted_at(operator: RolloutOperator, context, task_id: str) -> str:
     return promoted["promoted_at"]
 
 
+def _seconds(value: float) -> str:
+    value = float(value)
+    if value >= 3600 and value % 3600 == 0:
+        return f"{value / 3600:g}h"
+    if value >= 60 and value % 60 == 0:
+        return f"{value / 60:g}m"
+    return f"{value:g}s"
+
+
 class _GateOperator(RolloutOperator):
+    """A gate: pass, fail, or hold while its data cannot be read (then ask a person)."""
+
+    gate_name = "gate"
+
+    def where(self) -> str:  # pragma: no cover - overridden
+        return self.task_id
+
     def _fail(self, context, where: str, decision: dict) -> None:
         context["ti"].xcom_push(key="decision", value=decision)
         self.say(f"Gate failed at {where}: {escape_mrkdwn(decision['reason'])}", escalate=True)
         raise AirflowFailException(f"gate failed at {where}: {decision['reason']}")
 
-    @staticmethod
-    def _raise_on_error(event: dict, what: str) -> None:
-        if event.get("verdict") == "error":
-            # Not a verdict: the data could not be read. Retry; after the last retry the task fails
-            # and the gate fails closed.
-            raise RuntimeError(f"{what} could not be evaluated: {event['reason']}")
+    def _redefer(self, context, resume: dict, *, unreadable_since: str | None = None,
+                 escalated: bool = False) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # -- what every trigger event that is not a verdict means ----------------------------------
+    def _handle_non_verdict(self, context, event: dict, resume: dict) -> None:
+        """Handle ``error``/``inconclusive``/``recovered``/``inconclusive_timeout``; return for a verdict."""
+        verdict = event.get("verdict")
+        if verdict == "error":
+            if event.get("permanent"):
+                # A malformed answer will not get better: fail at once (no retry), the rollback restores.
+                self._fail(context, self.where(), {**event, "verdict": "fail",
+                                                   "reason": f"malformed data: {event['reason']}"})
+            raise RuntimeError(f"{self.where()} could not be evaluated: {event['reason']}")
+        if verdict == "inconclusive":
+            self._escalate_unreadable(context, event)
+            self._redefer(context, resume, unreadable_since=event["unreadable_since"], escalated=True)
+        if verdict == "recovered":
+            self.say(f"{self.where()}: data readable again (unreadable since {event.get('unreadable_since')}); "
+                     "the gate goes on.", escalate=True)
+            context["ti"].xcom_push(key="inconclusive", value=None)
+            self._redefer(context, resume)
+        if verdict == "inconclusive_timeout":
+            self._ask(context, event, resume)
+        if verdict in ("pass", "fail"):
+            self._close_outage(context, verdict)
+
+    def _close_outage(self, context, verdict: str) -> None:
+        """A verdict on readable data after an escalated outage: the patching channel hears the end of it."""
+        ti = context["ti"]
+        if ti.xcom_pull(task_ids=self.task_id, key="inconclusive", map_indexes=ti.map_index):
+            self.say(f"{self.where()}: data readable again; the gate decided: {verdict}.", escalate=True)
+            ti.xcom_push(key="inconclusive", value=None)
+
+    def _on_read_error(self, context, exc: Exception, resume: dict) -> None:
+        """A read the operator made itself failed: permanent fails the gate, transient holds it."""
+        if is_permanent(exc):
+            self._fail(context, self.where(), {"verdict": "fail", "reason": f"malformed data: {exc}"[:500]})
+        self.log.warning("%s: data unreadable (%s); holding", self.where(), exc)
+        self._redefer(context, resume, unreadable_since=iso(utcnow()), escalated=False)
+
+    def _escalate_unreadable(self, context, event: dict) -> None:
+        timeout = self.plan.gates.inconclusive_timeout
+        ask_at = iso(gates.parse_time(event["unreadable_since"]) + timedelta(seconds=timeout))
+        context["ti"].xcom_push(key="inconclusive", value={
+            "unreadable_since": event["unreadable_since"], "reason": event["reason"], "ask_at": ask_at,
+        })
+        self.say(
+            f"{self.where()}: HOLDING, its data cannot be read ({escape_mrkdwn(event['reason'][:200])}). "
+            "Inconclusive is not failed: nothing further is promoted and nothing is rolled back; the gate "
+            f"keeps trying. If the data stays unreadable until {ask_at} ({_seconds(timeout)}), a person is "
+            f"asked to choose \"{ROLL_BACK}\" or \"{KEEP_WAITING}\" in Airflow.",
+            escalate=True,
+        )
+
+    # -- the person's choice after gates.inconclusive_timeout ----------------------------------
+    def _approvers(self) -> list[dict]:
+        approvers = getattr(self.plan, "approvers", None)
+        users = approvers.get("users") if isinstance(approvers, dict) else getattr(approvers, "users", None)
+        return [{"id": str(u), "name": str(u)} for u in users or []]
+
+    def _required_actions_link(self, context) -> str:
+        ti = context["ti"]
+        return (f"{self.plan.airflow_base_url}/dags/{ti.dag_id}/runs/{ti.run_id}/tasks/{ti.task_id}"
+                "/required_actions")
+
+    def _ask(self, context, event: dict, resume: dict) -> None:
+        from airflow.sdk.exceptions import TaskAwaitingInput
+        from airflow.sdk.execution_time.hitl import upsert_hitl_detail
+
+        waited = _seconds(round(float(event.get("unreadable_seconds") or self.plan.gates.inconclusive_timeout)))
+        subject = f"{self.where()}: data unreadable for {waited}. Roll back, or keep waiting?"
+        body = (
+            f"The gate **{self.where()}** of build `{context['params'].get('build_name', '?')}` cannot read its "
+            f"data since {event['unreadable_since']}:\n\n    {event['reason'][:300]}\n\n"
+            "Nothing was rolled back: an outage is not a failed gate. Choose **Roll back** to fail the gate "
+            "and restore the targets it vouches for, or **Keep waiting** to hold and keep trying (you are "
+            f"asked again after {_seconds(self.plan.gates.inconclusive_timeout)} more without data)."
+        )
+        upsert_hitl_detail(
+            ti_id=context["task_instance"].id, options=list(INCONCLUSIVE_OPTIONS), subject=subject, body=body,
+            defaults=None, multiple=False, params={}, assigned_users=self._approvers() or None,
+        )
+        context["ti"].xcom_push(key="inconclusive", value={
+            "unreadable_since": event["unreadable_since"], "reason": event["reason"], "asked_at": iso(utcnow()),
+        })
+        self.say(
+            f"Decision needed: {self.where()} could not read its data for {waited} "
+            f"({escape_mrkdwn(event['reason'][:200])}). Nothing was rolled back. Choose \"{ROLL_BACK}\" or "
+            f"\"{KEEP_WAITING}\" in Airflow: {self._required_actions_link(context)}",
+            escalate=True,
+        )
+        raise TaskAwaitingInput(method_name="execute_decision",
+                                kwargs={"resume": resume, "unreadable": {k: event.get(k) for k in (
+                                    "unreadable_since", "reason", "unreadable_seconds")}})
+
+    def execute_decision(self, context, event: dict, resume: dict, unreadable: dict | None = None) -> Any:
+        unreadable = unreadable or {}
+        chosen = list(event.get("chosen_options") or [])
+        user = event.get("responded_by_user") or {}
+        who = user.get("name") or user.get("id") or "unknown"
+        at = event.get("responded_at")
+        answer = {"chosen": chosen[0] if chosen else None, "by": who,
+                  "at": at.isoformat() if hasattr(at, "isoformat") else at}
+        context["ti"].xcom_push(key="inconclusive_decision", value=answer)
+        if chosen == [ROLL_BACK]:
+            self._fail(context, self.where(), {
+                "verdict": "fail", "decided_by": who, "decided_at": answer["at"],
+                "reason": (f"data unreadable since {unreadable.get('unreadable_since')} "
+                           f"({unreadable.get('reason')}); {who} chose {ROLL_BACK}"),
+            })
+        if chosen == [KEEP_WAITING]:
+            self.say(f"{self.where()}: {escape_mrkdwn(who)} chose {KEEP_WAITING}. The gate holds and keeps "
+                     f"trying; asks again after {_seconds(self.plan.gates.inconclusive_timeout)} more without data.",
+                     escalate=True)
+            self._redefer(context, resume, unreadable_since=iso(utcnow()), escalated=True)
+        # No valid answer (a timeout sweep, an unknown option): never a default; ask again.
+        self.log.warning("%s: no valid answer %r; asking again", self.where(), chosen)
+        self._ask(context, {"unreadable_since": unreadable.get("unreadable_since") or iso(utcnow()),
+                            "reason": unreadable.get("reason") or "unknown",
+                            "unreadable_seconds": unreadable.get("unreadable_seconds")}, resume)
+        return None
 
 
 class ReloadCheckOperator(_GateOperator):
     """Runbook: "Three worker nodes in <carrier> must be reloaded successfully with the new image".
 
     Counts autorecovery reloads as they happen; after the grace period asks chlorine to reload the
-    workers still missing, then waits for those until the timeout.
+    workers still missing, then waits for those until the timeout. Holds while chlorine cannot be read.
 
     :param carrier: the test carrier (``stgiks-dal10-carrier0``).
     :param image_key: which image id of the map the carrier boots (``dev``, ``stage``).
@@ -56,7 +202,11 @@ class ReloadCheckOperator(_GateOperator):
         self.image_key = image_key
         self.promote_task_id = promote_task_id
 
-    def _defer(self, context, since: str, phase: str, seconds: float) -> None:
+    def where(self) -> str:
+        return self.carrier
+
+    def _defer(self, context, since: str, phase: str, seconds: float, *, unreadable_since: str | None = None,
+               escalated: bool = False) -> None:
         build = self.build(context)
         deadline = gates.parse_time(since) + timedelta(seconds=seconds)
         self.defer(
@@ -64,17 +214,26 @@ class ReloadCheckOperator(_GateOperator):
                 poll=self.plan.reloads.poll, deadline=iso(max(deadline, utcnow())), carrier=self.carrier,
                 image_id=build["images"][self.image_key], since=since, required=self.plan.reloads.required,
                 max_failed=self.plan.reloads.max_failed,
+                inconclusive_timeout=self.plan.gates.inconclusive_timeout, unreadable_since=unreadable_since,
+                escalated=escalated,
             ),
             method_name="execute_complete",
             kwargs={"phase": phase},
         )
+
+    def _redefer(self, context, resume: dict, *, unreadable_since: str | None = None,
+                 escalated: bool = False) -> None:
+        phase = resume.get("phase", "grace")
+        since = _promoted_at(self, context, self.promote_task_id)
+        seconds = self.plan.reloads.grace if phase == "grace" else self.plan.reloads.timeout
+        self._defer(context, since, phase, seconds, unreadable_since=unreadable_since, escalated=escalated)
 
     def execute(self, context) -> None:
         since = _promoted_at(self, context, self.promote_task_id)
         self._defer(context, since, "grace", self.plan.reloads.grace)
 
     def execute_complete(self, context, event: dict, phase: str = "grace") -> dict:
-        self._raise_on_error(event, f"reloads on {self.carrier}")
+        self._handle_non_verdict(context, event, {"phase": phase})
         build = self.build(context)
         image_id = build["images"][self.image_key]
         since = _promoted_at(self, context, self.promote_task_id)
@@ -85,9 +244,12 @@ class ReloadCheckOperator(_GateOperator):
         if event["verdict"] == "fail":
             self._fail(context, self.carrier, event)
         chlorine = chlorine_hook()
-        reloads = chlorine.list_reloads(carrier=self.carrier, since=since)
-        decision = gates.evaluate_reloads(reloads, image_id=image_id, required=self.plan.reloads.required,
-                                          max_failed=self.plan.reloads.max_failed)
+        try:
+            reloads = chlorine.list_reloads(carrier=self.carrier, since=since)
+            decision = gates.evaluate_reloads(reloads, image_id=image_id, required=self.plan.reloads.required,
+                                              max_failed=self.plan.reloads.max_failed)
+        except Exception as exc:
+            self._on_read_error(context, exc, {"phase": phase})
         if decision.verdict == "pass":
             return {"carrier": self.carrier, "image_id": image_id, **decision.figures}
         if decision.verdict == "fail" or phase == "final":
@@ -108,6 +270,15 @@ class SoakGateOperator(_GateOperator):
     new image in the region, at least ``min_duration`` elapsed, and no ``autorecovery_failed``
     incident on the armada-infra PagerDuty service. An incident fails the soak at once.
 
+    Measured from the region's *latest* promotion, read from LaunchDarkly at every poll (the
+    latest applied change request for the region's rule, ``appliedDate``), and never earlier than
+    this rollout's own promotion and rollback of the region (XCom): reloads from before a rollback
+    never count. While the region does not serve the build (rolled back, then the gate cleared)
+    the gate holds and never passes.
+
+    Returns (XCom ``return_value``) ``{"region", "build", "image_map", "verdict": "pass", "reason",
+    "since", "decided_at", "figures": {...}}``: ``since`` is the promotion time the verdict counts from.
+
     :param region: the canary region (``ap-south``).
     :param image_key: image key of the region's carriers.
     :param promote_task_id: the task that promoted the region.
@@ -119,29 +290,86 @@ class SoakGateOperator(_GateOperator):
         self.image_key = image_key
         self.promote_task_id = promote_task_id
 
-    def execute(self, context) -> None:
+    def where(self) -> str:
+        return self.region
+
+    def floors(self, context) -> list[str]:
+        """Times the region's rule changed as this rollout recorded them: its promotion, its rollback."""
+        floors = []
+        promoted = self.pull(context, self.promote_task_id)
+        if isinstance(promoted, dict) and promoted.get("promoted_at"):
+            floors.append(promoted["promoted_at"])
+        rollback = self.pull(context, ROLLBACK_TASK)
+        if isinstance(rollback, dict):
+            for item in rollback.get("rolled_back") or []:
+                if isinstance(item, dict) and item.get("target") == self.region:
+                    # When the rollback did not record its time, count from now: never from before it.
+                    floors.append(item.get("at") or rollback.get("rolled_back_at") or iso(utcnow()))
+        return floors
+
+    def _start(self, context, *, unreadable_since: str | None = None, escalated: bool = False,
+               holding: bool = False) -> None:
         build = self.build(context)
-        started = _promoted_at(self, context, self.promote_task_id)
         soak = self.plan.soak
-        deadline = gates.parse_time(started) + timedelta(seconds=soak.timeout + soak.poll)
         self.defer(
             trigger=SoakTrigger(
-                poll=soak.poll, deadline=iso(max(deadline, utcnow())), region=self.region,
-                image_id=build["images"][self.image_key], started_at=started, min_duration=soak.min_duration,
-                min_reloads=soak.min_autorecovery_reloads, timeout=soak.timeout, incident_title=soak.incident_title,
+                poll=soak.poll, deadline=None, region=self.region, image_map=build["images"],
+                image_id=build["images"][self.image_key], floors=self.floors(context),
+                min_duration=soak.min_duration, min_reloads=soak.min_autorecovery_reloads, timeout=soak.timeout,
+                incident_title=soak.incident_title, holding=holding,
+                inconclusive_timeout=self.plan.gates.inconclusive_timeout, unreadable_since=unreadable_since,
+                escalated=escalated,
             ),
             method_name="execute_complete",
+            kwargs={"holding": holding},
         )
 
-    def execute_complete(self, context, event: dict) -> dict:
-        self._raise_on_error(event, f"the {self.region} soak")
-        if event["verdict"] == "pass":
-            self.say(f"Canary soak in {self.region} passed: {escape_mrkdwn(event['reason'])}")
-            return {"region": self.region, **event}
-        if event["verdict"] == "deadline":
+    def _redefer(self, context, resume: dict, *, unreadable_since: str | None = None,
+                 escalated: bool = False) -> None:
+        self._start(context, unreadable_since=unreadable_since, escalated=escalated,
+                    holding=bool(resume.get("holding")))
+
+    def execute(self, context) -> None:
+        self._start(context)
+
+    def execute_complete(self, context, event: dict, holding: bool = False) -> dict:
+        self._handle_non_verdict(context, event, {"holding": holding})
+        build = self.build(context)
+        verdict = event["verdict"]
+        if verdict == "not_serving":
+            serves = event.get("serves")
+            context["ti"].xcom_push(key="hold", value={"reason": event["reason"], "serves": serves,
+                                                       "at": iso(utcnow())})
+            self.say(
+                f"Canary soak in {self.region} HOLDS: {self.region} does not serve build {build['name']} now "
+                f"(it serves {escape_mrkdwn(gates_map(serves))}). The soak never passes while it does not; it "
+                f"goes on once {self.region} serves the build again, counting only data since that promotion.",
+                escalate=True,
+            )
+            self._start(context, holding=True)
+        if verdict == "serving":
+            context["ti"].xcom_push(key="hold", value=None)
+            self.say(f"Canary soak in {self.region}: {self.region} serves build {build['name']} again "
+                     f"(promoted {event['since']}); the soak counts from there.", escalate=True)
+            self._start(context)
+        if verdict == "pass":
+            result = {"region": self.region, "build": build["name"], "image_map": build["images"],
+                      "verdict": "pass", "reason": event["reason"], "since": event["since"],
+                      "decided_at": event.get("decided_at") or iso(utcnow()), "figures": event["figures"]}
+            context["ti"].xcom_push(key="decision", value=result)
+            self.say(f"Canary soak in {self.region} passed: {escape_mrkdwn(event['reason'])} "
+                     f"(since the promotion at {event['since']})")
+            return result
+        if verdict == "deadline":
             event = {**event, "reason": f"soak in {self.region} did not finish before its time limit"}
         self._fail(context, self.region, event)
         return {}
+
+
+def gates_map(image_map: dict | None) -> str:
+    if not image_map:
+        return "no single image map"
+    return " ".join(f"{k}={v}" for k, v in sorted(image_map.items()))
 
 
 class MonitorAdoptionOperator(RolloutOperator):
