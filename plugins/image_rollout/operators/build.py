@@ -195,7 +195,7 @@ class VerifyBuildOperator(RolloutOperator):
         later = jenkins.find_build_by_name(job, name)
         if later is not None and int(later["number"]) > int(failed_number):
             return int(later["number"])
-        return int(jenkins.rebuild(job))
+        return int(jenkins.rebuild(job, failed_number))  # with the failed build's own parameters
 
     @staticmethod
     def _check_images(images: Any, requested: dict) -> dict:
