@@ -241,11 +241,13 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
         with TaskGroup("rollout_end", tooltip="Check the fleet, or roll back a failed gate"):
             # ALL_DONE: however the run ended, it reports by data which targets serve the build, so a
             # run is green only when every target does.
+            # Both report for themselves: the failed task that stopped the run has escalated already,
+            # so their own failure must not post a second, misleading alarm.
             verify_fleet = VerifyFleetOperator(task_id="verify_flag_state", plan=plan.name,
-                                               trigger_rule=TriggerRule.ALL_DONE)
+                                               trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
             rollback = RollbackOperator(task_id="rollback", plan=plan.name, trigger_rule=TriggerRule.ONE_FAILED)
             superseded = SupersededCheckOperator(task_id="superseded", plan=plan.name,
-                                                 trigger_rule=TriggerRule.ALL_DONE)
+                                                 trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
             done = EmptyOperator(task_id="rollout_complete")
             verify_fleet >> done
             rollback >> superseded

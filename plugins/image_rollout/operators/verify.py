@@ -36,11 +36,16 @@ class VerifyFleetOperator(RolloutOperator):
             raise AirflowSkipException(f"superseded by {newer}: see rollout_end.superseded")
         rules = flags_hook().rule_values()
         behind = [t.target for t in self.plan.targets if rules.get(t.target) != build["images"]]
-        if behind:
-            raise AirflowFailException(f"targets not serving build {build['name']}: {', '.join(behind)}")
         ti = context["ti"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[context["run_id"]])
         states = states.get(context["run_id"], states)
+        if behind:
+            text = f"targets not serving build {build['name']}: {', '.join(behind)}"
+            if not any(str(v) == "failed" for k, v in states.items() if not k.startswith("rollout_end.")):
+                # Nothing else failed (e.g. a target skipped after drift): this is the one escalation.
+                self.say(f"Rollout of {escape_mrkdwn(build['name'])} is not complete: {escape_mrkdwn(text)}",
+                         escalate=True)
+            raise AirflowFailException(text)
         not_passed = [g for g in gate_task_ids(self.plan) if str(states.get(g)) != "success"]
         if not_passed:
             raise AirflowFailException(f"gates that did not pass: {', '.join(not_passed)}")

@@ -1,0 +1,59 @@
+"""Preconditions from the systems of record, end to end with ``dag.test`` (issue 9 items 3, 4, 8).
+
+The live tests (tests/live, real scheduler) drive the REST API; these check the same invariants
+in-process against the sandbox.
+"""
+
+from __future__ import annotations
+
+from tests.harness.env import sandbox_call
+from tests.harness.hitl import Approver
+from tests.harness.scenario import reset_airflow_state, run_scenario
+from tests.scenarios.test_fault_matrix import UP_TO, serving
+
+
+def _set_rule_by_hand(target: str, image_map: dict) -> None:
+    """A person changes the rule in LaunchDarkly before the rollout gets there."""
+    from image_rollout.hooks.flags import FlagsHook
+
+    FlagsHook().point_rule(target, image_map, comment="by hand")
+
+
+def _run_with_drift_answer(base_url: str, answer: str, setup) -> dict:
+    sandbox_call(base_url, "/_sandbox/reset", {})
+    reset_airflow_state()
+    setup(sandbox_call(base_url, "/_sandbox/state")["images"])
+    drift = Approver("__none__", drift=answer)
+    drift.start()
+    try:
+        return run_scenario(base_url, faults=[], conf=None, reset=False)
+    finally:
+        drift.stop()
+
+
+def test_a_canary_promoted_by_hand_is_drift_not_an_approval(rollout_sandbox):
+    result = _run_with_drift_answer(rollout_sandbox, "Stop",
+                                    lambda images: _set_rule_by_hand("ap-south", images["new"]))
+    state = result["state"]
+    assert result["run_state"] != "success"
+    assert result["tasks"]["ap_south.file_change_request_ap_south"] == "failed"
+    assert result["tasks"].get("ap_south.record_approval_ap_south") != "success"
+    assert any("DRIFT on ap-south" in m["text"] for m in state["slack"])
+    assert not any("ap-south" in (c.get("message") or "") and "approval" in (c.get("message") or "")
+                   for c in state["evidence"]["commits"])
+    # Everything before the canary went through; nothing after it did.
+    assert all(serving(state)[t] == "new" for t in UP_TO["stage-south"])
+    assert all(v == "previous" for t, v in serving(state).items() if t not in UP_TO["ap-south"])
+
+
+def test_a_rule_changed_by_hand_is_not_overwritten_when_the_person_skips_it(rollout_sandbox):
+    def setup(images):
+        other = {k: str(int(v) + 7) for k, v in images["previous"].items()}
+        _set_rule_by_hand("dev-south", other)
+
+    result = _run_with_drift_answer(rollout_sandbox, "Skip target", setup)
+    state = result["state"]
+    assert result["run_state"] != "success"
+    assert serving(state)["dev-south"] == "other"
+    assert result["tasks"]["dev_south.promote_dev_south"] == "skipped"
+    assert any("DRIFT on dev-south" in m["text"] for m in state["slack"])
