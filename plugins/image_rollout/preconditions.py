@@ -174,12 +174,19 @@ def latest_promotion(applied: Iterable[datetime | None], rollbacks: Iterable[dat
     return max(times) if times else None
 
 
-def check_soak(*, canary_serves_build: bool, soak: Mapping | None, latest: datetime | None) -> Hold | None:
-    """ap-south serves the build now, and the soak passed over data since ap-south's latest promotion."""
+def check_soak(*, canary_serves_build: bool, soak: Mapping | None, latest: datetime | None,
+               build_name: str | None = None) -> Hold | None:
+    """ap-south serves the build now, and the soak passed over data since ap-south's latest promotion.
+
+    ``soak`` is the soak gate's XCom: ``{"verdict": "pass", "since", "build", ...}``, where ``since``
+    is the promotion time the verdict counted from.
+    """
     if not canary_serves_build:
         return Hold("soak", "ap-south does not serve this build now (rolled back or changed)")
     if not soak or soak.get("verdict") != "pass":
         return Hold("soak", "no passed soak verdict for this build", wait="soak")
+    if build_name and soak.get("build") not in (None, build_name):
+        return Hold("soak", f"the soak verdict is for build {soak.get('build')}, not {build_name}", wait="soak")
     since = parse_time(soak.get("since") or soak.get("started_at"))
     if since is None:
         return Hold("soak", "the soak verdict does not say since when it measured", wait="soak")

@@ -86,6 +86,10 @@ def test_soak_must_cover_data_since_the_latest_promotion():
     assert pc.check_soak(canary_serves_build=False, soak=soak, latest=promoted).wait is None
     assert pc.check_soak(canary_serves_build=True, soak={"verdict": "pass"}, latest=promoted)
     assert pc.check_soak(canary_serves_build=True, soak=None, latest=promoted)
+    assert pc.check_soak(canary_serves_build=True, soak={**soak, "build": "other"}, latest=promoted,
+                         build_name="mine")
+    assert pc.check_soak(canary_serves_build=True, soak={**soak, "build": "mine"}, latest=promoted,
+                         build_name="mine") is None
 
 
 def test_drift_classification():

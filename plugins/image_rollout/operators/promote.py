@@ -332,5 +332,5 @@ class ApplyChangeRequestOperator(_WriteOperator):
         applied = [pc.from_ms(ours.get("appliedDate"))] if ours.get("status") == "completed" else []
         rollback = self.pull(context, ROLLBACK_TASK) or {}
         rollbacks = [pc.parse_time(r.get("at")) for r in rollback.get("rolled_back", []) if r.get("target") == region]
-        return pc.check_soak(canary_serves_build=serves, soak=soak,
+        return pc.check_soak(canary_serves_build=serves, soak=soak, build_name=build["name"],
                              latest=pc.latest_promotion(applied, rollbacks))
