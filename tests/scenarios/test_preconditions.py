@@ -46,14 +46,28 @@ def test_a_canary_promoted_by_hand_is_drift_not_an_approval(rollout_sandbox):
     assert all(v == "previous" for t, v in serving(state).items() if t not in UP_TO["ap-south"])
 
 
-def test_a_rule_changed_by_hand_is_not_overwritten_when_the_person_skips_it(rollout_sandbox):
-    def setup(images):
-        other = {k: str(int(v) + 7) for k, v in images["previous"].items()}
-        _set_rule_by_hand("dev-south", other)
+def test_a_rule_changed_by_hand_after_verification_is_not_overwritten(rollout_sandbox):
+    """Drift is measured against the baseline read at verification: a person changes prestage-south
+    while the rollout runs, and chooses to skip it."""
+    import threading
+    import time
 
-    result = _run_with_drift_answer(rollout_sandbox, "Skip target", setup)
+    def person(images):
+        def change():
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                state = sandbox_call(rollout_sandbox, "/_sandbox/state?autorecovery=0")
+                if any(p["target"] == "dev-south" for p in state["promotions"]):
+                    _set_rule_by_hand("prestage-south", {k: str(int(v) + 7) for k, v in images["previous"].items()})
+                    return
+                time.sleep(0.2)
+
+        threading.Thread(target=change, daemon=True).start()
+
+    result = _run_with_drift_answer(rollout_sandbox, "Skip target", person)
     state = result["state"]
     assert result["run_state"] != "success"
-    assert serving(state)["dev-south"] == "other"
-    assert result["tasks"]["dev_south.promote_dev_south"] == "skipped"
-    assert any("DRIFT on dev-south" in m["text"] for m in state["slack"])
+    assert serving(state)["prestage-south"] == "other"
+    assert result["tasks"]["prestage_south.promote_prestage_south"] == "skipped"
+    assert any("DRIFT on prestage-south" in m["text"] for m in state["slack"])
+    assert all(v == "previous" for t, v in serving(state).items() if t not in UP_TO["prestage-south"])
