@@ -71,3 +71,37 @@ def test_a_rule_changed_by_hand_after_verification_is_not_overwritten(rollout_sa
     assert result["tasks"]["prestage_south.promote_prestage_south"] == "skipped"
     assert any("DRIFT on prestage-south" in m["text"] for m in state["slack"])
     assert all(v == "previous" for t, v in serving(state).items() if t not in UP_TO["prestage-south"])
+
+
+def test_a_failed_canary_is_restored_even_when_a_newer_build_took_over(rollout_sandbox):
+    """Issue 9 item 5: superseded during the soak, then the canary fails: ap-south still serves the
+    failing build (the newer build does not own it yet), so the rollback restores it, and the run is
+    not green."""
+    import threading
+    import time
+
+    from airflow.models.variable import Variable
+
+    from image_rollout.operators.base import ACTIVE_BUILD_VARIABLE
+
+    def newer_build_starts():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            state = sandbox_call(rollout_sandbox, "/_sandbox/state?autorecovery=0")
+            if any(p["target"] == "ap-south" for p in state["promotions"]):
+                Variable.set(ACTIVE_BUILD_VARIABLE, "999-9999-999-20991231")
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=newer_build_starts, daemon=True)
+    watcher.start()
+    result = run_scenario(rollout_sandbox, faults=["autorecovery_failed_alert:ap-south"], conf=None)
+    watcher.join(timeout=5)
+    state = result["state"]
+    assert result["run_state"] == "failed", result["tasks"]
+    assert serving(state)["ap-south"] == "previous"
+    assert result["tasks"]["rollout_end.rollback"] == "success"
+    assert result["xcoms"]["rollout_end.rollback:return_value"]["superseded_by"] == "999-9999-999-20991231"
+    assert result["tasks"]["rollout_end.superseded"] == "failed"
+    assert any("ROLLBACK" in m["text"] and "Restored: ap-south" in m["text"] for m in state["slack"])
+    assert all(serving(state)[t] == "previous" for t in serving(state) if t not in UP_TO["stage-south"])
