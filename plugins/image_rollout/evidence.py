@@ -23,6 +23,22 @@ _WORKER = re.compile(r"^[a-z0-9][a-z0-9-]{0,100}$")
 _CHANGE_ID = re.compile(r"^CHG\d{1,12}$")
 _IMAGE_ID = re.compile(r"^\d{1,12}$")
 BUILD_NAME = re.compile(r"^\d+-\d+-\d+-\d{8}$")
+CONSOLE_LIMIT = 60_000
+CONSOLE_HEAD = 20_000
+TRUNCATION_MARKER = "[... {omitted} characters of console output omitted here; full log at the console link above ...]"
+NOT_PASSED = ("Not all manual checks and tests have passed: this file was first written by a rollback or "
+              "another record, before the acceptance evidence; see the records below.")
+
+
+def console_excerpt(text: str, limit: int = CONSOLE_LIMIT, head: int = CONSOLE_HEAD) -> str:
+    """The console log cut to ``limit`` characters: the head (upstream provenance) and the tail, with an
+    explicit marker between them saying how much was left out. Text within the limit is unchanged."""
+    if len(text) <= limit:
+        return text
+    head = min(head, limit // 2)
+    tail = limit - head
+    omitted = len(text) - head - tail
+    return f"{text[:head]}\n{TRUNCATION_MARKER.format(omitted=omitted)}\n{text[-tail:]}"
 
 
 class EvidenceError(ValueError):
@@ -72,6 +88,7 @@ class Evidence:
     prestage_reloads: Sequence[Reload] = ()
     stage_reloads: Sequence[Reload] = ()
     records: list[Record] = field(default_factory=list)
+    checks_passed: bool = True
 
     def __post_init__(self):
         if not BUILD_NAME.match(self.build_name):
@@ -109,7 +126,7 @@ def _template() -> jinja2.Template:
 
 def render(evidence: Evidence) -> str:
     """Render the evidence file text."""
-    console = evidence.console_output.replace("\r\n", "\n").rstrip("\n")
+    console = console_excerpt(evidence.console_output.replace("\r\n", "\n").rstrip("\n"))
     return _template().render(
         build_name=evidence.build_name,
         image_ids_json=json.dumps(dict(evidence.image_ids), indent=2, sort_keys=True),
@@ -122,4 +139,6 @@ def render(evidence: Evidence) -> str:
         razee_link=evidence.razee_link,
         concept_doc=evidence.concept_doc,
         records=evidence.records,
+        checks_passed=evidence.checks_passed,
+        not_passed=NOT_PASSED,
     )

@@ -145,6 +145,23 @@ class SlackPlan(_Strict):
     patching_channel: str
 
 
+class ApproversPlan(_Strict):
+    """Who may give the prod start decision: Airflow user ids (the HITL request's assigned users).
+
+    Never the identity that triggered the run (checked again before the write), and no default answer.
+    """
+
+    users: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("users")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for user in value:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}", user, re.ASCII):
+                raise ValueError(f"approver {user!r} is not an Airflow user id")
+        return value
+
+
 class TargetPlan(_Strict):
     target: str
     image_key: Literal["dev", "prod", "prodfr2", "stage"]
@@ -220,6 +237,7 @@ class RolloutPlan(_Strict):
     adoption: AdoptionPlan
     freeze: FreezePlan
     slack: SlackPlan
+    approvers: ApproversPlan
     airflow_base_url: str
     retry_delay: float = 120.0
     stages: tuple[StagePlan, ...]

@@ -27,7 +27,7 @@ from image_rollout.operators.promote import (
     PromoteTargetOperator,
 )
 from image_rollout.operators.rollback import RollbackOperator, gate_task_id
-from image_rollout.operators.verify import VerifyFleetOperator
+from image_rollout.operators.verify import SupersededCheckOperator, VerifyFleetOperator
 from image_rollout.plan import IMAGE_KEYS, RolloutPlan, StagePlan
 
 DAG_ID = "immutable_image_rollout"
@@ -81,6 +81,13 @@ def _promote_stage(plan: RolloutPlan, stage: StagePlan, evidence_task: str | Non
         apply_kwargs = dict(task_id=f"apply_change_request_{stage.id}",
                             file_task_id=f"{stage.id}.file_change_request_{stage.id}", plan=plan.name,
                             execution_timeout=None)
+        if _after_soak(plan, stage):
+            apply_kwargs["soak_region"] = plan.soak.region
+        if stage.human_approval:
+            bake = next((s for s in plan.stages if s.kind == "bake"), None)
+            if bake is not None:
+                apply_kwargs["bake_target"] = plan.stage(bake.after).targets[0].target
+                apply_kwargs["bake_seconds"] = bake.wait
         if mapped:
             filed = FileChangeRequestOperator.partial(**file_kwargs).expand(target=targets)
             last = ApplyChangeRequestOperator.partial(**apply_kwargs).expand(target=targets)
@@ -108,6 +115,12 @@ def _promote_stage(plan: RolloutPlan, stage: StagePlan, evidence_task: str | Non
     return last
 
 
+def _after_soak(plan: RolloutPlan, stage: StagePlan) -> bool:
+    """Whether a promote stage comes after the canary soak (its writes need the soak to hold)."""
+    kinds = [s.kind for s in plan.stages[: plan.stages.index(stage)]]
+    return "soak_gate" in kinds
+
+
 def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ProdChangeApprovalOperator:
     file_task = f"{stage.id}.file_change_request_{stage.id}"
     link = (f"{plan.airflow_base_url}/dags/{DAG_ID}/runs/{{{{ run_id }}}}/tasks/{stage.id}.approve_{stage.id}"
@@ -117,6 +130,10 @@ def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ProdChangeApp
         file_task_id=file_task,
         target=target,
         patching_channel=plan.slack.patching_channel,
+        approvers=list(plan.approvers.users),
+        board_poll=plan.change_request.poll,
+        board_timeout=plan.change_request.timeout,
+        evidence_path=plan.evidence_path("{{ params.build_name }}"),
         subject=f"Approve the prod change: immutable image build {{{{ params.build_name }}}} to {target}",
         body=(
             f"The prod train for **{target}** is filed: change request "
@@ -224,12 +241,18 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
         with TaskGroup("rollout_end", tooltip="Check the fleet, or roll back a failed gate"):
             # ALL_DONE: however the run ended, it reports by data which targets serve the build, so a
             # run is green only when every target does.
+            # Both report for themselves: the failed task that stopped the run has escalated already,
+            # so their own failure must not post a second, misleading alarm.
             verify_fleet = VerifyFleetOperator(task_id="verify_flag_state", plan=plan.name,
-                                               trigger_rule=TriggerRule.ALL_DONE)
+                                               trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
             rollback = RollbackOperator(task_id="rollback", plan=plan.name, trigger_rule=TriggerRule.ONE_FAILED)
+            superseded = SupersededCheckOperator(task_id="superseded", plan=plan.name,
+                                                 trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
             done = EmptyOperator(task_id="rollout_complete")
             verify_fleet >> done
+            rollback >> superseded
         previous >> verify_fleet
+        previous >> superseded
         for gate in gates_tasks:
             gate >> rollback
     return dag

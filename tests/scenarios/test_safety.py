@@ -73,6 +73,11 @@ def test_a_superseded_rollout_never_touches_the_flag(rollout_sandbox):
     state = result["state"]
     assert state["promotions"] == [] and writes(state) == 0
     assert any("superseded by newer build 999-9999-999-20991231" in m["text"] for m in state["slack"])
+    # Not green: a distinct, labelled end (issue 9 item 8), and no rollback alarm on top.
+    assert result["run_state"] == "failed", result["tasks"]
+    assert result["tasks"]["rollout_end.superseded"] == "failed"
+    assert result["tasks"]["rollout_end.rollback"] != "failed"
+    assert any(m["text"].startswith("SUPERSEDED: rollout of") for m in state["slack"])
 
 
 def test_freeze_holds_every_promotion_until_cleared(rollout_sandbox):

@@ -1,64 +1,157 @@
-"""The prod change approval: the one place the runbook needs a person.
+"""The prod start decision: the one place the runbook needs a person.
 
-The provider's ``ApprovalOperator`` (never with a default of Approve), plus what a rejection
-means here: the change request is declined in Razee too, and the patching channel hears why
-the rollout stopped before the canary changed.
+Runbook: "wait for the train to be approved, then start the deployment". The change board
+approves the prod train in LaunchDarkly (the rollout never reviews its own request); only after
+that does this task ask the SRE's go in Airflow. The request is assigned to the plan's approvers,
+has no default answer, and the identity that triggered the run cannot take it (the HITL API
+refuses an unassigned user; the apply task refuses it again). *Reject* deletes a still-pending
+request (LaunchDarkly ``DELETE``) or leaves the approved one unapplied.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk.exceptions import AirflowFailException
 
+from image_rollout import preconditions as pc
 from image_rollout.slack import escape_mrkdwn, notify
+from image_rollout.triggers import ChangeRequestTrigger
 
 log = logging.getLogger(__name__)
 
 
+def _who(user) -> str:
+    user = user or {}
+    return str(user.get("name") or user.get("id") or "unknown")
+
+
 class ProdChangeApprovalOperator(ApprovalOperator):
-    """Approve or reject the prod train filed by ``file_task_id``.
+    """The SRE's go for the prod train filed by ``file_task_id``, once the change board approved it.
 
     :param file_task_id: the task that filed the change request.
     :param target: the canary target.
     :param patching_channel: where a rejection is announced.
+    :param approvers: Airflow user ids the decision is assigned to (the plan's approvers).
+    :param board_poll: how often to look at the change request while the board decides.
+    :param board_timeout: how long the board may take.
+    :param evidence_path: the evidence file (a rerun that recorded its own decision is not asked again).
     """
 
-    def __init__(self, *, file_task_id: str, target: str, patching_channel: str, **kwargs) -> None:
+    template_fields = (*ApprovalOperator.template_fields, "evidence_path")
+
+    def __init__(self, *, file_task_id: str, target: str, patching_channel: str, approvers: list[str] | tuple,
+                 board_poll: float = 60.0, board_timeout: float = 86400.0, evidence_path: str | None = None,
+                 **kwargs) -> None:
         if kwargs.get("defaults"):
             raise ValueError("the prod approval must not have a default answer")
+        if not approvers:
+            raise ValueError("the prod approval needs assigned approvers")
+        kwargs["assigned_users"] = [{"id": u, "name": u} for u in approvers]
         super().__init__(**kwargs)
         self.file_task_id = file_task_id
         self.target = target
         self.patching_channel = patching_channel
+        self.approvers = list(approvers)
+        self.board_poll = board_poll
+        self.board_timeout = board_timeout
+        self.evidence_path = evidence_path
 
-    def execute(self, context):
+    def execute(self, context, event: dict | None = None):
         filed = context["ti"].xcom_pull(task_ids=self.file_task_id) or {}
+        build = context["params"].get("build_name", "?")
         if filed.get("already_serving"):
-            # A rerun after the promotion went through: it was approved then; don't ask again.
-            self.log.info("%s already serves this build: no approval to ask for", self.target)
-            return {"chosen_options": [], "already_serving": True, "responded_by_user": None}
+            recorded = self._recorded_decision(build)
+            if recorded:
+                # A rerun of this run after its own approved promotion: the decision is in the evidence.
+                self.log.info("%s serves this build from our own request and the decision is recorded", self.target)
+                return {"chosen_options": [], "already_serving": True, "responded_by_user": None,
+                        "recorded_in": recorded}
+        request_id = filed.get("request_id")
+        if not request_id:
+            raise AirflowFailException(f"no change request filed for {self.target}: nothing to decide on")
+        from image_rollout.hooks.flags import FlagsHook
+
+        request = (event or {}).get("request") if (event or {}).get("verdict") in ("approved", "declined") else None
+        request = request or FlagsHook().get_change_request(request_id)
+        if (event or {}).get("verdict") == "deadline":
+            raise AirflowFailException(f"the change board did not decide on {request_id} in time")
+        if (event or {}).get("verdict") == "error":
+            raise RuntimeError(f"cannot read change request {request_id}: {event.get('reason')}")
+        if request.get("reviewStatus") == "declined":
+            notify(f"The change board declined the prod train {escape_mrkdwn(str(request_id))} for {self.target}: "
+                   f"rollout of {escape_mrkdwn(build)} stopped before {self.target} changed",
+                   channel=self.patching_channel)
+            raise AirflowFailException(f"change request {request_id} for {self.target} was declined by the board")
+        if request.get("reviewStatus") != "approved" and request.get("status") != "completed":
+            self.log.info("Waiting for the change board to approve %s before asking for the start", request_id)
+            self.defer(
+                trigger=ChangeRequestTrigger(poll=self.board_poll, deadline=_iso_in(self.board_timeout),
+                                             request_id=request_id),
+                method_name="execute",
+            )
+        context["ti"].xcom_push(key="board", value={
+            "request_id": request_id, "review_status": request.get("reviewStatus"),
+            "reviewers": sorted({str(r.get("memberId")) for r in request.get("allReviews") or []
+                                 if r.get("kind") == "approve" and r.get("memberId")}),
+        })
         return super().execute(context)
 
     def execute_complete(self, context, event: dict):
-        if (event.get("chosen_options") or [None])[0] == self.REJECT:
+        choice = (event.get("chosen_options") or [None])[0]
+        if choice == self.REJECT:
             self._rejected(context, event)
-        return super().execute_complete(context=context, event=event)
+        result = super().execute_complete(context=context, event=event)
+        board = context["ti"].xcom_pull(task_ids=self.task_id, key="board") or {}
+        out = dict(result)
+        out["board"] = board
+        if choice == self.APPROVE:
+            refused = pc.check_start_decision(
+                {**out, "responded_at": str(out.get("responded_at"))}, approvers=self.approvers,
+                triggering_user=getattr(context.get("dag_run"), "triggering_user_name", None),
+            )
+            if refused:
+                notify(f"Start decision for {self.target} refused: {escape_mrkdwn(refused.reason)}. Clear "
+                       f"{self.task_id} to ask an assigned approver again", channel=self.patching_channel)
+                out["refused"] = refused.reason
+        return out
+
+    def _recorded_decision(self, build: str) -> str | None:
+        if not self.evidence_path:
+            return None
+        from image_rollout.hooks.github import GitHubEvidenceHook
+        from image_rollout.operators.evidence import keyed_commits
+
+        commits = keyed_commits(GitHubEvidenceHook(), self.evidence_path,
+                                pc.rollout_key(build, f"approval-{self.target}"))
+        return commits[0]["sha"] if commits else None
 
     def _rejected(self, context, event: dict) -> None:
         from image_rollout.hooks.flags import FlagsHook
 
-        user = event.get("responded_by_user") or {}
-        who = user.get("name") or user.get("id") or "unknown"
+        who = _who(event.get("responded_by_user"))
         filed = context["ti"].xcom_pull(task_ids=self.file_task_id) or {}
         request_id = filed.get("request_id")
+        what = "left unapplied"
         try:
-            if request_id and FlagsHook().get_change_request(request_id).get("reviewStatus") == "pending":
-                FlagsHook().review_change_request(request_id, "decline", f"Rejected in Airflow by {who}")
+            hook = FlagsHook()
+            if request_id and hook.get_change_request(request_id).get("reviewStatus") == "pending":
+                hook.delete_change_request(request_id)
+                what = "deleted"
         except Exception as exc:  # the rollout stops either way; say so rather than fail the answer
-            log.warning("Could not decline change request %s: %s", request_id, exc)
+            log.warning("Could not delete change request %s: %s", request_id, exc)
+            what = f"not deleted ({type(exc).__name__})"
         notify(
-            f"Prod change for {self.target} rejected in Airflow by {escape_mrkdwn(who)}: rollout of "
-            f"{escape_mrkdwn(context['params'].get('build_name', '?'))} stopped before {self.target} changed",
+            f"Prod start for {self.target} rejected in Airflow by {escape_mrkdwn(who)}: rollout of "
+            f"{escape_mrkdwn(context['params'].get('build_name', '?'))} stopped before {self.target} changed; "
+            f"change request {escape_mrkdwn(str(request_id))} {what}",
             channel=self.patching_channel,
         )
+
+
+def _iso_in(seconds: float) -> str:
+    from image_rollout.operators.base import iso, utcnow
+
+    return iso(utcnow() + timedelta(seconds=seconds))

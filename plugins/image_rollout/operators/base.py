@@ -14,15 +14,17 @@ from typing import Any
 
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator, Variable
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import gates
+from image_rollout import preconditions as pc
 from image_rollout.plan import RolloutPlan, load_plan
 from image_rollout.slack import escape_mrkdwn, notify
 
 log = logging.getLogger(__name__)
 
 VERIFY_TASK = "build_verification.verify_build"
+DRIFT_OPTIONS = ["Overwrite", "Skip target", "Stop"]
 ACTIVE_BUILD_VARIABLE = "image_rollout_active_build"
 FLAG_POOL = "worker_image_flag"
 
@@ -161,6 +163,7 @@ class RolloutOperator(BaseOperator):
                                   "the worker-image flag was not touched again",)),
             f"Record that immutable image build {build_name} was superseded by {newer}",
             evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
+            key=pc.rollout_key(build_name, "superseded"),
         )
 
     def guard_write(self, context, build_name: str) -> None:
@@ -174,3 +177,169 @@ class RolloutOperator(BaseOperator):
         self.guard_write(context, build["name"])
         flags = flags_hook()
         return build, flags, flags.rule_value(target)
+
+    # -- preconditions re-proved before every write (issue 9 item 1) ----------------------------------
+    def triggering_user(self, context) -> str | None:
+        dag_run = context.get("dag_run")
+        return getattr(dag_run, "triggering_user_name", None) if dag_run is not None else None
+
+    def override(self, context) -> dict | None:
+        """The override Variable, if it names this build with a reason and a user (README "Overrides")."""
+        raw = Variable.get(pc.OVERRIDE_VARIABLE, default=None)
+        found = pc.parse_override(raw, self.build(context)["name"])
+        if found and found["by"] == self.triggering_user(context):
+            self.log.warning("Override by %s ignored: the identity that triggered the run may not use it", found["by"])
+            return None
+        return found
+
+    def approval_settings(self, flags) -> dict | None:
+        """The environment's LaunchDarkly approvalSettings, read now (``FlagsHook.approval_settings``)."""
+        read = getattr(flags, "approval_settings", None)
+        if read is None:  # the hooks before issue 10: no environment read, approvals not required
+            self.log.warning("FlagsHook has no approval_settings(): assuming approvals are not required")
+            return None
+        settings = read()
+        try:
+            pc.check_approval_settings(settings)
+        except pc.UnsupportedApprovalSettings as exc:
+            self.say(f"Rollout stopped before writing: {escape_mrkdwn(str(exc))}", escalate=True)
+            raise AirflowFailException(str(exc)) from None
+        return settings
+
+    def hold(self, context, hold: pc.Hold, *, poll: float | None = None, method_name: str = "execute",
+             kwargs: dict | None = None) -> None:
+        """A precondition does not hold: say why once (Slack and log), then look again later (deferred)."""
+        ti = context["ti"]
+        text = f"Holding {self.task_id}: {hold}. Nothing is promoted until it holds."
+        self.log.warning("%s", text)
+        announced = ti.xcom_pull(task_ids=self.task_id, key="hold_announced", map_indexes=ti.map_index) or []
+        if str(hold) not in announced and hold.precondition not in [a.split(":")[0] for a in announced]:
+            self.say(f"Rollout of {escape_mrkdwn(self.build(context)['name'])} held at "
+                     f"{escape_mrkdwn(self.task_id)}: {escape_mrkdwn(str(hold))}. Nothing is promoted until it holds",
+                     escalate=True)
+            ti.xcom_push(key="hold_announced", value=[*announced, str(hold)])
+        ti.xcom_push(key="held", value={"precondition": hold.precondition, "reason": hold.reason, "at": iso(utcnow())})
+        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=poll or self.plan.freeze.poll)),
+                   method_name=method_name, kwargs=kwargs)
+
+    def pass_wait(self, context, hold: pc.Hold | None) -> None:
+        """Hold on ``hold`` unless the override Variable goes past this wait; record an override used."""
+        if hold is None:
+            return
+        found = self.override(context)
+        if not pc.overridden(hold, found):
+            self.hold(context, hold)
+        ti = context["ti"]
+        used = {"wait": hold.wait, "by": found["by"], "reason": found["reason"], "held": hold.reason,
+                "task": self.task_id, "at": iso(utcnow())}
+        ti.xcom_push(key="override", value=used)
+        self.say(f"OVERRIDE: {escape_mrkdwn(found['by'])} took rollout of {escape_mrkdwn(found['build_name'])} past "
+                 f"the {hold.wait} wait ({escape_mrkdwn(hold.reason)}). Reason: {escape_mrkdwn(found['reason'])}",
+                 escalate=True)
+        self._record(context, "Override", (
+            f"{found['by']} overrode the {hold.wait} wait at {used['at']} for {self.task_id}: {found['reason']}",
+            f"What did not hold: {hold.reason}",
+        ), f"override-{hold.wait}-{self.task_id}")
+
+    def _record(self, context, title: str, lines: tuple[str, ...], step: str) -> str | None:
+        """Append a record to this build's evidence file (keyed, so a rerun does not append it twice)."""
+        from image_rollout.evidence import Record
+        from image_rollout.operators.evidence import append_record, evidence_for
+
+        build = self.build(context)
+        github = github_hook()
+        path = self.plan.evidence_path(build["name"])
+        return append_record(github, path, Record(title, lines),
+                             f"Record {title.lower()} for immutable image build {build['name']}",
+                             evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
+                             key=pc.rollout_key(build["name"], step))
+
+    def ours_applied(self, flags, target: str, build: dict, image_map: dict | None = None) -> dict | None:
+        """Our own applied request for this target and build (key AND content), from LaunchDarkly."""
+        request = find_request(flags, target, build["name"], image_map or build["images"])
+        if request and request.get("status") == "completed":
+            return request
+        return None
+
+    def prove_rule(self, context, flags, target: str, *, needs_request: bool) -> str:
+        """Before a write: the map is the verified build's, and the rule is the baseline or our own write.
+
+        Returns ``write`` or ``done``. A rule changed by someone else (drift) is not overwritten: the
+        task asks an approver (Overwrite / Skip target / Stop) and waits for the answer.
+        """
+        build = self.build(context)
+        problem = pc.check_image_map(build["images"], build["images"])
+        if problem:
+            raise AirflowFailException(str(problem))
+        current = flags.rule_value(target)
+        ours = self.ours_applied(flags, target, build) if current == build["images"] else None
+        state = pc.classify_rule(current, baseline=build["baseline"].get(target), build_map=build["images"],
+                                 ours_applied=ours is not None, needs_request=needs_request)
+        if state != "drift":
+            return state
+        ti = context["ti"]
+        answer = ti.xcom_pull(task_ids=self.task_id, key="drift_answer", map_indexes=ti.map_index) or {}
+        if answer.get("choice") == "Overwrite" and answer.get("current") == current:
+            self.log.warning("Drift on %s overwritten by decision of %s", target, answer.get("by"))
+            return "write"
+        self.ask_drift(context, target, current, build)
+        return "write"  # unreachable: ask_drift parks the task
+
+    def ask_drift(self, context, target: str, current: dict | None, build: dict) -> None:
+        from airflow.sdk.exceptions import TaskAwaitingInput
+        from airflow.sdk.execution_time.hitl import upsert_hitl_detail
+
+        baseline = build["baseline"].get(target)
+        text = (f"DRIFT on {target}: its rule serves {current!r}, neither the map recorded at verification "
+                f"({baseline!r}) nor a promotion this rollout made. The rollout of {build['name']} does not overwrite "
+                "it without a person's decision")
+        self.log.warning("%s", text)
+        ti = context["ti"]
+        ti.xcom_push(key="drift", value={"target": target, "current": current, "baseline": baseline, "at": iso(utcnow())})
+        self.say(f"{escape_mrkdwn(text)}. Decide in Airflow: Overwrite, Skip target or Stop "
+                 f"({self.plan.airflow_base_url}/dags/{ti.dag_id}/runs/{context['run_id']}/tasks/{self.task_id}"
+                 "/required_actions)", escalate=True)
+        upsert_hitl_detail(
+            ti_id=ti.id, options=list(DRIFT_OPTIONS), subject=f"Drift on {target}: overwrite, skip or stop?",
+            body=text, defaults=None, multiple=False, params={},
+            assigned_users=[{"id": u, "name": u} for u in self.plan.approvers.users],
+        )
+        raise TaskAwaitingInput(method_name="resume_after_drift", timeout=None)
+
+    def resume_after_drift(self, context, event: dict | None = None, **kwargs):
+        event = event or {}
+        choice = (event.get("chosen_options") or [None])[0]
+        user = event.get("responded_by_user") or {}
+        who = user.get("name") or user.get("id") or "unknown"
+        if choice not in DRIFT_OPTIONS:
+            raise AirflowFailException(f"drift decision {event!r} is not one of {DRIFT_OPTIONS}")
+        if who in (self.triggering_user(context), None) or (
+                user.get("id") not in self.plan.approvers.users and who not in self.plan.approvers.users):
+            raise AirflowFailException(f"drift decision by {who}, who is not an approver other than the trigger")
+        ti = context["ti"]
+        drift = ti.xcom_pull(task_ids=self.task_id, key="drift", map_indexes=ti.map_index) or {}
+        target = drift.get("target", "?")
+        self._record(context, "Drift", (
+            f"{target} served {drift.get('current')!r}, not the verification baseline {drift.get('baseline')!r}",
+            f"{who} chose {choice} at {iso(utcnow())}",
+        ), f"drift-{target}-{choice.lower().replace(' ', '-')}")
+        self.say(f"Drift on {escape_mrkdwn(target)}: {escape_mrkdwn(who)} chose {choice}", escalate=True)
+        if choice == "Stop":
+            raise AirflowFailException(f"drift on {target}: {who} chose Stop; nothing written")
+        if choice == "Skip target":
+            raise AirflowSkipException(f"drift on {target}: {who} chose to skip it; the rule is left as it is")
+        ti.xcom_push(key="drift_answer", value={"choice": choice, "current": drift.get("current"), "by": who})
+        return self.execute(context)
+
+
+def find_request(flags, target: str, build_name: str, image_map: dict) -> dict | None:
+    """Our request for ``target`` and this build: its key in the description AND the build's map.
+
+    ``FlagsHook.find_change_request(target, build, image_map)`` (hooks of issue 10); the hooks
+    before it take ``(target, build)`` only, and then the key is checked here.
+    """
+    try:
+        return flags.find_change_request(target, build_name, image_map)
+    except TypeError:
+        found = flags.find_change_request(target, build_name)
+        return found

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from image_rollout import preconditions as pc
 from image_rollout.evidence import Evidence, Record, escape_markdown, reloads_from, render
-from image_rollout.operators.base import RolloutOperator, github_hook, iso, utcnow
+from image_rollout.operators.base import RolloutOperator, github_hook, iso
 from image_rollout.plan import RolloutPlan
 
 Mode = Literal["initial", "stage_reloads"]
@@ -38,25 +39,72 @@ def evidence_for(plan: RolloutPlan, context, build: dict, sections: tuple[str, .
     )
 
 
-def commit_once(github: GitHubEvidenceHook, path: str, text: str, message: str) -> str:
-    """Commit ``text`` with ``message`` unless a commit with that message exists for the path."""
-    for commit in github.list_commits(path):
-        if commit.get("commit", {}).get("message") == message:
+def _message(message: str, key: str) -> str:
+    return f"{message}\n\n{pc.key_line(key)}"
+
+
+def _commit_message(commit: dict) -> str:
+    return (commit.get("commit") or {}).get("message") or commit.get("message") or ""
+
+
+def keyed_commits(github: GitHubEvidenceHook, path: str, key: str) -> list[dict]:
+    """Commits of ``path`` whose message carries the key trailer (``find_commit`` on the hooks of issue 10)."""
+    finder = getattr(github, "find_commit", None)
+    if finder is not None:
+        return list(finder(path, key))
+    return [c for c in github.list_commits(path) if pc.carries_key(_commit_message(c), key)]
+
+
+def content_at(github: GitHubEvidenceHook, path: str, sha: str) -> str | None:
+    """The file's text at a commit (``file_at``); None when the hook cannot say (old hooks)."""
+    reader = getattr(github, "file_at", None)
+    return reader(path, sha) if reader is not None else None
+
+
+def find_ours(github: GitHubEvidenceHook, path: str, key: str, contains: str, *, exact: bool) -> str | None:
+    """Our commit for this step: the key trailer AND the content we meant to write (issue 9 item 7).
+
+    A commit with our message but without the key, or with other content, is someone else's.
+    """
+    for commit in keyed_commits(github, path, key):
+        content = content_at(github, path, commit["sha"])
+        if content is None or (content == contains if exact else contains in content):
             return commit["sha"]
-    return github.put_file(path, text, message)
+    return None
+
+
+def commit_once(github: GitHubEvidenceHook, path: str, text: str, message: str, *, key: str) -> str:
+    """Commit ``text`` unless our keyed commit with exactly this text exists for the path."""
+    found = find_ours(github, path, key, text, exact=True)
+    if found:
+        return found
+    return github.put_file(path, text, _message(message, key))
+
+
+def record_text(record: Record) -> str:
+    lines = "".join(f"- {escape_markdown(line)}\n" for line in record.lines)
+    return f"### {escape_markdown(record.title)}\n\n{lines}"
 
 
 def append_record(github: GitHubEvidenceHook, path: str, record: Record, message: str,
-                  fallback: Evidence) -> str:
-    """Append a section to the evidence file (created from ``fallback`` if it does not exist yet)."""
-    for commit in github.list_commits(path):
-        if commit.get("commit", {}).get("message") == message:
-            return commit["sha"]
+                  fallback: Evidence, *, key: str) -> str:
+    """Append a section to the evidence file, once per key.
+
+    A file that does not exist yet is created from ``fallback`` WITHOUT the sentence that all checks
+    passed: a file first written by a rollback or another record never claims that.
+    """
+    section = record_text(record)
+    found = find_ours(github, path, key, section, exact=False)
+    if found:
+        return found
     current = github.get_file(path)
-    base = current[0] if current else render(fallback)
-    lines = "".join(f"- {escape_markdown(line)}\n" for line in record.lines)
-    text = f"{base.rstrip(chr(10))}\n\n### {escape_markdown(record.title)}\n\n{lines}"
-    return github.put_file(path, text, message)
+    if current:
+        base = current[0]
+    else:
+        fallback.checks_passed = False
+        base = render(fallback)
+    text = f"{base.rstrip(chr(10))}\n\n{section}"
+    return github.put_file(path, text, _message(message, key))
 
 
 class CommitEvidenceOperator(RolloutOperator):
@@ -78,14 +126,15 @@ class CommitEvidenceOperator(RolloutOperator):
         message = (f"Add evidence for immutable image build {build['name']}" if self.mode == "initial"
                    else f"Add stage reloads to evidence for immutable image build {build['name']}")
         github = github_hook()
-        sha = commit_once(github, path, render(evidence), message)
+        step = "evidence" if self.mode == "initial" else "evidence-stage-reloads"
+        sha = commit_once(github, path, render(evidence), message, key=pc.rollout_key(build["name"], step))
         url = github.blob_url(path, sha)
         self.say(f"Evidence for {build['name']} committed: {url}")
         return {"path": path, "sha": sha, "url": url, "mode": self.mode}
 
 
 class RecordApprovalOperator(RolloutOperator):
-    """Record in the evidence who approved the prod change in Airflow, before it is applied.
+    """Record in the evidence who took the prod start decision in Airflow, when, and the choice.
 
     :param approval_task_id: the HITL approval task.
     :param file_task_id: the task that filed the change request.
@@ -101,17 +150,29 @@ class RecordApprovalOperator(RolloutOperator):
         build = self.build(context)
         approval = self.pull(context, self.approval_task_id) or {}
         filed = self.pull(context, self.file_task_id) or {}
-        user = (approval.get("responded_by_user") or {})
-        who = user.get("name") or user.get("id") or "unknown"
-        when = approval.get("responded_at") or utcnow()
-        when = iso(when) if hasattr(when, "astimezone") else str(when)
-        record = Record("Prod change approval", (
-            f"{self.target} change request {filed.get('request_id')} approved in Airflow by {who} at {when}",
+        if approval.get("already_serving"):
+            return {"already_recorded": True, **{k: approval.get(k) for k in ("approver", "approved_at", "choice")}}
+        user = approval.get("responded_by_user") or {}
+        who = user.get("name") or user.get("id")
+        when = approval.get("responded_at")
+        when = iso(when) if hasattr(when, "astimezone") else (str(when) if when else None)
+        choice = (approval.get("chosen_options") or [None])[0]
+        refused = pc.check_start_decision(approval, approvers=self.plan.approvers.users,
+                                          triggering_user=self.triggering_user(context))
+        board = approval.get("board") or {}
+        lines = (
+            f"Start decision for {self.target}: {choice} by {who} at {when} (Airflow approval)",
+            f"Change request {filed.get('request_id')} approved by the change board"
+            + (f" ({', '.join(board.get('reviewers') or [])})" if board.get("reviewers") else ""),
             f"Evidence hash on the change request: {filed.get('evidence_sha')}",
-        ))
+            f"Triggered by {self.triggering_user(context) or 'unknown'}; the decision is valid: "
+            + ("yes" if refused is None else f"no ({refused.reason})"),
+        )
         path = self.plan.evidence_path(build["name"])
-        message = f"Record prod approval of immutable image build {build['name']} for {self.target}"
+        message = f"Record prod start decision for immutable image build {build['name']} on {self.target}"
         github = github_hook()
-        sha = append_record(github, path, record, message,
-                            evidence_for(self.plan, context, build, ("dev", "prestage", "stage")))
-        return {"path": path, "sha": sha, "approver": who, "approved_at": str(when)}
+        sha = append_record(github, path, Record("Prod change approval", lines), message,
+                            evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
+                            key=pc.rollout_key(build["name"], f"approval-{self.target}"))
+        return {"path": path, "sha": sha, "approver": who, "approved_at": when, "choice": choice,
+                "valid": refused is None, "refused": None if refused is None else refused.reason}

@@ -2,30 +2,133 @@
 
 Runbook: "Promote the new image to <target> in Razee". A target is promoted either by a direct
 flag write (dev, prestage) or through a change request ("train") that carries the evidence
-hash (stage, prod). Every write reads the rule first and records the map it served before,
-so a rerun never writes twice and a rollback restores what was really there.
+hash (stage, prod). When the LaunchDarkly environment requires approvals, every promotion goes
+through a change request.
+
+Before EVERY write the task re-proves its preconditions from the systems of record, whatever
+the task states and XCom say (issue 9 item 1): the run still owns the flag, no freeze, the map
+is the verified build's, the rule is the verification baseline or our own earlier write (else
+drift: a person decides), and for the canary the bake after stage-south's LaunchDarkly
+``appliedDate`` and a valid start decision; for the remaining prod regions ap-south serving the
+build and a soak measured since ap-south's latest promotion. A failed precondition holds
+(deferred), says why once, and never promotes.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout.operators.base import FLAG_POOL, RolloutOperator, flags_hook, github_hook, iso, utcnow
+from image_rollout import preconditions as pc
+from image_rollout.operators.base import (
+    FLAG_POOL,
+    RolloutOperator,
+    find_request,
+    flags_hook,
+    github_hook,
+    iso,
+    utcnow,
+)
+from image_rollout.plan import RolloutPlan
 from image_rollout.slack import escape_mrkdwn
 from image_rollout.triggers import ChangeRequestTrigger
+
+SOAK_TASK = "canary_soak.soak_gate"
+ROLLBACK_TASK = "rollout_end.rollback"
+
+
+def check_approval_settings(settings: dict | None, plan: RolloutPlan | None = None) -> None:
+    """Refuse LaunchDarkly approval settings the rollout cannot work with (before any write).
+
+    For VerifyBuildOperator to call right after reading ``FlagsHook.approval_settings()``; every
+    write path calls it again on a fresh read. Raises ``preconditions.UnsupportedApprovalSettings``.
+    """
+    pc.check_approval_settings(settings)
 
 
 def _promoted_at(request: dict) -> str:
     """The promotion time is the system's own (LaunchDarkly's ``appliedDate``), so a bake measured
     from it survives reruns of the task that applied it."""
-    applied_ms = request.get("appliedDate")
-    return iso(datetime.fromtimestamp(applied_ms / 1000, tz=UTC) if applied_ms else utcnow())
+    applied = pc.from_ms(request.get("appliedDate")) if request else None
+    return iso(applied or utcnow())
 
 
-class PromoteTargetOperator(RolloutOperator):
-    """Point one target's rule at the new image map with a direct flag write.
+def file_request(flags, *, target: str, build: dict, fields: dict, description: str) -> dict:
+    """Find our request for the target and build (key AND content), else file it with the key."""
+    found = find_request(flags, target, build["name"], build["images"])
+    if found is not None:
+        return found
+    key = pc.rollout_key(build["name"], target)
+    try:
+        return flags.create_change_request(targets=[target], image_map=build["images"], fields=fields,
+                                           description=description, key=key)
+    except TypeError:  # the hooks before issue 10 take no key: carry the marker in the description
+        return flags.create_change_request(targets=[target], image_map=build["images"], fields=fields,
+                                           description=f"{description}\n\n{pc.key_line(key)}")
+
+
+class _WriteOperator(RolloutOperator):
+    """A task that writes the flag: the guards and the change-request path shared by all of them."""
+
+    target: str
+
+    def guard(self, context) -> tuple[dict, Any, dict | None]:
+        """Freeze, ownership, approval settings: read now, before anything is written."""
+        build = self.build(context)
+        self.guard_write(context, build["name"])
+        flags = flags_hook()
+        settings = self.approval_settings(flags)
+        return build, flags, settings
+
+    def wait_for_board(self, context, request: dict) -> None:
+        """Defer until the change board decided; resumes in ``resume_request``, which re-proves all."""
+        review = request.get("reviewStatus")
+        if review == "declined":
+            self.say(
+                f"Change request {escape_mrkdwn(str(request['_id']))} for {self.target} was declined by the change "
+                f"board: rollout of {self.build(context)['name']} stopped before {self.target} changed",
+                escalate=True,
+            )
+            raise AirflowFailException(f"change request {request['_id']} for {self.target} was declined")
+        if review == "approved" or request.get("status") == "completed":
+            return
+        deadline = utcnow() + timedelta(seconds=self.plan.change_request.timeout)
+        self.defer(
+            trigger=ChangeRequestTrigger(poll=self.plan.change_request.poll, deadline=iso(deadline),
+                                         request_id=request["_id"]),
+            method_name="resume_request",
+        )
+
+    def resume_request(self, context, event: dict) -> dict:
+        if event.get("verdict") == "error":
+            raise RuntimeError(f"cannot read change request: {event['reason']}")
+        if event.get("verdict") == "deadline":
+            self.say(f"Change request for {self.target} was not approved in time; rollout stopped", escalate=True)
+            raise AirflowFailException(f"change request for {self.target} not approved before {event['reason']}")
+        return self.execute(context)  # every precondition again: time passed while the board decided
+
+    def apply(self, context, flags, request: dict, build: dict) -> dict:
+        applied = flags.apply_change_request(request["_id"], f"Start promotion of {build['name']}")
+        now = flags.rule_value(self.target)
+        if now != build["images"]:
+            raise AirflowFailException(
+                f"change request {request['_id']} is applied but {self.target} does not serve build {build['name']} "
+                "(rolled back or changed since): a new request is needed; nothing else written"
+            )
+        return applied
+
+    def done(self, flags, build: dict) -> dict:
+        """Already serving the build from our own write: keep the system's promotion time."""
+        ours = self.ours_applied(flags, self.target, build) or {}
+        return {"target": self.target, "changed": False, "previous": build["baseline"].get(self.target),
+                "request_id": ours.get("_id"), "promoted_at": _promoted_at(ours), "new": build["images"]}
+
+
+class PromoteTargetOperator(_WriteOperator):
+    """Point one target's rule at the new image map: a direct flag write, or a change request when the
+    environment requires approvals.
 
     :param target: the rule's target name (``dev-south``).
     """
@@ -38,23 +141,51 @@ class PromoteTargetOperator(RolloutOperator):
         self.target = target
 
     def execute(self, context, event: dict | None = None) -> dict:
-        build, flags, before = self.read_rule(context, self.target)
-        if before == build["images"]:
+        build, flags, settings = self.guard(context)
+        required = pc.requests_required(settings)
+        if self.prove_rule(context, flags, self.target, needs_request=required) == "done":
             self.log.info("%s already serves build %s: no write", self.target, build["name"])
-            return {"target": self.target, "previous": build["baseline"].get(self.target), "changed": False,
-                    "promoted_at": iso(utcnow()), "new": build["images"]}
-        flags.point_rule(self.target, build["images"],
-                         comment=f"Promoting immutable image build {build['name']} to {self.target}")
+            return self.done(flags, build)
+        if required:
+            return self._via_request(context, flags, build)
+        from image_rollout.hooks._http import ExternalSystemError
+
+        try:
+            flags.point_rule(self.target, build["images"],
+                             comment=f"Promoting immutable image build {build['name']} to {self.target}")
+        except ExternalSystemError as exc:
+            if type(exc).__name__ != "ApprovalRequired" and getattr(exc, "status", None) != 405:
+                raise
+            self.log.warning("LaunchDarkly requires approval for %s now: filing a change request", self.target)
+            return self._via_request(context, flags, build)
         self.say(f"Promoted immutable image build {build['name']} to {self.target}")
-        return {"target": self.target, "previous": before, "changed": True, "promoted_at": iso(utcnow()),
-                "new": build["images"]}
+        return {"target": self.target, "previous": build["baseline"].get(self.target), "changed": True,
+                "promoted_at": iso(utcnow()), "new": build["images"]}
+
+    def _via_request(self, context, flags, build: dict) -> dict:
+        fields = {
+            "details": f"Promoting immutable image build {build['name']} to {self.target}",
+            "backoutPlan": self.plan.change_request.backout_plan,
+            "securityOnly": True,
+            "target": self.target,
+            "build": build["name"],
+        }
+        request = file_request(flags, target=self.target, build=build, fields=fields,
+                               description=f"Promote immutable image build {build['name']} to {self.target}")
+        self.wait_for_board(context, request)
+        applied = self.apply(context, flags, request, build)
+        self.say(f"Promoted immutable image build {build['name']} to {self.target} "
+                 f"(change request {escape_mrkdwn(str(request['_id']))})")
+        return {"target": self.target, "previous": build["baseline"].get(self.target), "changed": True,
+                "request_id": request["_id"], "promoted_at": _promoted_at(applied), "new": build["images"]}
 
 
-class FileChangeRequestOperator(RolloutOperator):
+class FileChangeRequestOperator(_WriteOperator):
     """File the Razee request ("train") for one target with the runbook's fields.
 
-    Stage trains are auto-approved; prod trains wait for approval. An existing request for the
-    same build and target is reused, never filed twice.
+    The change board approves trains in LaunchDarkly; the rollout never reviews its own request.
+    Our request (key ``immutable-image/<build>/<target>`` AND the build's map) is reused, never
+    filed twice; anything else is someone else's.
 
     :param target: the rule's target name.
     :param evidence_hash: ``first`` (the first evidence commit) or ``latest`` (the newest).
@@ -74,11 +205,11 @@ class FileChangeRequestOperator(RolloutOperator):
         self.previous_deployment_task_id = previous_deployment_task_id
 
     def execute(self, context, event: dict | None = None) -> dict:
-        build, flags, before = self.read_rule(context, self.target)
-        if before == build["images"]:
-            existing = flags.find_change_request(self.target, build["name"])
+        build, flags, _settings = self.guard(context)
+        if self.prove_rule(context, flags, self.target, needs_request=True) == "done":
+            ours = self.ours_applied(flags, self.target, build) or {}
             return {"target": self.target, "already_serving": True, "previous": build["baseline"].get(self.target),
-                    "request_id": existing["_id"] if existing else None}
+                    "request_id": ours.get("_id")}
         github = github_hook()
         path = self.plan.evidence_path(build["name"])
         if self.evidence_hash == "first":
@@ -99,19 +230,13 @@ class FileChangeRequestOperator(RolloutOperator):
             "target": self.target,
             "build": build["name"],
         }
-        request = flags.find_change_request(self.target, build["name"])
-        if request is None:
-            request = flags.create_change_request(
-                targets=[self.target], image_map=build["images"], fields=fields,
-                description=f"Promote immutable image build {build['name']} to {self.target}",
-            )
-            self.log.info("Filed change request %s for %s", request["_id"], self.target)
-        else:
-            self.log.info("Reusing change request %s for %s", request["_id"], self.target)
-        return {"target": self.target, "request_id": request["_id"], "previous": before, "evidence_sha": sha,
-                "evidence_link": link, "already_serving": False,
+        request = file_request(flags, target=self.target, build=build, fields=fields,
+                               description=f"Promote immutable image build {build['name']} to {self.target}")
+        self.log.info("Change request %s for %s (key %s)", request["_id"], self.target,
+                      pc.rollout_key(build["name"], self.target))
+        return {"target": self.target, "request_id": request["_id"], "previous": build["baseline"].get(self.target),
+                "evidence_sha": sha, "evidence_link": link, "already_serving": False,
                 "review_status": request.get("reviewStatus")}
-
 
     def _previous_deployment(self, context) -> str | None:
         if not self.previous_deployment_task_id:
@@ -122,24 +247,31 @@ class FileChangeRequestOperator(RolloutOperator):
         return ids[-1] if ids else None
 
 
-class ApplyChangeRequestOperator(RolloutOperator):
-    """Wait (deferred) for the change request's approval, then start it: the promotion itself.
-
-    A declined request stops the rollout before the target changes.
+class ApplyChangeRequestOperator(_WriteOperator):
+    """Wait (deferred) for the change board's approval, re-prove every precondition, then apply.
 
     :param target: the rule's target name.
     :param file_task_id: the task that filed the request.
-    :param approval_task_id: the Airflow approval (HITL) task whose approver is recorded, if any.
+    :param approval_task_id: the Airflow start decision (HITL) for the canary, if any.
+    :param bake_stage: for the canary: the stage the bake follows (its target's LaunchDarkly
+        ``appliedDate`` plus ``bake_seconds`` must be past).
+    :param bake_seconds: the bake.
+    :param soak_region: for the remaining prod regions: the canary region whose soak must hold.
     """
 
     template_fields = ("target",)
 
-    def __init__(self, *, target: str, file_task_id: str, approval_task_id: str | None = None, **kwargs) -> None:
+    def __init__(self, *, target: str, file_task_id: str, approval_task_id: str | None = None,
+                 bake_target: str | None = None, bake_seconds: float | None = None,
+                 soak_region: str | None = None, **kwargs) -> None:
         kwargs.setdefault("pool", FLAG_POOL)
         super().__init__(**kwargs)
         self.target = target
         self.file_task_id = file_task_id
         self.approval_task_id = approval_task_id
+        self.bake_target = bake_target
+        self.bake_seconds = bake_seconds
+        self.soak_region = soak_region
 
     def _filed(self, context) -> dict:
         index = context["ti"].map_index
@@ -149,67 +281,56 @@ class ApplyChangeRequestOperator(RolloutOperator):
         return filed
 
     def execute(self, context, event: dict | None = None) -> dict:
-        build = self.build(context)
-        self.guard_write(context, build["name"])
+        build, flags, _settings = self.guard(context)
         filed = self._filed(context)
-        flags = flags_hook()
-        if filed.get("already_serving"):
-            # A rerun: keep the original promotion time, so a bake or soak measured from it
-            # neither restarts nor is cut short.
-            applied = flags.get_change_request(filed["request_id"]) if filed.get("request_id") else {}
-            return {"target": self.target, "changed": False, "previous": filed["previous"],
-                    "request_id": filed.get("request_id"), "promoted_at": _promoted_at(applied)}
-        request = flags.get_change_request(filed["request_id"])
-        approver = self._airflow_approver(context)
-        if approver and request.get("reviewStatus") == "pending":
-            request = flags.review_change_request(
-                filed["request_id"], "approve", f"Approved in Airflow by {approver}"
-            )
-        return self._decide(context, request, filed, guarded=True)
-
-    def execute_complete(self, context, event: dict) -> dict:
-        if event.get("verdict") == "error":
-            raise RuntimeError(f"cannot read change request: {event['reason']}")
-        if event.get("verdict") == "deadline":
-            self.say(f"Change request for {self.target} was not approved in time; rollout stopped", escalate=True)
-            raise AirflowFailException(f"change request for {self.target} not approved before {event['reason']}")
-        return self._decide(context, event["request"], self._filed(context), guarded=False)
-
-    def _decide(self, context, request: dict, filed: dict, *, guarded: bool) -> dict:
-        """Apply an approved request. ``guarded``: the freeze and supersession were checked in this
-        same call; an approval that arrived later (resumed from the trigger) is checked again."""
-        build = self.build(context)
-        review = request.get("reviewStatus")
-        if review == "declined":
-            self.say(
-                f"Change request {escape_mrkdwn(request['_id'])} for {self.target} was declined: "
-                f"rollout of {build['name']} stopped before {self.target} changed",
-                escalate=True,
-            )
-            raise AirflowFailException(f"change request {request['_id']} for {self.target} was declined")
-        if review != "approved" and request.get("status") != "completed":
-            deadline = utcnow() + timedelta(seconds=self.plan.change_request.timeout)
-            self.defer(
-                trigger=ChangeRequestTrigger(poll=self.plan.change_request.poll, deadline=iso(deadline),
-                                             request_id=request["_id"]),
-                method_name="execute_complete",
-            )
-        if not guarded:
-            # The approval may arrive while the line is stopped: the freeze holds the apply too.
-            self.guard_write(context, build["name"])
-        applied = flags_hook().apply_change_request(request["_id"], f"Start promotion of {build['name']}")
-        promoted_at = _promoted_at(applied)
+        if self.approval_task_id:
+            decision = self.pull(context, self.approval_task_id)
+            if not (isinstance(decision, dict) and decision.get("already_serving")):
+                refused = pc.check_start_decision(decision, approvers=self.plan.approvers.users,
+                                                  triggering_user=self.triggering_user(context))
+                if refused:
+                    self.hold(context, refused)
+        state = self.prove_rule(context, flags, self.target, needs_request=True)
+        if state == "done":
+            self.log.info("%s serves build %s from our own applied request: no write", self.target, build["name"])
+            return {**self.done(flags, build), "evidence_sha": filed.get("evidence_sha")}
+        if self.bake_target:
+            self.pass_wait(context, self._bake_hold(flags, build))
+        if self.soak_region:
+            self.pass_wait(context, self._soak_hold(context, flags, build))
+        request = (flags.get_change_request(filed["request_id"]) if filed.get("request_id")
+                   else find_request(flags, self.target, build["name"], build["images"]))
+        if not request:
+            raise AirflowFailException(f"no change request of ours for {self.target}: file it first")
+        self.wait_for_board(context, request)
+        applied = self.apply(context, flags, request, build)
         self.say(f"Promoted immutable image build {build['name']} to {self.target} "
-                 f"(change request {escape_mrkdwn(request['_id'])})")
-        return {"target": self.target, "changed": True, "previous": filed["previous"], "request_id": request["_id"],
-                "evidence_sha": filed.get("evidence_sha"), "promoted_at": promoted_at}
+                 f"(change request {escape_mrkdwn(str(request['_id']))})")
+        return {"target": self.target, "changed": True, "previous": build["baseline"].get(self.target),
+                "request_id": request["_id"], "evidence_sha": filed.get("evidence_sha"),
+                "promoted_at": _promoted_at(applied)}
 
-    def _airflow_approver(self, context) -> str | None:
-        if not self.approval_task_id:
-            return None
-        result = self.pull(context, self.approval_task_id)
-        if not result or result.get("chosen_options") != ["Approve"]:
-            # Never promote prod without the recorded approval: fail closed, don't skip quietly.
-            raise AirflowFailException(f"no Airflow approval recorded by {self.approval_task_id}: {result!r}")
-        user = result.get("responded_by_user") or {}
-        return user.get("name") or user.get("id") or "unknown"
+    # Resumed from the old trigger path (a run deferred before this version): re-prove everything.
+    def execute_complete(self, context, event: dict) -> dict:
+        return self.resume_request(context, event)
+
+    def _bake_hold(self, flags, build: dict) -> pc.Hold | None:
+        serves = flags.rule_value(self.bake_target) == build["images"]
+        request = find_request(flags, self.bake_target, build["name"], build["images"]) or {}
+        applied = pc.from_ms(request.get("appliedDate")) if request.get("status") == "completed" else None
+        hold = pc.check_bake(stage_serves_build=serves, stage_applied=applied,
+                             bake_seconds=float(self.bake_seconds or 0), now=utcnow())
+        if hold and not serves:
+            return pc.Hold("bake", f"{self.bake_target} does not serve this build now")
+        return hold
+
+    def _soak_hold(self, context, flags, build: dict) -> pc.Hold | None:
+        region = self.soak_region
+        serves = flags.rule_value(region) == build["images"]
+        soak = self.pull(context, SOAK_TASK)
+        ours = find_request(flags, region, build["name"], build["images"]) or {}
+        applied = [pc.from_ms(ours.get("appliedDate"))] if ours.get("status") == "completed" else []
+        rollback = self.pull(context, ROLLBACK_TASK) or {}
+        rollbacks = [pc.parse_time(r.get("at")) for r in rollback.get("rolled_back", []) if r.get("target") == region]
+        return pc.check_soak(canary_serves_build=serves, soak=soak, build_name=build["name"],
+                             latest=pc.latest_promotion(applied, rollbacks))

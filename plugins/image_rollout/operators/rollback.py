@@ -9,6 +9,11 @@ so running this twice writes nothing the second time.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from image_rollout import preconditions as pc
 from image_rollout.evidence import Record
 from image_rollout.operators.base import FLAG_POOL, RolloutOperator, flags_hook, github_hook, iso, utcnow
 from image_rollout.operators.evidence import append_record, evidence_for
@@ -56,7 +61,14 @@ def targets_to_restore(plan: RolloutPlan, states: dict[str, str]) -> tuple[Stage
 
 
 class RollbackOperator(RolloutOperator):
-    """Restore the targets a failed gate does not vouch for, record it, and escalate."""
+    """Restore the targets a failed gate does not vouch for, record it, and escalate.
+
+    A target still serving THIS build's map is restored, superseded or not (issue 9 item 5): a
+    newer build that took over the flag does not own a rule that still serves ours. Every other
+    target is left alone, and the rollback names each one and why (item 4). When LaunchDarkly
+    requires approvals, each restore is a change request (key ``immutable-image/<build>/rollback/<target>``)
+    that the board approves and this task applies.
+    """
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("pool", FLAG_POOL)
@@ -77,55 +89,97 @@ class RollbackOperator(RolloutOperator):
                     return item["previous"]
         return build["baseline"].get(target)
 
-    def execute(self, context) -> dict:
+    def execute(self, context, event: dict | None = None) -> dict:
+        if event and event.get("verdict") == "declined":
+            self.say(f"The change board declined a rollback request ({event.get('request', {}).get('_id')}): "
+                     "restore by hand now", escalate=True)
+            raise AirflowFailException("rollback change request declined")
         build = self.build(context)
         states = self._states(context)
         failed_gate, targets = targets_to_restore(self.plan, states)
-        failed_tasks = sorted(t for t, s in states.items() if s == "failed")
         if failed_gate is None:
-            self.say(
-                f"Rollout of {build['name']} stopped at {escape_mrkdwn(', '.join(failed_tasks) or 'unknown')}; "
-                "no gate failed, so nothing was rolled back. Fix the cause and clear the failed task to resume.",
-                escalate=True,
-            )
-            return {"rolled_back": [], "failed_tasks": failed_tasks}
+            # The failed task already escalated; a second message from here would only mislead.
+            raise AirflowSkipException("no gate failed: nothing to roll back (the failed task has escalated)")
+        self.hold_if_frozen(context)
         newer = self.superseded_by(build["name"])
-        if newer:
-            self.say(f"Rollout of {build['name']} failed a gate but is superseded by {newer}: flag left alone",
-                     escalate=True)
-            return {"rolled_back": [], "superseded_by": newer}
         decision = self.pull_decision(context, gate_task_id(failed_gate))
         flags = flags_hook()
-        restored = []
+        settings = self.approval_settings(flags)
+        current = flags.rule_values()
+        previous = {}
         for target in targets:
             stage = next(s for s in self.plan.stages if target in [t.target for t in s.targets])
-            if flags.rule_value(target) != build["images"]:
+            previous[target] = self._previous(context, stage, target, build)
+        decisions = pc.rollback_decisions(targets, current=current, build_map=build["images"],
+                                          previous=previous, newer_build=newer)
+        ti = context["ti"]
+        done = ti.xcom_pull(task_ids=self.task_id, key="restored") or []
+        comment = f"Rollback to previous version: gate {failed_gate.id} failed for {build['name']}"
+        for d in decisions:
+            if d["action"] != "restore":
                 continue
-            previous = self._previous(context, stage, target, build)
-            if not previous:
-                raise RuntimeError(f"no recorded previous image map for {target}: refusing to guess")
-            flags.point_rule(target, previous,
-                             comment=f"Rollback to previous version: gate {failed_gate.id} failed for {build['name']}")
-            restored.append({"target": target, "restored": previous})
+            if pc.requests_required(settings):
+                self._restore_via_request(context, flags, build, d, comment)
+            else:
+                flags.point_rule(d["target"], d["to"], comment=comment)
+            done = [*[x for x in done if x["target"] != d["target"]],
+                    {"target": d["target"], "restored": d["to"], "at": iso(utcnow()), "why": d["why"]}]
+            ti.xcom_push(key="restored", value=done)
+        restored_targets = {r["target"] for r in done}
+        left = [d for d in decisions if d["action"] == "left" and d["target"] not in restored_targets]
         reason = decision.get("reason", "see the task log")
         lines = [f"Gate {failed_gate.id} failed at {iso(utcnow())}: {reason}"]
-        lines += [f"{r['target']} restored to the previous image map {r['restored']}" for r in restored]
-        if not restored:
-            lines.append("No target served the new image any more: nothing to restore")
+        if newer:
+            lines.append(f"Newer build {newer} owns the flag; targets still serving {build['name']} are restored anyway")
+        lines += [f"{r['target']} restored to the previous image map {r['restored']} ({r['why']})" for r in done]
+        lines += [f"{d['target']} left alone: {d['why']}" for d in left]
+        if not done:
+            lines.append("No target served the failing build: nothing restored")
         path = self.plan.evidence_path(build["name"])
         github = github_hook()
         sha = append_record(
             github, path, Record("Rollback", tuple(lines)),
             f"Record rollback of immutable image build {build['name']} after gate {failed_gate.id}",
             evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
+            key=pc.rollout_key(build["name"], f"rollback-{failed_gate.id}"),
         )
+        restored_text = ", ".join(r["target"] for r in done) or "none"
+        left_text = "; ".join(f"{d['target']} ({d['why']})" for d in left) or "none"
         self.say(
             f"ROLLBACK of immutable image build {build['name']}: gate {failed_gate.id} failed "
-            f"({escape_mrkdwn(reason)}). Restored: {', '.join(r['target'] for r in restored) or 'none'}. "
+            f"({escape_mrkdwn(reason)}). Restored: {restored_text}. Left alone: {escape_mrkdwn(left_text)}. "
             f"Evidence: {github.blob_url(path, sha)}. Nothing further is promoted.",
             escalate=True,
         )
-        return {"failed_gate": failed_gate.id, "reason": reason, "rolled_back": restored, "evidence_sha": sha}
+        return {"failed_gate": failed_gate.id, "reason": reason, "rolled_back": done,
+                "left_alone": left, "superseded_by": newer, "evidence_sha": sha}
+
+    def _restore_via_request(self, context, flags, build: dict, d: dict, comment: str) -> None:
+        """Under required approvals: our keyed rollback request, approved by the board, applied here."""
+        from image_rollout.operators.base import find_request
+        from image_rollout.triggers import ChangeRequestTrigger
+
+        target, to = d["target"], d["to"]
+        owner = f"{build['name']}/rollback"
+        request = find_request(flags, target, owner, to)
+        if request is None:
+            fields = {"details": comment, "backoutPlan": "Re-promote with a new rollout", "target": target,
+                      "build": owner}
+            key = pc.rollout_key(owner, target)
+            try:
+                request = flags.create_change_request(targets=[target], image_map=to, fields=fields,
+                                                      description=comment, key=key)
+            except TypeError:
+                request = flags.create_change_request(targets=[target], image_map=to, fields=fields,
+                                                      description=f"{comment}\n\n{pc.key_line(key)}")
+        if request.get("reviewStatus") == "declined":
+            raise AirflowFailException(f"rollback request {request['_id']} for {target} declined: restore by hand")
+        if request.get("reviewStatus") != "approved" and request.get("status") != "completed":
+            self.defer(trigger=ChangeRequestTrigger(
+                poll=self.plan.change_request.poll, request_id=request["_id"],
+                deadline=iso(utcnow() + timedelta(seconds=self.plan.change_request.timeout))),
+                method_name="execute")
+        flags.apply_change_request(request["_id"], comment)
 
     def pull_decision(self, context, task_id: str | None) -> dict:
         if task_id is None:

@@ -1,30 +1,78 @@
-"""The last check: read the flag back and confirm every target of the plan serves the new build."""
+"""The last checks: read the flag back, and say plainly when the run is not a full success.
+
+Issue 9 item 8: a run is green only when every gate passed, every target serves the build and
+adoption reached its threshold. A superseded run fails at ``rollout_end.superseded`` with a
+message saying so: a distinct, labelled end, never a plain success.
+"""
 
 from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout.operators.base import VERIFY_TASK, RolloutOperator, flags_hook
+from image_rollout.slack import escape_mrkdwn
+
+ADOPTION_TASK = "rollout_monitoring.monitor_adoption"
+SUPERSEDED_PREFIX = "SUPERSEDED"
+
+
+def gate_task_ids(plan) -> list[str]:
+    from image_rollout.operators.rollback import gate_task_id
+
+    return [t for t in (gate_task_id(s) for s in plan.stages) if t]
 
 
 class VerifyFleetOperator(RolloutOperator):
-    """Confirm by data that the rollout reached every target, then announce completion."""
+    """Confirm by data that the rollout reached every target and adoption, then announce completion."""
 
     def execute(self, context) -> dict:
         if not context["ti"].xcom_pull(task_ids=VERIFY_TASK):
             raise AirflowSkipException("no verified build: nothing was rolled out")
         build = self.build(context)
+        if build.get("dry_run"):
+            raise AirflowSkipException("dry run: nothing was rolled out")
         newer = self.superseded_by(build["name"])
         if newer:
-            raise AirflowSkipException(f"superseded by {newer}: this rollout no longer owns the flag")
+            raise AirflowSkipException(f"superseded by {newer}: see rollout_end.superseded")
         rules = flags_hook().rule_values()
         behind = [t.target for t in self.plan.targets if rules.get(t.target) != build["images"]]
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[context["run_id"]])
+        states = states.get(context["run_id"], states)
         if behind:
-            raise AirflowFailException(f"targets not serving build {build['name']}: {', '.join(behind)}")
-        adoption = context["ti"].xcom_pull(task_ids="rollout_monitoring.monitor_adoption") or {}
+            text = f"targets not serving build {build['name']}: {', '.join(behind)}"
+            if not any(str(v) == "failed" for k, v in states.items() if not k.startswith("rollout_end.")):
+                # Nothing else failed (e.g. a target skipped after drift): this is the one escalation.
+                self.say(f"Rollout of {escape_mrkdwn(build['name'])} is not complete: {escape_mrkdwn(text)}",
+                         escalate=True)
+            raise AirflowFailException(text)
+        not_passed = [g for g in gate_task_ids(self.plan) if str(states.get(g)) != "success"]
+        if not_passed:
+            raise AirflowFailException(f"gates that did not pass: {', '.join(not_passed)}")
+        adoption = ti.xcom_pull(task_ids=ADOPTION_TASK) or {}
+        threshold = self.plan.adoption.threshold_percent
+        if adoption.get("percent") is None or float(adoption["percent"]) < threshold:
+            raise AirflowFailException(
+                f"adoption {adoption.get('percent')}% has not reached the plan's {threshold}%")
         self.say(
             f":white_check_mark: Rollout of immutable image build {build['name']} complete: all "
-            f"{len(self.plan.targets)} targets serve it"
-            + (f"; {adoption.get('percent')}% of prod workers run it" if adoption else "")
+            f"{len(self.plan.targets)} targets serve it, every gate passed; {adoption.get('percent')}% of prod "
+            "workers run it"
         )
         return {"build": build["name"], "targets": len(self.plan.targets), "adoption_percent": adoption.get("percent")}
+
+
+class SupersededCheckOperator(RolloutOperator):
+    """Fail, with a clear label, when a newer build took the flag from this run."""
+
+    def execute(self, context) -> dict:
+        build = context["ti"].xcom_pull(task_ids=VERIFY_TASK)
+        if not build:
+            raise AirflowSkipException("no verified build")
+        newer = self.superseded_by(build["name"])
+        if not newer:
+            return {"superseded_by": None}
+        text = (f"{SUPERSEDED_PREFIX}: rollout of {build['name']} was superseded by newer build {newer}; "
+                "it is not a success. See the rollback, if any, for the targets it restored or left alone")
+        self.say(escape_mrkdwn(text), escalate=True)
+        raise AirflowFailException(text)

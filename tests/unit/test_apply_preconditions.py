@@ -1,0 +1,147 @@
+"""ApplyChangeRequestOperator re-proves its preconditions from the systems of record, whatever XCom
+says: it holds (defers) and never applies when one fails (issue 9 items 1 and 3). Hooks are mocked."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+from airflow.sdk.exceptions import TaskDeferred
+
+from image_rollout.operators import base
+from image_rollout.operators.promote import ApplyChangeRequestOperator
+
+BUILD = "533-1251-880-20211101"
+NEW = {"dev": "2", "prod": "2", "prodfr2": "2", "stage": "2"}
+OLD = {"dev": "1", "prod": "1", "prodfr2": "1", "stage": "1"}
+APPROVED = {"chosen_options": ["Approve"], "responded_by_user": {"id": "sre-approver", "name": "sre-approver"},
+            "responded_at": "2026-01-01T00:00:00Z"}
+
+
+class FakeTI:
+    def __init__(self, xcoms):
+        self.xcoms = dict(xcoms)
+        self.map_index = -1
+        self.pushed = {}
+        self.dag_id = "immutable_image_rollout"
+        self.id = "ti"
+
+    def xcom_pull(self, task_ids, key="return_value", map_indexes=None):
+        return self.pushed.get(key) if task_ids.startswith("ap_south.apply") else self.xcoms.get((task_ids, key))
+
+    def xcom_push(self, key, value):
+        self.pushed[key] = value
+
+
+class FakeFlags:
+    def __init__(self, rules, stage_applied_ms):
+        self.rules = rules
+        self.stage_applied_ms = stage_applied_ms
+        self.applied = []
+
+    def approval_settings(self):
+        return {"required": False}
+
+    def rule_value(self, target):
+        return self.rules[target]
+
+    def find_change_request(self, target, build, image_map):
+        if target == "stage-south":
+            return {"_id": "s", "status": "completed", "appliedDate": self.stage_applied_ms}
+        return None
+
+    def get_change_request(self, request_id):
+        return {"_id": request_id, "reviewStatus": "approved", "status": "pending"}
+
+    def apply_change_request(self, request_id, comment=""):
+        self.applied.append(request_id)
+        self.rules["ap-south"] = NEW
+        return {"_id": request_id, "status": "completed", "appliedDate": 1}
+
+
+def _run(monkeypatch, *, decision=APPROVED, bake_left=0.0, override=None, trigger="jenkins"):
+    now = base.utcnow()
+    stage_applied = now - timedelta(seconds=86400) + timedelta(seconds=bake_left)
+    flags = FakeFlags({"ap-south": OLD, "stage-south": NEW}, int(stage_applied.timestamp() * 1000))
+    variables = {"image_rollout_override": json.dumps(override) if override else None}
+    monkeypatch.setattr(base, "flags_hook", lambda: flags)
+    monkeypatch.setattr("image_rollout.operators.promote.flags_hook", lambda: flags)
+    monkeypatch.setattr(base.Variable, "get", staticmethod(lambda key, default=None: variables.get(key, default)))
+    said = []
+    monkeypatch.setattr(base.RolloutOperator, "say", lambda self, text, escalate=False: said.append(text))
+    monkeypatch.setattr(base.RolloutOperator, "_record", lambda self, *a, **k: "sha")
+    build = {"name": BUILD, "images": NEW, "baseline": {"ap-south": OLD, "stage-south": OLD}}
+    ti = FakeTI({
+        ("build_verification.verify_build", "return_value"): build,
+        ("ap_south.file_change_request_ap_south", "return_value"): {"request_id": "r1", "previous": OLD},
+        ("ap_south.approve_ap_south", "return_value"): decision,
+    })
+    op = ApplyChangeRequestOperator(task_id="apply_change_request_ap_south", target="ap-south",
+                                    file_task_id="ap_south.file_change_request_ap_south",
+                                    approval_task_id="ap_south.approve_ap_south", bake_target="stage-south",
+                                    bake_seconds=86400, plan="sandbox")
+    op.task_id = "ap_south.apply_change_request_ap_south"
+    context = {"ti": ti, "run_id": "r", "dag_run": mock.Mock(triggering_user_name=trigger), "params": {}}
+    return op, context, flags, said, ti
+
+
+def test_applies_when_everything_holds(monkeypatch):
+    op, context, flags, _said, _ti = _run(monkeypatch)
+    result = op.execute(context)
+    assert flags.applied == ["r1"] and result["changed"] is True
+
+
+def test_bake_not_over_holds_and_never_applies(monkeypatch):
+    op, context, flags, said, ti = _run(monkeypatch, bake_left=3600)
+    with pytest.raises(TaskDeferred):
+        op.execute(context)
+    assert flags.applied == []
+    assert any("bake" in text for text in said)
+    assert ti.pushed["held"]["precondition"] == "bake"
+
+
+def test_decision_by_the_triggering_user_holds(monkeypatch):
+    by_trigger = {**APPROVED, "responded_by_user": {"id": "jenkins", "name": "jenkins"}}
+    op, context, flags, said, _ti = _run(monkeypatch, decision=by_trigger)
+    with pytest.raises(TaskDeferred):
+        op.execute(context)
+    assert flags.applied == []
+    assert any("start decision" in text for text in said)
+
+
+def test_no_decision_recorded_holds(monkeypatch):
+    op, context, flags, _said, _ti = _run(monkeypatch, decision=None)
+    with pytest.raises(TaskDeferred):
+        op.execute(context)
+    assert flags.applied == []
+
+
+def test_the_override_goes_past_the_bake_and_is_recorded(monkeypatch):
+    override = {"build_name": BUILD, "waits": ["bake"], "reason": "INC1 hotfix", "by": "sre-lead"}
+    op, context, flags, said, ti = _run(monkeypatch, bake_left=3600, override=override)
+    op.execute(context)
+    assert flags.applied == ["r1"]
+    assert ti.pushed["override"]["by"] == "sre-lead" and ti.pushed["override"]["reason"] == "INC1 hotfix"
+    assert any(text.startswith("OVERRIDE: sre-lead") for text in said)
+
+
+def test_the_triggering_user_cannot_override(monkeypatch):
+    override = {"build_name": BUILD, "waits": ["bake"], "reason": "r", "by": "jenkins"}
+    op, context, flags, _said, _ti = _run(monkeypatch, bake_left=3600, override=override)
+    with pytest.raises(TaskDeferred):
+        op.execute(context)
+    assert flags.applied == []
+
+
+def test_a_canary_already_on_the_build_without_our_request_is_drift(monkeypatch):
+    op, context, flags, said, _ti = _run(monkeypatch)
+    flags.rules["ap-south"] = NEW
+    asked = []
+    monkeypatch.setattr(base.RolloutOperator, "ask_drift",
+                        lambda self, ctx, target, current, build: asked.append(target) or (_ for _ in ()).throw(
+                            RuntimeError("parked")))
+    with pytest.raises(RuntimeError, match="parked"):
+        op.execute(context)
+    assert asked == ["ap-south"] and flags.applied == []
