@@ -122,10 +122,8 @@ class ProdChangeApprovalOperator(ApprovalOperator):
         if not self.evidence_path:
             return None
         from image_rollout.hooks.github import GitHubEvidenceHook
-        from image_rollout.operators.evidence import keyed_commits
 
-        commits = keyed_commits(GitHubEvidenceHook(), self.evidence_path,
-                                pc.rollout_key(build, f"approval-{self.target}"))
+        commits = GitHubEvidenceHook().find_commit(self.evidence_path, pc.rollout_key(build, f"approval-{self.target}"))
         return commits[0]["sha"] if commits else None
 
     def _rejected(self, context, event: dict) -> None:

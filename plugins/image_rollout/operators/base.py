@@ -194,11 +194,7 @@ class RolloutOperator(BaseOperator):
 
     def approval_settings(self, flags) -> dict | None:
         """The environment's LaunchDarkly approvalSettings, read now (``FlagsHook.approval_settings``)."""
-        read = getattr(flags, "approval_settings", None)
-        if read is None:  # the hooks before issue 10: no environment read, approvals not required
-            self.log.warning("FlagsHook has no approval_settings(): assuming approvals are not required")
-            return None
-        settings = read()
+        settings = flags.approval_settings()
         try:
             pc.check_approval_settings(settings)
         except pc.UnsupportedApprovalSettings as exc:
@@ -333,13 +329,5 @@ class RolloutOperator(BaseOperator):
 
 
 def find_request(flags, target: str, build_name: str, image_map: dict) -> dict | None:
-    """Our request for ``target`` and this build: its key in the description AND the build's map.
-
-    ``FlagsHook.find_change_request(target, build, image_map)`` (hooks of issue 10); the hooks
-    before it take ``(target, build)`` only, and then the key is checked here.
-    """
-    try:
-        return flags.find_change_request(target, build_name, image_map)
-    except TypeError:
-        found = flags.find_change_request(target, build_name)
-        return found
+    """Our request for ``target`` and this build: its key in the description AND the build's map."""
+    return flags.find_change_request(target, build_name, image_map)

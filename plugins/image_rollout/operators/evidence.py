@@ -43,32 +43,14 @@ def _message(message: str, key: str) -> str:
     return f"{message}\n\n{pc.key_line(key)}"
 
 
-def _commit_message(commit: dict) -> str:
-    return (commit.get("commit") or {}).get("message") or commit.get("message") or ""
-
-
-def keyed_commits(github: GitHubEvidenceHook, path: str, key: str) -> list[dict]:
-    """Commits of ``path`` whose message carries the key trailer (``find_commit`` on the hooks of issue 10)."""
-    finder = getattr(github, "find_commit", None)
-    if finder is not None:
-        return list(finder(path, key))
-    return [c for c in github.list_commits(path) if pc.carries_key(_commit_message(c), key)]
-
-
-def content_at(github: GitHubEvidenceHook, path: str, sha: str) -> str | None:
-    """The file's text at a commit (``file_at``); None when the hook cannot say (old hooks)."""
-    reader = getattr(github, "file_at", None)
-    return reader(path, sha) if reader is not None else None
-
-
 def find_ours(github: GitHubEvidenceHook, path: str, key: str, contains: str, *, exact: bool) -> str | None:
     """Our commit for this step: the key trailer AND the content we meant to write (issue 9 item 7).
 
     A commit with our message but without the key, or with other content, is someone else's.
     """
-    for commit in keyed_commits(github, path, key):
-        content = content_at(github, path, commit["sha"])
-        if content is None or (content == contains if exact else contains in content):
+    for commit in github.find_commit(path, key):
+        content = github.file_at(path, commit["sha"])
+        if content is not None and (content == contains if exact else contains in content):
             return commit["sha"]
     return None
 

@@ -60,13 +60,8 @@ def file_request(flags, *, target: str, build: dict, fields: dict, description: 
     found = find_request(flags, target, build["name"], build["images"])
     if found is not None:
         return found
-    key = pc.rollout_key(build["name"], target)
-    try:
-        return flags.create_change_request(targets=[target], image_map=build["images"], fields=fields,
-                                           description=description, key=key)
-    except TypeError:  # the hooks before issue 10 take no key: carry the marker in the description
-        return flags.create_change_request(targets=[target], image_map=build["images"], fields=fields,
-                                           description=f"{description}\n\n{pc.key_line(key)}")
+    return flags.create_change_request(targets=[target], image_map=build["images"], fields=fields,
+                                       description=description, key=pc.rollout_key(build["name"], target))
 
 
 class _WriteOperator(RolloutOperator):

@@ -165,13 +165,8 @@ class RollbackOperator(RolloutOperator):
         if request is None:
             fields = {"details": comment, "backoutPlan": "Re-promote with a new rollout", "target": target,
                       "build": owner}
-            key = pc.rollout_key(owner, target)
-            try:
-                request = flags.create_change_request(targets=[target], image_map=to, fields=fields,
-                                                      description=comment, key=key)
-            except TypeError:
-                request = flags.create_change_request(targets=[target], image_map=to, fields=fields,
-                                                      description=f"{comment}\n\n{pc.key_line(key)}")
+            request = flags.create_change_request(targets=[target], image_map=to, fields=fields,
+                                                  description=comment, key=pc.rollout_key(owner, target))
         if request.get("reviewStatus") == "declined":
             raise AirflowFailException(f"rollback request {request['_id']} for {target} declined: restore by hand")
         if request.get("reviewStatus") != "approved" and request.get("status") != "completed":
