@@ -16,13 +16,13 @@ from pathlib import Path
 
 import jinja2
 
+from image_rollout.inputs import is_build_name, is_image_id
+
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "include" / "templates"
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
 _MD_LINE_START = re.compile(r"^([#+\-=>!]|\d+\.)")
 _WORKER = re.compile(r"^[a-z0-9][a-z0-9-]{0,100}$")
 _CHANGE_ID = re.compile(r"^CHG\d{1,12}$")
-_IMAGE_ID = re.compile(r"^\d{1,12}$")
-BUILD_NAME = re.compile(r"^\d+-\d+-\d+-\d{8}$")
 CONSOLE_LIMIT = 60_000
 CONSOLE_HEAD = 20_000
 TRUNCATION_MARKER = "[... {omitted} characters of console output omitted here; full log at the console link above ...]"
@@ -91,10 +91,10 @@ class Evidence:
     checks_passed: bool = True
 
     def __post_init__(self):
-        if not BUILD_NAME.match(self.build_name):
+        if not is_build_name(self.build_name):
             raise EvidenceError(f"build name {self.build_name!r} does not match NNN-NNNN-NNN-YYYYMMDD")
         for key, value in self.image_ids.items():
-            if not _IMAGE_ID.match(str(value)):
+            if not is_image_id(value):
                 raise EvidenceError(f"image id for {key!r} is not numeric: {value!r}")
         for url in (self.console_url, self.razee_link, self.concept_doc):
             if not re.match(r"^https?://[^\s<>()\[\]`]+$", url):

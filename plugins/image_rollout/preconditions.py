@@ -10,15 +10,15 @@ Issue 9 items 1, 3, 4, 5 and 7; issue 10 item 3 (approval settings).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from image_rollout.inputs import is_image_id
+
 OVERRIDE_VARIABLE = "image_rollout_override"
 WAITS = ("bake", "soak")
-IMAGE_ID = re.compile(r"^[0-9]{1,12}$", re.ASCII)
 IMAGE_KEYS = ("dev", "prod", "prodfr2", "stage")
 KEY_PREFIX = "immutable-image"
 
@@ -84,7 +84,7 @@ def check_image_map(image_map: Mapping[str, Any] | None, verified: Mapping[str, 
     """The map about to be written is exactly the verified build's, and every id is 1-12 ASCII digits."""
     if not isinstance(verified, Mapping) or set(verified) != set(IMAGE_KEYS):
         return Hold("verified build", f"no verified image map with keys {list(IMAGE_KEYS)}: {verified!r}")
-    bad = {k: v for k, v in verified.items() if not isinstance(v, str) or not IMAGE_ID.fullmatch(v)}
+    bad = {k: v for k, v in verified.items() if not isinstance(v, str) or not is_image_id(v)}
     if bad:
         return Hold("verified build", f"image ids are not 1-12 ASCII digits: {bad!r}")
     if image_map is None or dict(image_map) != dict(verified):

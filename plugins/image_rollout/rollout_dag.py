@@ -15,6 +15,7 @@ from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
 from airflow.sdk import DAG, Param, TaskGroup
 from airflow.task.trigger_rule import TriggerRule
 
+from image_rollout.inputs import BUILD_NAME_SCHEMA_PATTERN, IMAGE_ID_SCHEMA_PATTERN
 from image_rollout.notifications import RolloutFailureNotifier, SafeSlackNotifier
 from image_rollout.operators.approval import ProdChangeApprovalOperator
 from image_rollout.operators.base import iso
@@ -31,7 +32,6 @@ from image_rollout.operators.verify import SupersededCheckOperator, VerifyFleetO
 from image_rollout.plan import IMAGE_KEYS, RolloutPlan, StagePlan
 
 DAG_ID = "immutable_image_rollout"
-BUILD_NAME_PATTERN = r"^\d+-\d+-\d+-\d{8}$"
 
 
 def run_id_for(build_name: str) -> str:
@@ -164,7 +164,7 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
             channel=plan.slack.patching_channel, airflow_url=plan.airflow_base_url
         ),
     }
-    image_schema = {"type": "string", "pattern": r"^\d+$"}
+    image_schema = {"type": "string", "pattern": IMAGE_ID_SCHEMA_PATTERN}
     with DAG(
         dag_id=dag_id,
         schedule=None,
@@ -176,7 +176,7 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
         render_template_as_native_obj=False,
         params={
             "build_name": Param(
-                type="string", pattern=BUILD_NAME_PATTERN, title="Immutable image build name",
+                type="string", pattern=BUILD_NAME_SCHEMA_PATTERN, title="Immutable image build name",
                 description="The oceanPI/immutable_image build to roll out, e.g. 532-1250-879-20210818.",
             ),
             "build_number": Param(

@@ -13,6 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import gates
 from image_rollout.evidence import Evidence, Reload, render
+from image_rollout.inputs import BUILD_NUMBER, is_build_name, is_image_id
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
     RolloutOperator,
@@ -26,33 +27,12 @@ from image_rollout.slack import escape_mrkdwn
 
 TIMEOUT_MARKER = re.compile(r"Build timed out \(after \d+ minutes\)")
 MAX_CONSOLE_CHARS = 60_000
-# Strict input (issue 9 item 6). Python's ``\d`` also matches non-ASCII digits ("٣") and ``$`` matches
-# before a trailing newline, so both patterns are ASCII-only and used with ``fullmatch``.
-IMAGE_ID = re.compile(r"[0-9]{1,12}", re.ASCII)
-BUILD_NAME_STRICT = re.compile(r"[0-9]+-[0-9]+-[0-9]+-[0-9]{8}", re.ASCII)
-BUILD_NUMBER = re.compile(r"[0-9]{1,10}", re.ASCII)
-# The same rules for the Params JSON schema (checked by Python's ``re.search`` in Airflow and by the
-# browser's RegExp in the trigger form): ``(?!\n)$`` refuses a trailing newline in both dialects.
-IMAGE_ID_SCHEMA_PATTERN = r"^[0-9]{1,12}(?!\n)$"
-BUILD_NAME_SCHEMA_PATTERN = r"^[0-9]+-[0-9]+-[0-9]+-[0-9]{8}(?!\n)$"
 
 if TYPE_CHECKING:
     from image_rollout.hooks.jenkins import JenkinsHook
 
 
 KNOWN_CONF = {"build_name", "build_number", "image_ids", "dry_run"}
-
-
-def is_image_id(value: Any) -> bool:
-    """1-12 ASCII digits and nothing else (an int is read as its decimal digits; a bool is not a number)."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return False
-    return IMAGE_ID.fullmatch(str(value)) is not None
-
-
-def is_build_name(value: Any) -> bool:
-    """``NNN-NNNN-NNN-YYYYMMDD`` in ASCII digits, nothing before or after it."""
-    return isinstance(value, str) and BUILD_NAME_STRICT.fullmatch(value) is not None
 
 
 def validate_request(params: dict, conf: dict | None = None) -> dict:
