@@ -12,7 +12,7 @@ from airflow.sdk import Variable
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import gates
-from image_rollout.evidence import Evidence, Reload, render
+from image_rollout.evidence import Evidence, Reload, console_excerpt, render
 from image_rollout.inputs import BUILD_NUMBER, is_build_name, is_image_id
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
@@ -26,7 +26,6 @@ from image_rollout.plan import IMAGE_KEYS
 from image_rollout.slack import escape_mrkdwn
 
 TIMEOUT_MARKER = re.compile(r"Build timed out \(after \d+ minutes\)")
-MAX_CONSOLE_CHARS = 60_000
 
 if TYPE_CHECKING:
     from image_rollout.hooks.jenkins import JenkinsHook
@@ -155,12 +154,16 @@ class VerifyBuildOperator(RolloutOperator):
             "job": job,
             "url": jenkins.build_url(job, number),
             "console_url": console_url,
-            "console_text": console[-MAX_CONSOLE_CHARS:],
+            "console_text": console_excerpt(console),
             "images": images,
             "dry_run": request["dry_run"],
             "verified_at": iso(utcnow()),
         }
-        result["baseline"] = flags_hook().rule_values()
+        flags = flags_hook()
+        # A LaunchDarkly approval setting the rollout cannot work with stops it here, before any write;
+        # every write reads the settings again (operators/base.py).
+        result["approval_settings"] = self.approval_settings(flags)
+        result["baseline"] = flags.rule_values()
         if not request["dry_run"]:
             self._claim_flag(name)
         self.say(
