@@ -218,7 +218,7 @@ def test_rejection_in_airflow_stops_and_withdraws_the_train(rollout_sandbox, ld)
     # The requester never reviews its own train: it deletes it (LaunchDarkly's DELETE of a pending request).
     assert [r["deleted"] for r in ap_south] == [True]
     assert all(r["memberId"] != "sandbox-rollout" for r in ap_south[0]["allReviews"])
-    assert any("rejected in Airflow" in t for t in escalations(result["state"]))
+    assert any("rejected in Airflow" in t and "withdrawn" in t for t in escalations(result["state"]))
 
 
 @pytest.mark.parametrize("faults", [

@@ -134,10 +134,12 @@ class ProdChangeApprovalOperator(ApprovalOperator):
         request_id = filed.get("request_id")
         what = "left unapplied"
         try:
+            # Withdraw the train (the requester may delete its own request until it is applied), so an
+            # approved train nobody is going to start cannot be applied by mistake later.
             hook = FlagsHook()
-            if request_id and hook.get_change_request(request_id).get("reviewStatus") == "pending":
+            if request_id and hook.get_change_request(request_id).get("status") != "completed":
                 hook.delete_change_request(request_id)
-                what = "deleted"
+                what = "withdrawn (deleted)"
         except Exception as exc:  # the rollout stops either way; say so rather than fail the answer
             log.warning("Could not delete change request %s: %s", request_id, exc)
             what = f"not deleted ({type(exc).__name__})"
