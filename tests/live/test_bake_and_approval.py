@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.live.conftest import APPROVE, BAKE, PATCHING, bake_seconds, parse_time, promotions, slack_texts
+from tests.live.common import APPROVE, BAKE, PATCHING, bake_seconds, parse_time, promotions, slack_texts
 
 
 @pytest.fixture(scope="module")
