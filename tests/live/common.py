@@ -27,6 +27,10 @@ VERIFY = "build_verification.verify_build"
 PATCHING = "#sre-cfs-patching"
 REMAINING_PROD = ("ap-north", "eu-central", "uk-south", "us-east", "us-south", "br-sao", "ca-tor", "jp-osa",
                   "eu-fr2")
+#: A person answers a HITL request seconds after it appears, not within the same second: an answer that
+#: arrives before the task's deferral is processed races Airflow 3.3.2's scheduler ("finished with state
+#: success, but the task instance's state attribute is queued") and fails the approval task.
+ANSWER_AFTER = 4.0
 VARIABLES = ("image_rollout_active_build", "image_rollout_freeze", "image_rollout_override")
 
 
@@ -93,7 +97,7 @@ class Live:
         answered = []
         for detail in self.approver.pending_hitl(run_id):
             ti = detail["task_instance"]
-            if "Approve" not in (detail.get("options") or []):
+            if "Approve" not in (detail.get("options") or []) or asked_for(detail) < ANSWER_AFTER:
                 continue
             status, body = self.approver.answer_hitl(run_id, ti["task_id"], "Approve", map_index=ti["map_index"])
             answered.append({"task_id": ti["task_id"], "status": status, "body": body})
@@ -122,6 +126,12 @@ class Live:
         except TimeoutError as exc:
             bad = {k: v for k, v in (seen.get("tis") or {}).items() if v not in ("success", "skipped", None)}
             raise TimeoutError(f"{exc}; run {seen.get('run')}, unfinished tasks {bad}") from None
+
+
+def asked_for(detail: dict) -> float:
+    """Seconds since a HITL request was created."""
+    created = detail.get("created_at")
+    return (datetime.now(UTC) - parse_time(created)).total_seconds() if created else ANSWER_AFTER
 
 
 def promotions(state: dict, target: str) -> list[dict]:
