@@ -247,6 +247,16 @@ class SandboxControl:
         """Add faults (the active set grows); an unknown name is an ``ApiError`` naming it."""
         return self._json("POST", "/_sandbox/faults", {"faults": list(names)})
 
+    def try_faults(self, *names: str) -> bool:
+        """Add faults if this sandbox knows them all; False (nothing added) when it refuses one."""
+        resp = self.session.post(f"{self.base_url}/_sandbox/faults", json={"faults": list(names)},
+                                 timeout=self.timeout)
+        if resp.status_code == 400:
+            return False
+        if not 200 <= resp.status_code < 300:
+            raise ApiError(f"sandbox POST /_sandbox/faults answered {resp.status_code}: {resp.text[:300]}")
+        return True
+
     def clear_faults(self) -> dict:
         return self._json("DELETE", "/_sandbox/faults")
 

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.harness.operator_api import ApiError
+from tests.harness.stack import wait_for
 from tests.live.common import REMAINING_PROD, ROLLBACK, SOAK, bake_seconds, promotions
 
 NEWER_BUILD = "999-9999-999-20991231"
@@ -25,21 +26,49 @@ def _serves(state: dict, target: str, which: str) -> bool:
     return state["flag"]["rules"][target] == state["images"][which]
 
 
+def _good_canary_reloads(live, since: str) -> int:
+    """Succeeded autorecovery reloads of ap-south with the new prod image since ``since``."""
+    state = live.sandbox.state(autorecovery=True)
+    new = state["images"]["new"]["prod"]
+    return sum(1 for r in state["reloads"]
+               if r.get("region") == "ap-south" and r.get("kind") == "autorecovery" and r["time"] >= since
+               and (r.get("status") or r.get("result")) == "succeeded" and str(r.get("image_id")) == new)
+
+
 def test_clear_after_a_rollback_never_promotes_past_a_restored_canary(live):
-    """The soak fails (marked failed by the operator: it stands for the monitoring outage of the issue, and
-    it leaves chlorine and PagerDuty healthy, so a soak that reads data from before the rollback passes),
-    the canary is rolled back, then the operator follows the README: Clear the failed soak."""
+    """The issue's path: the soak cannot judge (PagerDuty unreadable) while good reloads pile up, the soak
+    fails and the canary is rolled back, PagerDuty comes back, then the operator follows the README:
+    Clear the failed soak. Reloads from before the rollback must not count.
+
+    Without the sandbox's ``pagerduty_5xx`` the soak is kept from judging by stopping the triggerer
+    (its trigger cannot fire) instead; either way the operator then marks the soak failed if it has not
+    failed by itself.
+    """
     run_id = live.start()
-    live.drive(run_id, lambda state, tis: promotions(state, "ap-south"), timeout=bake_seconds() + 240,
-               interval=0.5, what="ap-south promoted")
-    live.admin.wait_task(run_id, SOAK, {"running", "deferred"}, timeout=60, interval=0.5)
-    status, body = live.admin.mark(run_id, SOAK, "failed", note="PagerDuty unreadable: soak failed")
-    assert 200 <= status < 300, (status, body)
+    state = live.drive(run_id, lambda state, tis: promotions(state, "ap-south"), timeout=bake_seconds() + 240,
+                       interval=0.5, what="ap-south promoted")
+    promoted_at = promotions(state, "ap-south")[0]["time"]
+    live.admin.wait_task(run_id, SOAK, {"deferred", "running", "failed"}, timeout=60, interval=0.5)
+    pagerduty_down = live.sandbox.try_faults("pagerduty_5xx")
+    if not pagerduty_down:
+        live.stack.stop_component("triggerer", hard=True)
+    try:
+        wait_for(lambda: _good_canary_reloads(live, promoted_at) >= 15, timeout=90, interval=1,
+                 what="15 good autorecovery reloads on the canary")
+        soak = live.admin.task_state(run_id, SOAK)
+        assert soak != "success", "the soak passed although PagerDuty could not be read"
+        if soak != "failed":
+            status, body = live.admin.mark(run_id, SOAK, "failed", note="monitoring down: soak failed")
+            assert 200 <= status < 300, (status, body)
+    finally:
+        if not pagerduty_down:
+            live.stack.start_component("triggerer")
 
     def rolled_back(state, tis):
         return _serves(state, "ap-south", "previous") and tis.get(ROLLBACK) in ("success", "failed")
 
-    live.drive(run_id, rolled_back, timeout=120, what="the canary rolled back")
+    live.drive(run_id, rolled_back, timeout=150, what="the canary rolled back")
+    live.sandbox.clear_faults()  # PagerDuty answers again
     # "What happens when something fails": clear the failed task
     status, body = live.admin.clear(run_id, [SOAK], include_downstream=True)
     assert 200 <= status < 300, (status, body)
