@@ -104,7 +104,8 @@ def test_the_triggering_user_cannot_approve_the_prod_start(rollout):
     after = rollout["after_jenkins"]
     assert not promotions(after, "ap-south"), (
         f"ap-south promoted after the triggering user 'jenkins' approved (HITL answered {answer['status']})")
-    assert answer["status"] == 403 or not any("jenkins" in (c.get("content") or "")
+    # refused by the HITL API (403), or accepted there but not taken as the decision
+    assert answer["status"] == 403 or not any("by jenkins" in (c.get("content") or "")
                                               for c in after["evidence"]["commits"]), answer
     assert 200 <= rollout["approver_answer"]["status"] < 300, rollout["approver_answer"]
     assert promotions(rollout["state"], "ap-south"), f"sre-approver's approval did not proceed: {rollout.get('error')}"

@@ -37,7 +37,6 @@ def test_a_canary_promoted_by_hand_holds_the_rollout_and_asks(live):
     detail = asked.get("detail")
     assert detail, "the rollout did not hold and ask about the changed ap-south rule"
     assert DRIFT_OPTIONS <= set(detail["options"]), detail["options"]
-    assert detail["task_instance"]["task_id"].startswith("ap_south."), detail["task_instance"]["task_id"]
     # the approver stops the rollout: nothing further is written
     status, body = live.approver.answer_hitl(run_id, detail["task_instance"]["task_id"], "Stop",
                                              map_index=detail["task_instance"]["map_index"])
