@@ -733,3 +733,33 @@ def ensure_services(timeout: float = 60) -> None:
         subprocess.run(command, shell=True, check=False, timeout=timeout)
         wait_for(lambda p=port: tcp_open("127.0.0.1", p), timeout=timeout, interval=1,
                  what=f"a service on 127.0.0.1:{port} (started with: {command})")
+
+
+# -- a throwaway stack on a fresh PostgreSQL database (the live tests) --------------------------------
+
+
+@contextlib.contextmanager
+def fresh_stack(home: Path, sandbox_url: str, *, plan: str = "stack", executor: str = "LocalExecutor",
+                db_prefix: str = "airflow_live", **kwargs: Any):
+    """Start every component on a new PostgreSQL database; yield the healthy stack; stop it and drop the DB.
+
+    Everything started is killed by pid (``AirflowStack.stop``) even when the body raises.
+    """
+    import shutil
+
+    ensure_services()
+    with contextlib.suppress(Exception):
+        drop_stale_databases(db_prefix)
+    db_name, db_url = create_database(db_prefix)
+    if Path(home).exists():
+        shutil.rmtree(home)
+    stack = AirflowStack(home, sandbox_url, db_url=db_url, executor=executor, plan=plan, **kwargs)
+    try:
+        stack.start()
+        stack.wait_dag(DAG_ID)
+        stack.unpause(DAG_ID)
+        yield stack
+    finally:
+        stack.stop()
+        with contextlib.suppress(Exception):
+            drop_database(db_name)

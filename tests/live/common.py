@@ -1,0 +1,142 @@
+"""What the live tests share: task ids, the plan's timings, and ``Live``: the stack, the sandbox and the
+three people acting on a rollout. The fixtures are in ``conftest.py``.
+
+Plan ``stack``: the sandbox plan with a 40 s bake, long enough that a bake cut short is visible
+(with the sandbox plan's 5 s, the approval alone outlasts the bake).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from tests.harness.env import ROOT
+from tests.harness.operator_api import Operator, SandboxControl
+from tests.harness.stack import run_id_for, wait_for
+
+PLAN = "stack"
+BAKE = "bake.wait_bake"
+SOAK = "canary_soak.soak_gate"
+APPROVE = "ap_south.approve_ap_south"
+APPLY_AP_SOUTH = "ap_south.apply_change_request_ap_south"
+ROLLBACK = "rollout_end.rollback"
+VERIFY = "build_verification.verify_build"
+PATCHING = "#sre-cfs-patching"
+REMAINING_PROD = ("ap-north", "eu-central", "uk-south", "us-east", "us-south", "br-sao", "ca-tor", "jp-osa",
+                  "eu-fr2")
+#: A person answers a HITL request seconds after it appears, not within the same second: an answer that
+#: arrives before the task's deferral is processed races Airflow 3.3.2's scheduler ("finished with state
+#: success, but the task instance's state attribute is queued") and fails the approval task.
+ANSWER_AFTER = 4.0
+VARIABLES = ("image_rollout_active_build", "image_rollout_freeze", "image_rollout_override")
+
+
+def plan_seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if not match:
+        raise ValueError(f"not a duration: {value!r}")
+    return float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+def plan_json() -> dict:
+    return json.loads((ROOT / "include" / "plans" / f"{PLAN}.json").read_text())
+
+
+def bake_seconds() -> float:
+    return plan_seconds(next(s for s in plan_json()["stages"] if s["kind"] == "bake")["wait"])
+
+
+def parse_time(value) -> datetime:
+    if isinstance(value, int | float):  # LaunchDarkly's epoch milliseconds
+        return datetime.fromtimestamp(value / 1000, UTC)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+@dataclass
+class Live:
+    """The shared stack, the sandbox and the three people who act on a rollout."""
+
+    stack: object
+    sandbox: SandboxControl
+    admin: Operator
+    jenkins: Operator
+    approver: Operator
+    runs: list[str] = field(default_factory=list)
+
+    def build(self) -> str:
+        return self.sandbox.state()["builds"]["new"]
+
+    def start(self, reset: dict | None = None, *, before_trigger=None) -> str:
+        """Reset the sandbox (``reset`` is the reset body), clear the rollout's Variables, trigger as ``jenkins``."""
+        self.sandbox.reset(reset or {})
+        for key in VARIABLES:
+            self.admin.delete_variable(key)
+        if before_trigger:
+            before_trigger()
+        build = self.build()
+        run_id = run_id_for(build)
+        self.admin.stop_and_delete_run(run_id)
+        status, body = self.jenkins.trigger(run_id, {"build_name": build})
+        assert status in (200, 201), f"trigger answered {status}: {body}"
+        self.runs.append(run_id)
+        return run_id
+
+    def finish(self) -> None:
+        for run_id in self.runs:
+            with contextlib.suppress(Exception):
+                self.admin.stop_and_delete_run(run_id)
+        self.runs.clear()
+        with contextlib.suppress(Exception):
+            self.sandbox.clear_faults()
+
+    def approve_if_asked(self, run_id: str) -> list[dict]:
+        """Answer the prod-start approval as the assigned approver (only requests that offer "Approve")."""
+        answered = []
+        for detail in self.approver.pending_hitl(run_id):
+            ti = detail["task_instance"]
+            if "Approve" not in (detail.get("options") or []) or asked_for(detail) < ANSWER_AFTER:
+                continue
+            status, body = self.approver.answer_hitl(run_id, ti["task_id"], "Approve", map_index=ti["map_index"])
+            answered.append({"task_id": ti["task_id"], "status": status, "body": body})
+        return answered
+
+    def drive(self, run_id: str, until, *, timeout: float, approve: bool = True, interval: float = 1.0,
+              what: str = "") -> dict:
+        """Poll the sandbox (and answer approvals as ``sre-approver``) until ``until(state, tis)`` is true."""
+        seen: dict = {}
+
+        def done():
+            self.stack.check_alive()
+            if approve:
+                with contextlib.suppress(Exception):
+                    self.approve_if_asked(run_id)
+            try:
+                states = self.admin.task_states(run_id)
+            except Exception:
+                return None
+            state = self.sandbox.state()
+            seen.update(state=state, tis=states, run=self.admin.run_state(run_id))
+            return state if until(state, states) else None
+
+        try:
+            return wait_for(done, timeout=timeout, interval=interval, what=what or "the rollout to get there")
+        except TimeoutError as exc:
+            bad = {k: v for k, v in (seen.get("tis") or {}).items() if v not in ("success", "skipped", None)}
+            raise TimeoutError(f"{exc}; run {seen.get('run')}, unfinished tasks {bad}") from None
+
+
+def asked_for(detail: dict) -> float:
+    """Seconds since a HITL request was created."""
+    created = detail.get("created_at")
+    return (datetime.now(UTC) - parse_time(created)).total_seconds() if created else ANSWER_AFTER
+
+
+def promotions(state: dict, target: str) -> list[dict]:
+    return [p for p in state["promotions"] if p["target"] == target]
+
+
+def slack_texts(state: dict, channel: str | None = None) -> list[str]:
+    return [m["text"] for m in state["slack"] if channel is None or m["channel"] == channel]

@@ -1,0 +1,59 @@
+"""One real Airflow (scheduler, triggerer, dag-processor, api-server; LocalExecutor on a fresh PostgreSQL
+database) and one sandbox for every live test; each test resets the sandbox and gets its own run.
+
+Plan ``stack``: the sandbox plan with a 40 s bake, long enough that a bake cut short is visible
+(with the sandbox plan's 5 s, the approval alone outlasts the bake).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness.env import BUILD
+from tests.harness.operator_api import Operator, SandboxControl
+from tests.harness.stack import fresh_stack
+from tests.live.common import PLAN, Live
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.live)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "live: a rollout on the real scheduler, driven over the REST API")
+
+
+@pytest.fixture(scope="session")
+def live_stack(request):
+    from include.sandbox import serve_in_thread
+
+    logging.getLogger("sandbox").setLevel(logging.WARNING)  # its request log would drown the failures
+    started = time.monotonic()
+    server, sandbox_url = serve_in_thread(port=0)
+    try:
+        with fresh_stack(BUILD / "live-test", sandbox_url, plan=PLAN) as stack:
+            live = Live(stack, SandboxControl(sandbox_url), Operator.of(stack, "admin"),
+                        Operator.of(stack, "jenkins"), Operator.of(stack, "sre-approver"))
+            print(f"\n[live] stack up in {time.monotonic() - started:.0f}s")
+            yield live
+    finally:
+        server.shutdown()
+        print(f"\n[live] wall time {time.monotonic() - started:.0f}s")
+
+
+@pytest.fixture
+def live(live_stack):
+    """The shared stack; whatever run the test started is stopped and deleted afterwards."""
+    started = time.monotonic()
+    try:
+        yield live_stack
+    finally:
+        live_stack.finish()
+        print(f"\n[live] test took {time.monotonic() - started:.0f}s")
