@@ -50,7 +50,7 @@ def live_stack(request):
 
 @pytest.fixture
 def live(live_stack):
-    """The shared stack; whatever run the test started is stopped and deleted afterwards."""
+    """The shared stack; whatever run the test started is ended (marked failed) afterwards."""
     started = time.monotonic()
     try:
         yield live_stack

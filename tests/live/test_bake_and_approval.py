@@ -105,8 +105,7 @@ def test_the_triggering_user_cannot_approve_the_prod_start(rollout):
     assert not promotions(after, "ap-south"), (
         f"ap-south promoted after the triggering user 'jenkins' approved (HITL answered {answer['status']})")
     # refused by the HITL API (403), or accepted there but not taken as the decision
-    assert answer["status"] == 403 or not any("by jenkins" in (c.get("content") or "")
-                                              for c in after["evidence"]["commits"]), answer
+    assert answer["status"] == 403 or not any(decided_by(c, "jenkins") for c in after["evidence"]["commits"]), answer
     assert 200 <= rollout["approver_answer"]["status"] < 300, rollout["approver_answer"]
     assert promotions(rollout["state"], "ap-south"), f"sre-approver's approval did not proceed: {rollout.get('error')}"
 
@@ -114,9 +113,14 @@ def test_the_triggering_user_cannot_approve_the_prod_start(rollout):
 def test_the_evidence_records_who_decided(rollout):
     commits = rollout["state"]["evidence"]["commits"]
     assert commits, "no evidence written"
-    text = commits[-1]["content"]
-    assert "sre-approver" in text, "the evidence does not name the approver sre-approver"
-    assert "approve" in text.lower()
+    assert decided_by(commits[-1], "sre-approver"), "the evidence does not name the decider sre-approver"
+    assert "approve" in commits[-1]["content"].lower()
     for commit in commits:
-        for wrong in ("by jenkins", "by unknown"):
-            assert wrong not in (commit.get("content") or ""), f"evidence commit {commit['sha'][:10]} says {wrong!r}"
+        for wrong in ("jenkins", "unknown"):
+            assert not decided_by(commit, wrong), f"evidence commit {commit['sha'][:10]} says the decision was {wrong}'s"
+
+
+def decided_by(commit: dict, who: str) -> bool:
+    """Whether the evidence names ``who`` as the one who decided the prod start (not merely who triggered)."""
+    return any(f"by {who}" in line for line in (commit.get("content") or "").splitlines()
+               if "decision for" in line or "approved in airflow" in line.lower())
