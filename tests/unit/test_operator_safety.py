@@ -129,3 +129,18 @@ def test_the_approval_has_approvers_and_no_default():
         ProdChangeApprovalOperator(approvers=[], **common)
     with pytest.raises(ValueError, match="default"):
         ProdChangeApprovalOperator(approvers=["sre-approver"], defaults=["Approve"], **common)
+
+
+def test_a_rerun_keeps_our_evidence_for_the_same_build_and_refuses_another_builds():
+    """A rerun renders the step again with its own reload times: our keyed commit for the same build and
+    image ids stands; a keyed commit holding another build's ids is someone else's."""
+    github = FakeGitHub()
+    key = pc.rollout_key(BUILD, "evidence")
+    identity = [f"build {BUILD}", '"dev": "8495980"']
+    github.put_file("e.md", f"build {BUILD}\n\"dev\": \"8495980\"\nreloaded at 10:00", f"Add\n\n{pc.key_line(key)}")
+    assert commit_once(github, "e.md", f"build {BUILD}\n\"dev\": \"8495980\"\nreloaded at 11:00", "Add", key=key,
+                       identity=identity) == "c0"
+    assert len(github.commits) == 1
+    github.put_file("f.md", f"build {BUILD}\n\"dev\": \"1111111\"", f"Add\n\n{pc.key_line(key)}")
+    assert commit_once(github, "f.md", f"build {BUILD}\n\"dev\": \"8495980\"", "Add", key=key,
+                       identity=identity) == "c2"

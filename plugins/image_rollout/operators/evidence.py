@@ -7,6 +7,7 @@ committing again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from image_rollout import preconditions as pc
@@ -43,21 +44,31 @@ def _message(message: str, key: str) -> str:
     return f"{message}\n\n{pc.key_line(key)}"
 
 
-def find_ours(github: GitHubEvidenceHook, path: str, key: str, contains: str, *, exact: bool) -> str | None:
-    """Our commit for this step: the key trailer AND the content we meant to write (issue 9 item 7).
+def find_ours(github: GitHubEvidenceHook, path: str, key: str, matches) -> str | None:
+    """Our commit for this step: the key trailer AND content we meant to write (issue 9 item 7).
 
-    A commit with our message but without the key, or with other content, is someone else's.
+    ``matches(content)`` says whether the file at a keyed commit is what this step writes. A commit
+    with our message but without the key, or with other content, is someone else's.
     """
     for commit in github.find_commit(path, key):
         content = github.file_at(path, commit["sha"])
-        if content is not None and (content == contains if exact else contains in content):
+        if content is not None and matches(content):
             return commit["sha"]
     return None
 
 
-def commit_once(github: GitHubEvidenceHook, path: str, text: str, message: str, *, key: str) -> str:
-    """Commit ``text`` unless our keyed commit with exactly this text exists for the path."""
-    found = find_ours(github, path, key, text, exact=True)
+def commit_once(github: GitHubEvidenceHook, path: str, text: str, message: str, *, key: str,
+                identity: Sequence[str] = ()) -> str:
+    """Commit ``text`` unless our keyed commit of it exists for the path.
+
+    Ours is exactly ``text``, or, for a rerun that renders the same step again with its own reload
+    times, a file carrying every ``identity`` line (the build name and its image ids): the evidence
+    this step already committed for this build stands, and is not committed twice.
+    """
+    def matches(content: str) -> bool:
+        return content == text or bool(identity) and all(line in content for line in identity)
+
+    found = find_ours(github, path, key, matches)
     if found:
         return found
     return github.put_file(path, text, _message(message, key))
@@ -76,7 +87,7 @@ def append_record(github: GitHubEvidenceHook, path: str, record: Record, message
     passed: a file first written by a rollback or another record never claims that.
     """
     section = record_text(record)
-    found = find_ours(github, path, key, section, exact=False)
+    found = find_ours(github, path, key, lambda content: section in content)
     if found:
         return found
     current = github.get_file(path)
@@ -109,7 +120,10 @@ class CommitEvidenceOperator(RolloutOperator):
                    else f"Add stage reloads to evidence for immutable image build {build['name']}")
         github = github_hook()
         step = "evidence" if self.mode == "initial" else "evidence-stage-reloads"
-        sha = commit_once(github, path, render(evidence), message, key=pc.rollout_key(build["name"], step))
+        text = render(evidence)
+        identity = [line for line in text.splitlines() if build["name"] in line
+                    or any(image_id in line for image_id in build["images"].values())]
+        sha = commit_once(github, path, text, message, key=pc.rollout_key(build["name"], step), identity=identity)
         url = github.blob_url(path, sha)
         self.say(f"Evidence for {build['name']} committed: {url}")
         return {"path": path, "sha": sha, "url": url, "mode": self.mode}
