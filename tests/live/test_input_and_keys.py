@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.live.common import VERIFY, promotions
+from tests.live.common import ROLLBACK, VERIFY, promotions
 
 WRITES = ("flags PATCH", "flags POST", "flags DELETE", "github PUT", "chlorine POST")
 NEW_IDS = {"dev": "8935101", "prod": "8935154", "prodfr2": "8935160", "stage": "8935122"}
@@ -34,6 +34,11 @@ def test_loose_image_ids_fail_verification_before_any_write(live, prod_id):
     assert state["evidence"]["commits"] == [] and not state.get("github_commits")
     assert all(rules == state["images"]["previous"] for rules in state["flag"]["rules"].values())
     assert not writes, writes
+    # The run's colour (item 8): failed, and the stop is reported once, by the task that stopped it; the
+    # rollback has nothing to restore and raises no second, misleading alarm.
+    assert live.admin.wait_run(run_id, timeout=120) == "failed"
+    assert live.admin.task_state(run_id, ROLLBACK) != "failed"
+    assert not [m for m in state["slack"] if "ROLLBACK" in m["text"].upper()]
 
 
 def test_a_commit_with_the_rollout_message_but_not_its_key_is_not_taken_as_ours(live):

@@ -133,3 +133,6 @@ def test_a_superseded_rollout_still_restores_its_failed_canary(live):
         f"ap-south left on the failing build {state['flag'].get('rule_builds', {}).get('ap-south')} (run {final})")
     assert final != "success", "a run whose canary failed ended success"
     assert not any(promotions(state, t) for t in REMAINING_PROD)
+    # a distinct, labelled end (item 8), never a plain failure or success
+    assert live.admin.task_state(run_id, "rollout_end.superseded") == "failed"
+    assert any(m["text"].startswith("SUPERSEDED") for m in state["slack"]), [m["text"][:80] for m in state["slack"]]

@@ -139,7 +139,11 @@ def assert_stopped(result, new: list[str], *, rolled_back: list[str] = (), rollb
         assert "### Rollback" in text
         for target in rolled_back:
             assert f"{target} restored to the previous image map" in text
-        assert any("ROLLBACK" in m for m in escalations(state))
+        assert any("ROLLBACK" in m and "Left alone" in m for m in escalations(state))
+        for target in new:  # every target it did not restore is named too, with the reason
+            assert f"{target} left alone:" in text
+        if len(state["evidence"]["commits"]) == 1:  # the file was first created by the rollback
+            assert "All manual checks and tests have passed" not in text, text[:400]
 
 
 ALL_NEW_CASES = [
