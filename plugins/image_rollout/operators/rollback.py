@@ -112,6 +112,12 @@ class RollbackOperator(RolloutOperator):
             previous[target] = self._previous(context, stage, target, build)
         decisions = pc.rollback_decisions(targets, current=current, build_map=build["images"],
                                           previous=previous, newer_build=newer)
+        # The targets outside the failed gate's reach are named too, so the record accounts for every one.
+        for target in (t.target for t in self.plan.targets if t.target not in targets):
+            serves_build = current.get(target) is not None and dict(current[target]) == dict(build["images"])
+            decisions.append({"target": target, "action": "left", "why": (
+                "keeps the new image: a gate that passed vouches for it" if serves_build
+                else "not promoted by this rollout")})
         ti = context["ti"]
         done = ti.xcom_pull(task_ids=self.task_id, key="restored") or []
         comment = f"Rollback to previous version: gate {failed_gate.id} failed for {build['name']}"
