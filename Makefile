@@ -37,13 +37,23 @@ $(OCTOKIT_DIR)/.installed-$(OCTOKIT_OPENAPI_VERSION):
 # Test-only Python packages (requirements-test.txt) and GitHub's API description for tests/contracts.
 test-deps: $(BIN)/.installed-test $(OCTOKIT_DIR)/.installed-$(OCTOKIT_OPENAPI_VERSION)
 
-#: Scenarios mostly wait on the sandbox's compressed clocks, so three workers share two cores well;
-#: the real-scheduler and status-page tests each stay on one worker (tests/conftest.py).
+#: Scenarios mostly wait on the sandbox's compressed clocks, so three xdist workers share two cores well.
+#: The real-scheduler and status-page tests each start Airflow components over one home or database:
+#: they run in a lane of their own, one at a time, beside the workers.
 TEST_WORKERS ?= 3
+SERIAL_TESTS := tests/live tests/stack tests/status_page
 FAST_TESTS := tests/unit tests/dags tests/hooks tests/sandbox tests/contracts tests/test_compose.py
 
 test: venv test-deps
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=10 tests
+	@mkdir -p build; rm -f build/junit-*.xml
+	@ROLLOUT_TEST_LANE=serial $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 \
+		--junitxml=build/junit-serial.xml $(SERIAL_TESTS) > build/test-serial.log 2>&1 & serial=$$!; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=10 --junitxml=build/junit-parallel.xml \
+		$(addprefix --ignore=,$(SERIAL_TESTS)) tests; parallel_rc=$$?; \
+	wait $$serial; serial_rc=$$?; \
+	echo; echo "== real-scheduler and status-page lane (build/test-serial.log) =="; cat build/test-serial.log; \
+	$(BIN)/python -m tests.harness.junit_summary build/junit-*.xml; \
+	test $$parallel_rc -eq 0 -a $$serial_rc -eq 0
 
 # The inner loop: unit, DAG integrity, hooks, sandbox and contract tests; no whole rollouts.
 test-fast: venv test-deps

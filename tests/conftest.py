@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-#: One Airflow home per pytest-xdist worker: each has its own SQLite DB and session sandbox.
-HOME = ROOT / "build" / f"airflow-pytest-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+#: One Airflow home per pytest process (each xdist worker, and the lane ``make test`` runs beside them):
+#: each has its own SQLite DB and session sandbox.
+_LANE = os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("ROLLOUT_TEST_LANE", "main")
+HOME = ROOT / "build" / f"airflow-pytest-{_LANE}"
 HOME.mkdir(parents=True, exist_ok=True)
 for p in (str(ROOT / "plugins"), str(ROOT)):
     if p not in sys.path:
@@ -29,19 +31,6 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("ROLLOUT_PLAN", "sandbox")
-
-
-#: Tests that share one Airflow home or start the real Airflow components: each group runs on one
-#: xdist worker, in order, so they never race for a home and never start two stacks at once.
-SERIAL_GROUPS = {"status_page": "status_page", "stack": "real_scheduler", "live": "real_scheduler"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
-        group = SERIAL_GROUPS.get(parts[0]) if len(parts) > 1 else None
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

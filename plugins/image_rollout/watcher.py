@@ -6,8 +6,8 @@ job". The watcher DAG uses this when the Jenkins webhook did not start the rollo
 
 from __future__ import annotations
 
-from image_rollout.evidence import BUILD_NAME
 from image_rollout.hooks.jenkins import JenkinsHook
+from image_rollout.inputs import is_build_name
 from image_rollout.plan import RolloutPlan
 
 
@@ -28,7 +28,7 @@ def newest_rollout_candidate(plan: RolloutPlan, *, scan: int = 10) -> dict | Non
     for ref in sorted(job.get("builds") or [], key=lambda b: -int(b["number"]))[:scan]:
         build = jenkins.get_build(plan.jenkins.image_job, ref["number"])
         name = build.get("displayName") or ""
-        if build.get("result") != "SUCCESS" or not BUILD_NAME.match(name):
+        if build.get("result") != "SUCCESS" or not is_build_name(name):
             continue
         for project, number in _upstream_causes(build):
             if project == upstream and jenkins.get_build(upstream, number).get("result") == "SUCCESS":

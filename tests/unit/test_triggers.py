@@ -38,6 +38,16 @@ FAR = _iso(NOW + timedelta(days=1))
 PAST = _iso(NOW - timedelta(seconds=1))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_clock():
+    """The soak's time limit runs from ``since``: take "now" when each test runs, not when the module was
+    imported (a loaded machine or a long suite can run a test minutes later)."""
+    global NOW, FAR, PAST
+    NOW = datetime.now(UTC)
+    FAR = _iso(NOW + timedelta(days=1))
+    PAST = _iso(NOW - timedelta(seconds=1))
+
+
 def outage(system: str = "pagerduty") -> ExternalSystemError:
     return ExternalSystemError(system=system, call="GET /incidents", status=503, reason="503 after 3 retries")
 
