@@ -49,13 +49,20 @@ def rollout_key(build_name: str, what: str) -> str:
     return f"{KEY_PREFIX}/{build_name}/{what}"
 
 
+#: What starts the line that marks a change request's description or an evidence commit's message.
+KEY_LINE_PREFIX = "Rollout-Key:"
+
+
 def key_line(key: str) -> str:
-    return f"Rollout-Key: {key}"
+    """The line (a commit trailer, or a line of a change request's description) that carries ``key``."""
+    return f"{KEY_LINE_PREFIX} {key}"
 
 
-def carries_key(text: str | None, key: str) -> bool:
+def carries_key(text: Any, key: str) -> bool:
     """Whether a description or commit message carries exactly this key on a line of its own."""
-    return any(line.strip() == key_line(key) for line in (text or "").splitlines())
+    if not isinstance(text, str):
+        return False
+    return any(line.strip() == key_line(key) for line in text.splitlines())
 
 
 # -- time ------------------------------------------------------------------------------------------

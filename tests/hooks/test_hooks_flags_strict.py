@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 
 from image_rollout.hooks._http import ExternalSystemError, ResponseLostError
-from image_rollout.hooks.flags import (
-    LD_API_VERSION,
-    ApprovalRequired,
-    FlagsHook,
-    has_marker,
-    rollout_key,
-)
+from image_rollout.hooks.flags import LD_API_VERSION, ApprovalRequired, FlagsHook
+from image_rollout.preconditions import carries_key, rollout_key
 from tests.hooks.fake_launchdarkly import FakeLaunchDarkly
 
 BUILD = "533-1251-880-20211101"
@@ -76,7 +71,7 @@ def test_request_is_found_by_marker_and_content_not_echoed_fields(open_env):
     request = flags.create_change_request(["ap-south"], NEW_MAP, FIELDS, "Promote to ap-south")
     assert "integrationConfig" not in request, "LaunchDarkly does not echo it"
     assert fake.sent_configs[request["_id"]] == FIELDS, "but the runbook fields are sent"
-    assert has_marker(request["description"], rollout_key(BUILD, "ap-south"))
+    assert carries_key(request["description"], rollout_key(BUILD, "ap-south"))
     assert request["description"].startswith("Promote to ap-south")
 
     assert flags.find_change_request("ap-south", BUILD, NEW_MAP)["_id"] == request["_id"]
@@ -107,10 +102,10 @@ def test_a_copied_marker_with_other_content_is_not_ours(open_env):
 
 def test_a_marker_must_be_its_own_line():
     key = rollout_key(BUILD, "ap-south")
-    assert has_marker(f"text\n\nRollout-Key: {key}\n", key)
-    assert not has_marker(f"text Rollout-Key: {key}", key)
-    assert not has_marker(f"Rollout-Key: {key}-extra", key)
-    assert not has_marker(None, key)
+    assert carries_key(f"text\n\nRollout-Key: {key}\n", key)
+    assert not carries_key(f"text Rollout-Key: {key}", key)
+    assert not carries_key(f"Rollout-Key: {key}-extra", key)
+    assert not carries_key(None, key)
 
 
 def test_missing_variation_goes_into_the_request_under_required(required_env):

@@ -10,7 +10,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from image_rollout.hooks._http import ExternalSystemError
-from image_rollout.hooks.github import GitHubEvidenceHook, has_trailer, trailer_line
+from image_rollout.hooks.github import GitHubEvidenceHook
+from image_rollout.preconditions import carries_key, key_line
 
 PATH = "train_evidence/smith-immutable-image/immutableimage_533-1251-880-20211101_evidence.md"
 KEY = "immutable-image/533-1251-880-20211101/initial"
@@ -155,7 +156,7 @@ def fake_github(stub_server, stub_connection):
 
 
 def message(text: str, key: str = KEY) -> str:
-    return f"{text}\n\n{trailer_line(key)}"
+    return f"{text}\n\n{key_line(key)}"
 
 
 def test_goes_through_the_providers_github_hook(fake_github, monkeypatch):
@@ -243,9 +244,9 @@ def test_list_commits_shape(fake_github):
 
 
 def test_trailer_must_be_its_own_line():
-    assert has_trailer(message("x"), KEY)
-    assert not has_trailer(f"x Rollout-Key: {KEY}", KEY)
-    assert not has_trailer(message("x", KEY + "/more"), KEY)
+    assert carries_key(message("x"), KEY)
+    assert not carries_key(f"x Rollout-Key: {KEY}", KEY)
+    assert not carries_key(message("x", KEY + "/more"), KEY)
 
 
 def test_blob_url_for_enterprise_and_github_com(fake_github, stub_connection):

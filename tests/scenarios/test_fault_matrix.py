@@ -182,6 +182,8 @@ def test_failed_build_stops_before_anything_changes(rollout_sandbox, ld):
     result = run(rollout_sandbox, ld, ["jenkins_build_failed"])
     assert_stopped(result, new=[])
     assert result["tasks"]["build_verification.verify_build"] == "failed"
+    assert result["run_state"] == "failed"  # never green, and no second alarm from the rollback
+    assert result["tasks"]["rollout_end.rollback"] != "failed"
     assert result["state"]["evidence"]["commits"] == []
     assert any("verify_build" in t for t in escalations(result["state"]))
 

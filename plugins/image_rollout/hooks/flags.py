@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from image_rollout.hooks._http import ExternalSystemError, HeaderTokenAuth, ResponseLostError, RolloutHttpHook
+from image_rollout.preconditions import carries_key, key_line, rollout_key
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -20,28 +21,6 @@ SEMANTIC_PATCH = "application/json; domain-model=launchdarkly.semanticpatch"
 REVIEW_KINDS = frozenset({"approve", "decline", "comment"})
 #: The REST API version every request asks for, so response shapes do not follow the token's default.
 LD_API_VERSION = "20240415"
-#: The marker line in a change request's description that names the promotion it is for.
-ROLLOUT_KEY_MARKER = "Rollout-Key:"
-
-
-def rollout_key(build: str, target: str) -> str:
-    """Return the idempotency key of promoting ``build`` to ``target``: ``immutable-image/<build>/<target>``."""
-    return f"immutable-image/{build}/{target}"
-
-
-def marker_line(key: str) -> str:
-    """Return the description line that marks a change request as the rollout's for ``key``."""
-    return f"{ROLLOUT_KEY_MARKER} {key}"
-
-
-def has_marker(description: Any, key: str) -> bool:
-    """True when ``description`` has the exact marker line for ``key`` (a line of its own)."""
-    if not isinstance(description, str):
-        return False
-    wanted = marker_line(key)
-    return any(line.strip() == wanted for line in description.splitlines())
-
-
 class ApprovalRequired(ExternalSystemError):
     """
     LaunchDarkly refused a direct flag change (HTTP 405): the environment requires approval.
@@ -463,7 +442,7 @@ class FlagsHook(RolloutHttpHook):
         self, key: str, targets: list[str], image_map: Mapping[str, Any] | None
     ) -> dict[str, Any] | None:
         candidates = [
-            item for item in self.list_change_requests() if has_marker(item.get("description"), key)
+            item for item in self.list_change_requests() if carries_key(item.get("description"), key)
         ]
         if candidates and image_map is not None:
             flag = self.get_flag()
@@ -518,8 +497,8 @@ class FlagsHook(RolloutHttpHook):
             key = rollout_key(str(fields["build"]), str(fields["target"]))
         if not key:
             raise ValueError("a change request needs a key (or fields with 'target' and 'build')")
-        if not has_marker(description, key):
-            description = f"{description.rstrip()}\n\n{marker_line(key)}"
+        if not carries_key(description, key):
+            description = f"{description.rstrip()}\n\n{key_line(key)}"
         call = f"POST {self._approvals_path}"
 
         def attempt() -> dict[str, Any]:

@@ -31,6 +31,7 @@ from image_rollout.hooks._http import (
     MalformedResponseError,
     truncate,
 )
+from image_rollout.preconditions import KEY_LINE_PREFIX, carries_key
 
 try:  # the provider's hook; imported lazily in tests that do not need it
     from airflow.providers.github.hooks.github import GithubHook
@@ -40,23 +41,6 @@ except ImportError:  # pragma: no cover - the provider is pinned in requirements
 from airflow.providers.common.compat.sdk import BaseHook
 
 T = TypeVar("T")
-
-#: The trailer line that marks an evidence commit as the rollout's for one key.
-ROLLOUT_KEY_TRAILER = "Rollout-Key:"
-
-
-def trailer_line(key: str) -> str:
-    """Return the commit-message trailer for ``key`` (e.g. ``immutable-image/<build>/<step>``)."""
-    return f"{ROLLOUT_KEY_TRAILER} {key}"
-
-
-def has_trailer(message: Any, key: str) -> bool:
-    """True when the commit ``message`` has the exact trailer line for ``key``."""
-    if not isinstance(message, str):
-        return False
-    wanted = trailer_line(key)
-    return any(line.strip() == wanted for line in message.splitlines())
-
 
 class GitHubEvidenceHook(BaseHook):
     """
@@ -348,7 +332,7 @@ class GitHubEvidenceHook(BaseHook):
         :param key: the rollout's key, e.g. ``immutable-image/<build>/<step>``.
         :param text: the content the commit must have left the file with.
         """
-        found = [c for c in self.list_commits(path, limit=100) if has_trailer(c["message"], key)]
+        found = [c for c in self.list_commits(path, limit=100) if carries_key(c["message"], key)]
         if text is not None:
             found = [c for c in found if self.file_at(path, c["sha"]) == text]
         return found
@@ -363,9 +347,9 @@ class GitHubEvidenceHook(BaseHook):
         """The commit that already leaves ``path`` as ``text``: ours by trailer and content when the
         message has a trailer, else the newest commit touching the path."""
         keys = [
-            line.strip()[len(ROLLOUT_KEY_TRAILER) :].strip()
+            line.strip()[len(KEY_LINE_PREFIX) :].strip()
             for line in message.splitlines()
-            if line.strip().startswith(ROLLOUT_KEY_TRAILER)
+            if line.strip().startswith(KEY_LINE_PREFIX)
         ]
         for key in keys:
             for commit in self.find_commit(path, key, text=text):

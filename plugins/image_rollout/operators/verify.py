@@ -27,7 +27,9 @@ class VerifyFleetOperator(RolloutOperator):
 
     def execute(self, context) -> dict:
         if not context["ti"].xcom_pull(task_ids=VERIFY_TASK):
-            raise AirflowSkipException("no verified build: nothing was rolled out")
+            # Red, not skipped: a run whose build never passed verification rolled nothing out. The task
+            # that stopped it has escalated; this one only keeps the run from ending green.
+            raise AirflowFailException("the build did not pass verification: nothing was rolled out")
         build = self.build(context)
         if build.get("dry_run"):
             raise AirflowSkipException("dry run: nothing was rolled out")
