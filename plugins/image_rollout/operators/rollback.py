@@ -94,12 +94,12 @@ class RollbackOperator(RolloutOperator):
             self.say(f"The change board declined a rollback request ({event.get('request', {}).get('_id')}): "
                      "restore by hand now", escalate=True)
             raise AirflowFailException("rollback change request declined")
-        build = self.build(context)
         states = self._states(context)
         failed_gate, targets = targets_to_restore(self.plan, states)
         if failed_gate is None:
             # The failed task already escalated; a second message from here would only mislead.
             raise AirflowSkipException("no gate failed: nothing to roll back (the failed task has escalated)")
+        build = self.build(context)
         self.hold_if_frozen(context)
         newer = self.superseded_by(build["name"])
         decision = self.pull_decision(context, gate_task_id(failed_gate))
