@@ -143,14 +143,12 @@ class PromoteTargetOperator(_WriteOperator):
             return self.done(flags, build)
         if required:
             return self._via_request(context, flags, build)
-        from image_rollout.hooks._http import ExternalSystemError
+        from image_rollout.hooks.flags import ApprovalRequired
 
         try:
             flags.point_rule(self.target, build["images"],
                              comment=f"Promoting immutable image build {build['name']} to {self.target}")
-        except ExternalSystemError as exc:
-            if type(exc).__name__ != "ApprovalRequired" and getattr(exc, "status", None) != 405:
-                raise
+        except ApprovalRequired:
             self.log.warning("LaunchDarkly requires approval for %s now: filing a change request", self.target)
             return self._via_request(context, flags, build)
         self.say(f"Promoted immutable image build {build['name']} to {self.target}")
