@@ -8,7 +8,7 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from image_rollout.operators import base
 from image_rollout.operators.promote import ApplyChangeRequestOperator
@@ -61,7 +61,17 @@ class FakeFlags:
         return {"_id": request_id, "status": "completed", "appliedDate": 1}
 
 
-def _run(monkeypatch, *, decision=APPROVED, bake_left=0.0, override=None, trigger="jenkins"):
+class FakeEvidence:
+    """The evidence repository: whether a person's Stop on a drift is recorded there."""
+
+    def __init__(self, stopped: bool):
+        self.stopped = stopped
+
+    def find_commit(self, path, key):
+        return [{"sha": "c-stop"}] if self.stopped and key.endswith("/drift-ap-south-stop") else []
+
+
+def _run(monkeypatch, *, decision=APPROVED, bake_left=0.0, override=None, trigger="jenkins", stopped=False):
     now = base.utcnow()
     stage_applied = now - timedelta(seconds=86400) + timedelta(seconds=bake_left)
     flags = FakeFlags({"ap-south": OLD, "stage-south": NEW}, int(stage_applied.timestamp() * 1000))
@@ -72,6 +82,7 @@ def _run(monkeypatch, *, decision=APPROVED, bake_left=0.0, override=None, trigge
     said = []
     monkeypatch.setattr(base.RolloutOperator, "say", lambda self, text, escalate=False: said.append(text))
     monkeypatch.setattr(base.RolloutOperator, "_record", lambda self, *a, **k: "sha")
+    monkeypatch.setattr(base, "github_hook", lambda: FakeEvidence(stopped))
     build = {"name": BUILD, "images": NEW, "baseline": {"ap-south": OLD, "stage-south": OLD}}
     ti = FakeTI({
         ("build_verification.verify_build", "return_value"): build,
@@ -145,3 +156,14 @@ def test_a_canary_already_on_the_build_without_our_request_is_drift(monkeypatch)
     with pytest.raises(RuntimeError, match="parked"):
         op.execute(context)
     assert asked == ["ap-south"] and flags.applied == []
+
+
+def test_a_drift_someone_chose_to_stop_on_stops_again_without_asking(monkeypatch):
+    """Whatever starts another try (a retry, a clear), a recorded Stop on the same drift is not asked again."""
+    op, context, flags, said, _ti = _run(monkeypatch, stopped=True)
+    flags.rules["ap-south"] = NEW
+    asked = []
+    monkeypatch.setattr(base.RolloutOperator, "ask_drift", lambda self, *a: asked.append(a))
+    with pytest.raises(AirflowFailException, match="Stop was chosen"):
+        op.execute(context)
+    assert asked == [] and flags.applied == []

@@ -278,6 +278,13 @@ class RolloutOperator(BaseOperator):
         if answer.get("choice") == "Overwrite" and answer.get("current") == current:
             self.log.warning("Drift on %s overwritten by decision of %s", target, answer.get("by"))
             return "write"
+        stopped = github_hook().find_commit(self.plan.evidence_path(build["name"]),
+                                            pc.rollout_key(build["name"], f"drift-{target}-stop"))
+        if stopped:
+            # A person chose Stop on this drift (recorded in the evidence): a later try, whatever started
+            # it, stops again instead of asking anew. Fixing the rule ends the drift; then clear the task.
+            raise AirflowFailException(f"drift on {target}: Stop was chosen (evidence commit {stopped[0]['sha']}); "
+                                       "fix the rule, then clear this task")
         self.ask_drift(context, target, current, build)
         return "write"  # unreachable: ask_drift parks the task
 
