@@ -95,7 +95,10 @@ def test_a_failed_canary_is_restored_even_when_a_newer_build_took_over(rollout_s
 
     watcher = threading.Thread(target=newer_build_starts, daemon=True)
     watcher.start()
-    result = run_scenario(rollout_sandbox, faults=["autorecovery_failed_alert:ap-south"], conf=None)
+    # slow autorecovery: the canary fails some seconds into the soak, after the newer build took over
+    # (with the incident alone it can fail before the watcher thread sets the Variable)
+    result = run_scenario(rollout_sandbox, faults=["autorecovery_failed_alert:ap-south", "autorecovery_slow:ap-south"],
+                          conf=None)
     watcher.join(timeout=5)
     state = result["state"]
     assert result["run_state"] == "failed", result["tasks"]
