@@ -172,7 +172,22 @@ def truncate(text: str, limit: int = BODY_LIMIT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
-class RolloutHttpHook(HttpHook):
+class RedactsConnectionSecrets:
+    """What every rollout hook shares: its connection's secrets never appear in an error or a log line."""
+
+    def secrets(self) -> list[str]:
+        """Strings that must never appear in an error or a log line (the connection's password)."""
+        password = self.connection.password
+        return [password] if password else []
+
+    def redact(self, text: str) -> str:
+        """Replace every secret of the connection in ``text`` with ``***``."""
+        for secret in self.secrets():
+            text = text.replace(secret, "***")
+        return text
+
+
+class RolloutHttpHook(RedactsConnectionSecrets, HttpHook):
     """
     Base for the rollout's REST hooks: ``HttpHook`` plus retries, timeouts and one error type.
 
@@ -290,17 +305,6 @@ class RolloutHttpHook(HttpHook):
 
     def _wait(self) -> tenacity.wait.wait_base:
         return tenacity.wait_exponential(multiplier=self.retry_wait, max=self.retry_max_wait)
-
-    def secrets(self) -> list[str]:
-        """Strings that must never appear in an error or a log line (the connection's password)."""
-        password = self.connection.password
-        return [password] if password else []
-
-    def redact(self, text: str) -> str:
-        """Replace every secret of the connection in ``text`` with ``***``."""
-        for secret in self.secrets():
-            text = text.replace(secret, "***")
-        return text
 
     # -- requests -----------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from image_rollout.hooks._http import (
     DEFAULT_TIMEOUT,
     ExternalSystemError,
     MalformedResponseError,
+    RedactsConnectionSecrets,
     truncate,
 )
 from image_rollout.preconditions import KEY_LINE_PREFIX, carries_key
@@ -42,7 +43,7 @@ from airflow.providers.common.compat.sdk import BaseHook
 
 T = TypeVar("T")
 
-class GitHubEvidenceHook(BaseHook):
+class GitHubEvidenceHook(RedactsConnectionSecrets, BaseHook):
     """
     Read and commit the evidence file of a promotion, through the github provider's ``GithubHook``.
 
@@ -160,17 +161,6 @@ class GitHubEvidenceHook(BaseHook):
     def repository(self) -> Repository:
         """The evidence repository (lazy: no request until it is used)."""
         return self.client.get_repo(f"{self.owner}/{self.repo}", lazy=True)
-
-    def secrets(self) -> list[str]:
-        """Strings that must never appear in an error or a log line."""
-        password = self.connection.password
-        return [password] if password else []
-
-    def redact(self, text: str) -> str:
-        """Replace every secret of the connection in ``text`` with ``***``."""
-        for secret in self.secrets():
-            text = text.replace(secret, "***")
-        return text
 
     # -- calls --------------------------------------------------------------------------------
 
