@@ -11,7 +11,9 @@ after that, and ``inconclusive_timeout`` when it stayed unreadable for ``inconcl
 seconds (the operator asks a person). While the data is unreadable no deadline fires: a time limit
 is judged on data, never on an outage. A permanent error (a malformed answer:
 ``AirflowFailException`` or a data-shape error) ends the wait with ``error``/``permanent``.
-Without ``inconclusive_timeout`` (change requests, reports) any error ends the wait with ``error``.
+Without ``inconclusive_timeout`` (reports) any error ends the wait with ``error``; a change request
+(``waits_out_errors``) keeps polling through transient errors until its deadline, since the board
+may take a day and the approval task that waits on it is not retried.
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ class _PollingTrigger(BaseTrigger):
             },
         )
 
+    #: Keep polling through transient errors (until the deadline) instead of ending the wait with ``error``.
+    waits_out_errors = False
+
     async def check(self, now: datetime) -> dict | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -101,6 +106,12 @@ class _PollingTrigger(BaseTrigger):
             try:
                 event = await self.check(now)
             except Exception as exc:
+                if self.inconclusive_timeout is None and self.waits_out_errors and not is_permanent(exc) and (
+                        deadline is None or now < deadline):
+                    self.log.warning("%s: %s; polling again in %.0fs", type(self).__name__, _reason(exc), self.poll)
+                    left = (deadline - now).total_seconds() if deadline is not None else self.poll
+                    await asyncio.sleep(max(0.05, min(self.poll, left)))
+                    continue
                 if self.inconclusive_timeout is None or is_permanent(exc):
                     yield TriggerEvent({"verdict": "error", "reason": _reason(exc), "permanent": is_permanent(exc)})
                     return
@@ -132,6 +143,8 @@ class _PollingTrigger(BaseTrigger):
 
 class ChangeRequestTrigger(_PollingTrigger):
     """Wait until a change request (LaunchDarkly approval request) is approved or declined."""
+
+    waits_out_errors = True
 
     async def check(self, now: datetime) -> dict | None:
         from image_rollout.hooks.flags import FlagsHook

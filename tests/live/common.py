@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -28,9 +29,13 @@ PATCHING = "#sre-cfs-patching"
 REMAINING_PROD = ("ap-north", "eu-central", "uk-south", "us-east", "us-south", "br-sao", "ca-tor", "jp-osa",
                   "eu-fr2")
 #: A person answers a HITL request seconds after it appears, not within the same second: an answer that
-#: arrives before the task's deferral is processed races Airflow 3.3.2's scheduler ("finished with state
-#: success, but the task instance's state attribute is queued") and fails the approval task.
+#: arrives before the scheduler has processed the executor's event for the worker that parked the task
+#: races Airflow 3.3.2's scheduler ("finished with state success, but the task instance's state attribute
+#: is queued") and fails the approval task. So answers wait ANSWER_AFTER seconds after the request was
+#: created *and* PARKED_SETTLE seconds after the task was first seen parked (awaiting_input): under load
+#: (CI: two cores, the parallel lane beside) the first alone was not enough.
 ANSWER_AFTER = 4.0
+PARKED_SETTLE = 5.0
 VARIABLES = ("image_rollout_active_build", "image_rollout_freeze", "image_rollout_override")
 
 
@@ -66,6 +71,8 @@ class Live:
     approver: Operator
     runs: list[str] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
+    #: (run id, task id, map index) -> monotonic time the request was first seen parked
+    parked: dict = field(default_factory=dict)
 
     def build(self) -> str:
         return self.sandbox.state()["builds"]["new"]
@@ -100,11 +107,31 @@ class Live:
         answered = []
         for detail in self.approver.pending_hitl(run_id):
             ti = detail["task_instance"]
-            if "Approve" not in (detail.get("options") or []) or asked_for(detail) < ANSWER_AFTER:
+            if "Approve" not in (detail.get("options") or []) or not self.settled(run_id, detail):
                 continue
             status, body = self.approver.answer_hitl(run_id, ti["task_id"], "Approve", map_index=ti["map_index"])
             answered.append({"task_id": ti["task_id"], "status": status, "body": body})
         return answered
+
+    def settled(self, run_id: str, detail: dict) -> bool:
+        """Whether a person may answer ``detail`` now (see ANSWER_AFTER and PARKED_SETTLE)."""
+        ti = detail["task_instance"]
+        first = self.parked.setdefault((run_id, ti["task_id"], ti["map_index"]), time.monotonic())
+        return asked_for(detail) >= ANSWER_AFTER and time.monotonic() - first >= PARKED_SETTLE
+
+    def wait_settled(self, run_id: str, detail: dict, *, timeout: float = 60) -> None:
+        """Wait, as a person reading the request, until it is safe to answer ``detail``."""
+        ti = detail["task_instance"]
+
+        def ready():
+            for d in self.approver.pending_hitl(run_id):
+                same = (d["task_instance"]["task_id"], d["task_instance"]["map_index"]) == (
+                    ti["task_id"], ti["map_index"])
+                if same and self.settled(run_id, d):
+                    return True
+            return None
+
+        wait_for(ready, timeout=timeout, interval=0.5, what=f"{ti['task_id']} parked for {PARKED_SETTLE}s")
 
     def drive(self, run_id: str, until, *, timeout: float, approve: bool = True, interval: float = 1.0,
               what: str = "") -> dict:

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.live.common import (
-    ANSWER_AFTER,
     APPROVE,
     BAKE,
     PATCHING,
@@ -45,7 +44,8 @@ def rollout(live_stack):
             return bool(live.approver.pending_hitl(run_id)) or promotions(state, "ap-south")
 
         live.drive(run_id, asked, timeout=180, approve=False, what="the prod approval to be asked")
-        time.sleep(ANSWER_AFTER)  # a person reads the request first (and see ANSWER_AFTER)
+        for detail in live.approver.pending_hitl(run_id)[:1]:
+            live.wait_settled(run_id, detail)  # a person reads the request first (see PARKED_SETTLE)
         # the triggering user answers its own prod start
         status, body = live.jenkins.answer_hitl(run_id, APPROVE, "Approve")
         obs["jenkins_answer"] = {"status": status, "body": str(body)[:300]}

@@ -7,9 +7,7 @@ further prod promotion); it holds and asks: "Overwrite", "Skip target" or "Stop"
 
 from __future__ import annotations
 
-import time
-
-from tests.live.common import ANSWER_AFTER, BAKE, REMAINING_PROD, asked_for, bake_seconds, promotions
+from tests.live.common import BAKE, REMAINING_PROD, bake_seconds, promotions
 
 DRIFT_OPTIONS = {"Overwrite", "Skip target", "Stop"}
 
@@ -41,7 +39,7 @@ def test_a_canary_promoted_by_hand_holds_the_rollout_and_asks(live):
     assert DRIFT_OPTIONS <= set(detail["options"]), detail["options"]
     # the approver stops the rollout: nothing further is written. A person answers seconds after the
     # question appears (an answer within the same second races Airflow 3.3.2's parking of the task).
-    time.sleep(max(0.0, ANSWER_AFTER - asked_for(detail)))
+    live.wait_settled(run_id, detail)
     status, body = live.approver.answer_hitl(run_id, detail["task_instance"]["task_id"], "Stop",
                                              map_index=detail["task_instance"]["map_index"])
     assert 200 <= status < 300, (status, body)

@@ -160,10 +160,39 @@ def test_a_malformed_answer_is_a_permanent_error(exc):
 
 def test_without_an_inconclusive_timeout_an_error_ends_the_wait():
     hook = mock.Mock()
-    hook.get_change_request.side_effect = outage("launchdarkly")
+    hook.get_build.side_effect = outage("jenkins")
+    with mock.patch("image_rollout.hooks.jenkins.JenkinsHook", return_value=hook):
+        event = first_event(ReportBuildTrigger(poll=0.05, deadline=FAR, job="report", after_number=1))
+    assert event["verdict"] == "error" and event["permanent"] is False
+
+
+def test_the_board_wait_polls_through_a_launchdarkly_outage():
+    """The approval task that waits on the board is not retried: a 5xx burst must not end it."""
+    hook = mock.Mock()
+    approved = {"_id": "cr-1", "reviewStatus": "approved", "status": "pending"}
+    hook.get_change_request.side_effect = [outage("launchdarkly"), outage("launchdarkly"), approved]
     with mock.patch("image_rollout.hooks.flags.FlagsHook", return_value=hook):
         event = first_event(ChangeRequestTrigger(poll=0.05, deadline=FAR, request_id="cr-1"))
+    assert event == {"verdict": "approved", "request": approved}
+    assert hook.get_change_request.call_count == 3
+
+
+def test_the_board_wait_ends_at_its_deadline_during_an_outage():
+    hook = mock.Mock()
+    hook.get_change_request.side_effect = outage("launchdarkly")
+    soon = _iso(datetime.now(UTC) + timedelta(seconds=0.3))
+    with mock.patch("image_rollout.hooks.flags.FlagsHook", return_value=hook):
+        event = first_event(ChangeRequestTrigger(poll=0.05, deadline=soon, request_id="cr-1"))
     assert event["verdict"] == "error" and event["permanent"] is False
+    assert hook.get_change_request.call_count > 1
+
+
+def test_a_malformed_change_request_still_ends_the_board_wait():
+    hook = mock.Mock()
+    hook.get_change_request.side_effect = AirflowFailException("malformed response")
+    with mock.patch("image_rollout.hooks.flags.FlagsHook", return_value=hook):
+        event = first_event(ChangeRequestTrigger(poll=0.05, deadline=FAR, request_id="cr-1"))
+    assert event["verdict"] == "error" and event["permanent"] is True
 
 
 def test_the_deadline_still_fires_on_readable_data():
