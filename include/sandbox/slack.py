@@ -202,10 +202,13 @@ def _response_url(sb: Sandbox, key: str, req: Request) -> Response:
             sb.slack.remove(record)
         return json_response({"ok": True})
     if body.get("replace_original"):
-        return _update(sb, {"channel": target["channel_id"], "ts": target["ts"], "text": body.get("text"),
+        done = _update(sb, {"channel": target["channel_id"], "ts": target["ts"], "text": body.get("text"),
                             "blocks": body.get("blocks")})
-    return _ephemeral(sb, {"channel": target["channel_id"], "user": target["user"], "text": body.get("text"),
-                           "blocks": body.get("blocks")})
+    else:
+        done = _ephemeral(sb, {"channel": target["channel_id"], "user": target["user"], "text": body.get("text"),
+                               "blocks": body.get("blocks")})
+    # A response URL answers {"ok": true} (or the Web API's error), not the Web API's message fields.
+    return json_response({"ok": True}) if done.body.get("ok") else json_response(done.body, 400)
 
 
 def _ts() -> str:
