@@ -25,6 +25,11 @@ def fake_token(system: str) -> str:
     return f"sandbox-secret-{system}"
 
 
+def slack_signing_secret() -> str:
+    """The signing secret of the sandbox's Slack app: it signs the clicks it delivers (``$SANDBOX_SLACK_SIGNING_SECRET``)."""
+    return os.environ.get("SANDBOX_SLACK_SIGNING_SECRET") or fake_token("slack-signing")
+
+
 def sandbox_connections(base_url: str, *, retry_wait: float | None = None) -> dict[str, str]:
     """
     Return ``{AIRFLOW_CONN_<ID>: JSON connection}`` for every rollout connection, pointed at the sandbox.
@@ -91,7 +96,8 @@ def sandbox_connections(base_url: str, *, retry_wait: float | None = None) -> di
             "conn_type": "slack",
             "description": "Slack Web API (sandbox)",
             "password": fake_token("slack"),
-            "extra": {"base_url": f"{base}/slack/api/", "timeout": 10},
+            # signing_secret: the Slack app's, to verify the clicks Slack sends to the approval endpoint.
+            "extra": {"base_url": f"{base}/slack/api/", "timeout": 10, "signing_secret": slack_signing_secret()},
         },
     }
     return {f"AIRFLOW_CONN_{name}": json.dumps(conn, sort_keys=True) for name, conn in connections.items()}

@@ -207,6 +207,7 @@ class Sandbox:
             self.incidents: list[dict] = []
             self._incident_number = 48211
             self.slack: list[dict] = []
+            self.slack_response_urls: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ faults
 

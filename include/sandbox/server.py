@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from include.sandbox import chlorine, control, flags, github, jenkins, pagerduty, slack
-from include.sandbox.core import Sandbox
+from include.sandbox.core import Sandbox, SandboxError
 from include.sandbox.web import Request, Response, json_response, text_response
 
 log = logging.getLogger("sandbox")
@@ -83,6 +83,8 @@ def dispatch(sb: Sandbox, req_path: str, req: Request) -> tuple[Response, str | 
 
     A fault ending in `_lost_response` means the write was carried out and no answer may be sent.
     """
+    if req_path == "/_sandbox/slack/click" and req.method == "POST":
+        return _slack_click(sb, req), None
     for prefix, (system, handler) in SYSTEMS.items():
         if req_path == prefix or req_path.startswith(prefix + "/"):
             req.path = req_path[len(prefix):] or "/"
@@ -105,6 +107,17 @@ def dispatch(sb: Sandbox, req_path: str, req: Request) -> tuple[Response, str | 
     if req_path in ("", "/"):
         return json_response({"ok": True, "service": "image-rollout-sandbox", "systems": list(SYSTEMS)}), None
     return json_response({"error": f"no system at {req_path}", "systems": list(SYSTEMS)}, 404), None
+
+
+def _slack_click(sb: Sandbox, req: Request) -> Response:
+    """A click built and signed under the lock, delivered without it: the app answers back into the sandbox."""
+    try:
+        with sb.lock:
+            click = slack.build_click(sb, req.json(), req.base_url)
+    except SandboxError as exc:
+        return json_response({"ok": False, "error": exc.message}, exc.status)
+    result = slack.deliver(click)
+    return json_response(result, 200 if result["ok"] else 502)
 
 
 def _redacted_query(query: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from airflow.sdk import BaseNotifier
 
-from image_rollout.slack import escape_mrkdwn, notify
+from image_rollout.slack import decision_blocks, decision_value, escape_mrkdwn, notify
 
 
 class SafeSlackNotifier(BaseNotifier):
@@ -54,3 +54,20 @@ class RolloutFailureNotifier(SafeSlackNotifier):
             f"{escape_mrkdwn(str(error)[:300]) if error else 'see the log'}. Log: {link}"
         )
         super().notify(context)
+
+
+class DecisionRequestNotifier(SafeSlackNotifier):
+    """Announce a HITL request with Approve and Reject buttons that answer it from Slack.
+
+    The buttons carry the task instance the request belongs to (dag, run, task, map index, try); Slack
+    sends the click to the ``image_rollout_slack`` plugin, which answers the request for the approver the
+    plan maps the Slack user to (see README, "Approvals from Slack").
+    """
+
+    def notify(self, context) -> None:
+        ti = context["ti"]
+        value = decision_value(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
+                               map_index=ti.map_index if ti.map_index is not None else -1,
+                               try_number=ti.try_number)
+        notify(self.text, channel=self.channel, slack_conn_id=self.slack_conn_id,
+               blocks=decision_blocks(self.text, value))

@@ -152,6 +152,9 @@ class ApproversPlan(_Strict):
     """
 
     users: tuple[str, ...] = Field(min_length=1)
+    #: Airflow user id -> Slack user id (``U…``/``W…``): who may answer the decision with the Slack buttons.
+    #: An approver without one decides in the Airflow UI only; a Slack user not listed here is no approver.
+    slack_user_ids: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("users")
     @classmethod
@@ -160,6 +163,26 @@ class ApproversPlan(_Strict):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}", user, re.ASCII):
                 raise ValueError(f"approver {user!r} is not an Airflow user id")
         return value
+
+    @model_validator(mode="after")
+    def _slack_ids(self):
+        seen: dict[str, str] = {}
+        for user, slack_id in self.slack_user_ids.items():
+            if user not in self.users:
+                raise ValueError(f"slack_user_ids: {user!r} is not one of the approvers {list(self.users)}")
+            if not isinstance(slack_id, str) or not re.fullmatch(r"[UW][A-Z0-9]{2,20}", slack_id, re.ASCII):
+                raise ValueError(f"slack_user_ids: {slack_id!r} (for {user}) is not a Slack user id like U012AB3CD")
+            if slack_id in seen:
+                raise ValueError(f"slack_user_ids: Slack user {slack_id} is given for both {seen[slack_id]} and {user}")
+            seen[slack_id] = user
+        return self
+
+    def airflow_user_for_slack(self, slack_user_id: str | None) -> str | None:
+        """The approver a Slack user acts as, or None for a Slack user who is not mapped to one."""
+        for user, slack_id in self.slack_user_ids.items():
+            if slack_id == slack_user_id:
+                return user
+        return None
 
 
 class TargetPlan(_Strict):

@@ -16,7 +16,7 @@ from airflow.sdk import DAG, Param, TaskGroup
 from airflow.task.trigger_rule import TriggerRule
 
 from image_rollout.inputs import BUILD_NAME_SCHEMA_PATTERN, IMAGE_ID_SCHEMA_PATTERN
-from image_rollout.notifications import RolloutFailureNotifier, SafeSlackNotifier
+from image_rollout.notifications import DecisionRequestNotifier, RolloutFailureNotifier
 from image_rollout.operators.approval import ProdChangeApprovalOperator
 from image_rollout.operators.base import iso
 from image_rollout.operators.build import PlanRolloutOperator, VerifyBuildOperator
@@ -143,10 +143,10 @@ def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ProdChangeApp
             "Approve to start the canary; Reject stops the rollout before the target changes."
         ),
         response_timeout=timedelta(seconds=plan.change_request.timeout),
-        notifiers=[SafeSlackNotifier(
+        notifiers=[DecisionRequestNotifier(
             channel=plan.slack.patching_channel,
             text=(f"Approval needed: immutable image build {{{{ params.build_name }}}} to {target} "
-                  f"(prod change request). Approve or reject in Airflow: {link}"),
+                  f"(prod change request). Approve or reject here or in Airflow: {link}"),
         )],
         retries=0,
     )

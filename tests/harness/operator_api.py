@@ -253,6 +253,11 @@ class SandboxControl:
             raise ApiError(f"sandbox POST /_sandbox/faults answered {resp.status_code}: {resp.text[:300]}")
         return True
 
+    def slack_click(self, ts: str, action: str, user: str, url: str | None = None) -> dict:
+        """A Slack user clicks a button of the message ``ts``; the sandbox delivers it, signed, to ``url``."""
+        body = {"ts": ts, "action": action, "user": user, **({"url": url} if url else {})}
+        return self._json("POST", "/_sandbox/slack/click", body)
+
     def clear_faults(self) -> dict:
         return self._json("DELETE", "/_sandbox/faults")
 

@@ -251,6 +251,8 @@ class AirflowStack:
         self.api_port = api_port or free_port()
         self.api_host = api_host
         self.base_url = f"http://localhost:{self.api_port}"
+        #: Where Slack (the sandbox's ``/_sandbox/slack/click``) sends button clicks: the image_rollout_slack plugin.
+        self.slack_interaction_url = f"{self.base_url}/image-rollout/slack/interactions"
         self.plan = plan
         self.passwords = dict(passwords or {user: secrets.token_urlsafe(12) for user in ROLES})
         self.redis_db = redis_db if redis_db is not None else int(os.environ.get("STACK_REDIS_DB", "7"))

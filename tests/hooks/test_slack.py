@@ -51,3 +51,31 @@ def test_notify_copes_with_channel_ids_in_the_answer(stub_server, stub_connectio
     )
     assert notify("hello", channel="#conductors-patching", slack_conn_id="slack_ids") is True
     assert seen == ["/api/chat.postMessage"]
+
+
+def test_the_decision_request_carries_buttons_naming_its_task_instance(sandbox):
+    """The approval's notifier posts Approve / Reject buttons whose value names the request's task instance."""
+    from types import SimpleNamespace
+
+    from image_rollout.notifications import DecisionRequestNotifier
+    from image_rollout.plan import load_plan
+    from image_rollout.rollout_dag import DAG_ID, build_dag
+    from image_rollout.slack import DECISION_ACTIONS, parse_decision_value
+
+    dag = build_dag(load_plan("sandbox"))
+    (notifier,) = dag.get_task("ap_south.approve_ap_south").notifiers
+    assert isinstance(notifier, DecisionRequestNotifier)
+    ti = SimpleNamespace(dag_id=DAG_ID, run_id="rollout__x", task_id="ap_south.approve_ap_south", map_index=-1,
+                         try_number=2)
+    DecisionRequestNotifier(channel="#sre-cfs-patching", text="Approval needed: go?").notify({"ti": ti})
+    (message,) = sandbox.state()["slack"]
+    assert message["text"] == "Approval needed: go?"
+    (actions,) = [b for b in message["blocks"] if b["type"] == "actions"]
+    buttons = {e["action_id"]: e for e in actions["elements"]}
+    assert {a: DECISION_ACTIONS[a] for a in buttons} == {"image_rollout_approve": "Approve",
+                                                        "image_rollout_reject": "Reject"}
+    for button in buttons.values():
+        assert parse_decision_value(button["value"]) == {"dag_id": DAG_ID, "run_id": "rollout__x",
+                                                         "task_id": "ap_south.approve_ap_south", "map_index": -1,
+                                                         "try_number": 2}
+        assert button["confirm"]["confirm"]["text"] == button["text"]["text"]  # a confirmation step

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import re
 import threading
 import time
+import urllib.parse
 
 import pytest
 import requests
@@ -737,6 +739,39 @@ def test_slack_messages_are_recorded(c):
                                                                        ("C123", "form"), ("#sre-cfs-patching", "x")]
     assert c.state()["slack"][0]["channel_id"] == body["channel"]
     assert c.post("/slack/api/auth.test").json()["ok"] is True
+
+
+def test_slack_click_refusals_and_response_url(c, monkeypatch):
+    """A click needs a message with that button, a Slack user id and somewhere to go; its response_url answers."""
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "go?"}},
+              {"type": "actions", "elements": [{"type": "button", "action_id": "yes", "value": "v",
+                                                 "text": {"type": "plain_text", "text": "Yes"}}]}]
+    plain = c.post("/slack/api/chat.postMessage", json={"channel": "#p", "text": "no buttons"}).json()
+    sent = c.post("/slack/api/chat.postMessage", data={"channel": "#p", "text": "go?",
+                                                       "blocks": json.dumps(blocks)}).json()
+    assert sent["ok"] is True and sent["message"]["blocks"] == blocks  # form body: blocks as JSON text
+
+    def click(**body):
+        return c.post("/_sandbox/slack/click", json=body)
+
+    assert click(ts="1.0", action="yes", user="U0A").status_code == 404
+    assert "no button" in click(ts=plain["ts"], action="yes", user="U0AB", url="http://x").json()["error"]
+    assert "Slack user id" in click(ts=sent["ts"], action="yes", user="bob", url="http://x").json()["error"]
+    assert "unknown click field" in click(ts=sent["ts"], action="yes", user="U0AB", why=1).json()["error"]
+    monkeypatch.delenv("SANDBOX_SLACK_INTERACTION_URL", raising=False)
+    assert "no interaction URL" in click(ts=sent["ts"], action="Yes", user="U0AB").json()["error"]
+    # an app that is not listening: the sandbox says so (502), and its response_url still works
+    r = click(ts=sent["ts"], action="Yes", user="U0AB", url="http://127.0.0.1:9/interactions")
+    assert r.status_code == 502 and "could not deliver" in r.json()["error"]
+    payload = json.loads(urllib.parse.parse_qs(r.json()["request"]["body"])["payload"][0])
+    path = urllib.parse.urlsplit(payload["response_url"]).path
+    assert c.post(path, json={"response_type": "ephemeral", "text": "not you"}).json() == {"ok": True}
+    assert c.post(path, json={"replace_original": True, "text": "decided"}).json()["ok"] is True
+    messages = c.state()["slack"]
+    assert [m["text"] for m in messages] == ["no buttons", "decided", "not you"]
+    assert messages[2]["ephemeral"] is True and messages[2]["user"] == "U0AB"
+    c.reset()
+    assert c.post(path, json={"text": "late"}).status_code == 404  # a reset forgets the response URLs
 
 
 def test_pagerduty_lists_nothing_when_healthy(c):

@@ -6,6 +6,10 @@ that does this task ask the SRE's go in Airflow. The request is assigned to the 
 has no default answer, and the identity that triggered the run cannot take it (the HITL API
 refuses an unassigned user; the apply task refuses it again). *Reject* deletes a still-pending
 request (LaunchDarkly ``DELETE``) or leaves the approved one unapplied.
+
+The request's Slack message carries Approve and Reject buttons (``notifications.DecisionRequestNotifier``);
+a click is answered by ``image_rollout.slack_actions`` through the same HITL route as the UI, as the
+approver the plan maps the Slack user to, so this operator sees the same answer either way.
 """
 
 from __future__ import annotations
