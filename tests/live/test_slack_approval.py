@@ -9,13 +9,12 @@ the same request sent again is refused as a replay.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from tests.harness.stack import wait_for
-from tests.live.common import ANSWER_AFTER, APPROVE, PATCHING, plan_json
+from tests.live.common import APPROVE, PATCHING, plan_json
 
 NOT_APPROVER = "U0NOTAPPR1"
 
@@ -55,7 +54,8 @@ def test_the_prod_start_is_decided_from_slack(live):
                what="the prod approval to be asked")
     message = _decision_message(live.sandbox.state(), run_id)
     assert message is not None and message["channel"] == PATCHING, "no Slack message with the decision's buttons"
-    time.sleep(ANSWER_AFTER)  # see ANSWER_AFTER: a person reads the request first
+    pending = [d for d in live.approver.pending_hitl(run_id) if d["task_instance"]["task_id"] == APPROVE]
+    live.wait_settled(run_id, pending[0])  # a person reads the request first (see PARKED_SETTLE)
 
     # a non-approver clicks Approve: told so, nothing changes
     refused = live.sandbox.slack_click(message["ts"], "Approve", NOT_APPROVER, url=url)
