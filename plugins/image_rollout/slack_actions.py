@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 from fastapi import BackgroundTasks, FastAPI, Request
@@ -52,6 +52,8 @@ MAX_AGE_SECONDS = 300
 AUDIT_EVENT = "image_rollout.slack_click"
 #: Seen signatures are looked up this far back: longer than MAX_AGE_SECONDS plus clock skew.
 REPLAY_WINDOW = timedelta(seconds=MAX_AGE_SECONDS + 60)
+#: A click this soon after the task parked is refused (ask again): see ``answer``.
+PARKED_SETTLE_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 app = FastAPI(title="Rollout approvals from Slack", description=__doc__.splitlines()[0], docs_url=None,
@@ -205,6 +207,10 @@ def answer(session, *, slack_user: str, option: str, request: dict, plan) -> dic
         raise Refused(f"this request was asked again (try {ti.try_number}): answer the newest message")
     if ti.state not in (TaskInstanceState.AWAITING_INPUT, TaskInstanceState.DEFERRED):
         raise Refused(f"{task_id} is not waiting for a decision any more (it is {ti.state})")
+    if ti.updated_at and (datetime.now(UTC) - ti.updated_at).total_seconds() < PARKED_SETTLE_SECONDS:
+        # Airflow 3.3.2 fails a task answered before the scheduler has seen its worker exit after parking
+        # ("finished with state success, but the task instance's state attribute is queued").
+        raise Refused("the request was asked a moment ago and is still being set up: click again in a few seconds")
     if not get_auth_manager().is_authorized_dag(method="PUT", access_entity=DagAccessEntity.HITL_DETAIL,
                                                 details=DagDetails(id=dag_id), user=user):
         raise Refused(f"{who} may not answer requests of {dag_id} in Airflow")

@@ -166,6 +166,17 @@ def test_a_button_of_an_earlier_try_answers_nothing(as_airflow_user):
                   plan=load_plan("sandbox"))
 
 
+def test_a_click_seconds_after_the_task_parked_is_asked_again(as_airflow_user):
+    """Airflow 3.3.2 fails a HITL task answered before the scheduler saw its worker exit after parking."""
+    from datetime import UTC, datetime
+
+    run = SimpleNamespace(triggering_user_name="jenkins")
+    ti = SimpleNamespace(try_number=REQUEST["try_number"], state="awaiting_input", updated_at=datetime.now(UTC))
+    with pytest.raises(sa.Refused, match="click again in a few seconds"):
+        sa.answer(FakeSession(run, ti), slack_user="U0SREAPPR1", option="Approve", request=REQUEST,
+                  plan=load_plan("sandbox"))
+
+
 def test_another_dags_button_is_refused():
     request = {**REQUEST, "dag_id": "some_other_dag"}
     with pytest.raises(sa.Refused, match="not one of the rollout's"):
