@@ -30,7 +30,7 @@ def test_manual_approval_waits_for_the_person_and_finishes_after_the_click(live)
             progress = Progress(PLAN, time.monotonic(), out=lines.append)
             outcome["final"], outcome["approvals"] = follow_rollout(
                 live.stack, run_id, progress, approve="manual", out=lines.append, remind_every=REMIND_EVERY,
-                interval=1)
+                interval=2)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
             outcome["error"] = f"{type(exc).__name__}: {exc}"
         outcome["ended_at"] = time.monotonic()
@@ -42,7 +42,7 @@ def test_manual_approval_waits_for_the_person_and_finishes_after_the_click(live)
         assert thread.is_alive(), f"the demo ended before the approval was asked: {outcome}"
         return live.approver.pending_hitl(run_id)
 
-    [request] = wait_for(asked, timeout=300, interval=1, what="the prod start to be asked")
+    [request] = wait_for(asked, timeout=300, interval=2, what="the prod start to be asked")
     assert request["task_instance"]["task_id"] == APPROVE
 
     # Nobody answers: the demo keeps waiting, says where to click, and that it still waits.
