@@ -124,7 +124,10 @@ class Approvals:
         waiting = any(state_str(ti.state) == "awaiting_input" for ti in tis)
         if self.mode == "auto":
             if waiting:
-                self._answer()
+                try:
+                    self._answer()
+                except TRANSIENT:  # a busy api-server: the next poll answers
+                    pass
             return
         if waiting or self.asked.keys() - {a["key"] for a in self.answered}:
             self._watch()
@@ -149,7 +152,7 @@ class Approvals:
             key = ti.task_id + (f"[{ti.map_index}]" if ti.map_index is not None and ti.map_index >= 0 else "")
             if detail.response_received:
                 if key in self.asked and key not in {a["key"] for a in self.answered}:
-                    who = detail.responded_by
+                    who = detail.responded_by_user
                     answer = {"key": key, "task_id": ti.task_id, "chosen": list(detail.chosen_options or []),
                               "responded_by": {"id": who.id, "name": who.name} if who else None,
                               "responded_at": detail.responded_at}
