@@ -4,6 +4,7 @@ Chromium: it loads, shows the finished sandbox rollout, and a screenshot is save
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import re
@@ -249,7 +250,7 @@ def test_json_endpoint_returns_the_run(api_server, status_run):
 
 def test_unknown_run_page_is_404_and_lists_the_runs_there_are(api_server, status_run):
     status, body = get(f"{api_server}/rollout-status/runs/no-such-run")
-    text = text_of(body.decode())
+    text = html.unescape(text_of(body.decode()))
     assert status == 404 and "has no run 'no-such-run'" in text, text[:2000]
     assert "No runs" not in text, text[:2000]  # there is one: it is listed to pick from
     assert status_run["detail"]["build"]["name"] in text
