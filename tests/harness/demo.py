@@ -71,7 +71,33 @@ def install_seconds(started: float, environ=os.environ) -> float | None:
         return None
 
 
-def print_outcome(state: dict, run_id: str, base_url: str, out=print) -> None:
+def gate_counts(detail: dict | None) -> list[str]:
+    """What each gate counted, from the status page's data of the run (``/rollout-status/api/runs/<id>``)."""
+    out = []
+    for gate in (detail or {}).get("gates") or []:
+        if gate.get("kind") == "reloads":
+            out.append(f"{gate.get('carrier') or gate.get('title')} {gate.get('succeeded_with_new_image')}/"
+                       f"{gate.get('required')}")
+        elif gate.get("kind") == "soak":
+            out.append(f"canary soak {gate.get('autorecovery_reloads')}/{gate.get('required_reloads')} autorecovery")
+    return out
+
+
+def status_detail(stack, run_id: str) -> dict | None:
+    """The run's status-page JSON as admin, or None (the summary then leaves the gates' counts out)."""
+    import json
+    import urllib.request
+
+    url = f"{stack.base_url}/rollout-status/api/runs/{quote(run_id, safe='')}"
+    try:
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {stack.rest('admin').token()}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def print_outcome(state: dict, run_id: str, base_url: str, out=print, gates: list[str] | None = None) -> None:
     """Flag state per target, the evidence file and its commits."""
     order = [t["target"] if isinstance(t, dict) else t for t in state.get("targets") or []] or list(state["flag"]["rules"])
     out("\nworker-image flag, per target -> build:")
@@ -89,9 +115,11 @@ def print_outcome(state: dict, run_id: str, base_url: str, out=print) -> None:
     promotions = state.get("promotions") or []
     requested, background = reload_counts(state)
     out(f"\npromotions: {len(promotions)}, slack messages: {len(state.get('slack') or [])}")
-    out(f"reloads the gates requested from chlorine (test carriers): {requested}")
-    out(f"autorecovery reloads in the background (every carrier, all along; the gates count those on their "
-        f"carrier with the new image): {background}")
+    if gates:
+        out(f"reloads the gates counted (with the new image, of required): {'; '.join(gates)}")
+    out(f"  reloads the gates requested from chlorine (when autorecovery was too slow): {requested}")
+    out(f"background autorecovery reloads in the sandbox (every carrier, all along; not the gates' count): "
+        f"{background}")
     out(f"\nUI: {base_url}/dags/{DAG_ID}/runs/{run_id}   (login: admin / {DEMO_PASSWORDS['admin']})")
 
 
@@ -276,7 +304,8 @@ def run_demo(args) -> int:
         if final != "success":
             bad = {k: s for k, s in stack.task_states(run_id).items() if s in ("failed", "upstream_failed")}
             print(f"tasks not successful: {bad}; task logs under {home / 'logs'}")
-        print_outcome(sandbox_call(sandbox_url, "/_sandbox/state"), run_id, stack.base_url)
+        print_outcome(sandbox_call(sandbox_url, "/_sandbox/state"), run_id, stack.base_url,
+                      gates=gate_counts(status_detail(stack, run_id)))
         peak = stack.peak_rss
         print("\n" + wall_times(install, triggered - started, rollout_seconds,
                                  time.monotonic() - started))

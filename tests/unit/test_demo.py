@@ -98,3 +98,22 @@ def test_summary_splits_reloads_by_kind_and_times_by_phase():
     assert "install (make venv" in line and "42s" in line and "Airflow start" in line and "35s" in line
     assert "rollout 5m00s" in line and line.endswith("total 6m22s")
     assert "not measured" in demo.wall_times(None, 35, 300, 340)
+
+
+def test_summary_names_what_each_gate_counted():
+    detail = {"gates": [
+        {"kind": "reloads", "carrier": "dev-sjc04-carrier12", "succeeded_with_new_image": 3, "required": 3},
+        {"kind": "bake"},
+        {"kind": "soak", "autorecovery_reloads": 11, "required_reloads": 10},
+        {"kind": "approval"},
+    ]}
+    assert demo.gate_counts(detail) == ["dev-sjc04-carrier12 3/3", "canary soak 11/10 autorecovery"]
+    assert demo.gate_counts(None) == []
+    lines = []
+    state = {"flag": {"rules": {}}, "evidence": {}, "images": {}, "builds": {},
+             "reloads": [{"kind": "requested"}] * 2 + [{"kind": "autorecovery"}] * 40}
+    demo.print_outcome(state, RUN, "http://localhost:8080", out=lines.append, gates=demo.gate_counts(detail))
+    text = "\n".join(lines)
+    assert "reloads the gates counted (with the new image, of required): dev-sjc04-carrier12 3/3; canary soak" in text
+    assert "requested from chlorine (when autorecovery was too slow): 2" in text
+    assert "background autorecovery reloads in the sandbox (every carrier, all along; not the gates' count): 40" in text
