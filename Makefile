@@ -4,6 +4,8 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 SANDBOX_PORT ?= 8765
+#: When make started (before any install), so `make demo` can report the install time apart.
+MAKE_STARTED := $(shell date +%s.%N)
 FAULTS ?=
 CONF ?=
 RESET ?=
@@ -71,7 +73,7 @@ scenario: venv
 		--port $(SANDBOX_PORT)
 
 demo: venv
-	$(BIN)/python -m tests.harness.demo --port $(SANDBOX_PORT)
+	DEMO_MAKE_STARTED=$(MAKE_STARTED) $(BIN)/python -m tests.harness.demo --port $(SANDBOX_PORT)
 
 stack-test: venv
 	$(BIN)/python -m pytest -q tests/stack

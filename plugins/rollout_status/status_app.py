@@ -9,8 +9,10 @@ header) must allow reading the rollout DAG's runs, task instances and XComs. Wit
 pages redirect to Airflow's login and the JSON answers 401.
 
 Optional setting ``[rollout_status] change_request_url`` (env
-``AIRFLOW__ROLLOUT_STATUS__CHANGE_REQUEST_URL``): link for a change request, ``{request_id}``
-is replaced; default: the Razee flag page of the plan.
+``AIRFLOW__ROLLOUT_STATUS__CHANGE_REQUEST_URL``): the link of one change request, with
+``{request_id}`` (required) and optionally ``{target}``, ``{project_key}``, ``{environment_key}``,
+``{flag_key}``; default: LaunchDarkly's page of the request. Each request's status is read from
+LaunchDarkly when the page is made (the run's records when LaunchDarkly cannot be read).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rollout_status import URL_PREFIX
-from rollout_status.status_data import DAG_ID, load_run, load_runs
+from rollout_status.status_data import DAG_ID, load_run, load_runs, with_live_requests
 from rollout_status.status_render import STATE_COLORS, render
 
 READ_ENTITIES = ("RUN", "TASK_INSTANCE", "XCOM")
@@ -108,9 +110,38 @@ def _plan():
 
 
 def _change_request_template(plan) -> str:
+    """The configured link template of a change request, or "" for LaunchDarkly's own request page."""
     from airflow.configuration import conf
 
-    return conf.get("rollout_status", "change_request_url", fallback="") or plan.evidence.razee_link
+    template = conf.get("rollout_status", "change_request_url", fallback="") or ""
+    if template and "{request_id}" not in template:
+        raise HTTPException(
+            status_code=500,
+            detail=f"[rollout_status] change_request_url {template!r} has no {{request_id}}: "
+            "every change request would link the same page",
+        )
+    return template
+
+
+def _live_requests() -> tuple[list[dict] | None, str | None]:
+    """The flag's change requests as LaunchDarkly reports them now, or (None, why not).
+
+    One read per page, short timeout and no retries: the page must not hang on LaunchDarkly.
+    """
+    from image_rollout.hooks.flags import FlagsHook
+
+    try:
+        return FlagsHook(timeout=5, retries=0).list_change_requests(), None
+    except Exception as exc:  # noqa: BLE001 - any failure: the page shows the recorded status and why
+        return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _load_detail(run_id: str, plan) -> dict | None:
+    """One run's data, its change requests' status read from LaunchDarkly."""
+    run = _with_session(load_run, run_id, plan, change_request_template=_change_request_template(plan))
+    if run is None or not run.get("change_requests"):
+        return run
+    return with_live_requests(run, *_live_requests())
 
 
 def _with_session(fn, *args, **kwargs) -> Any:
@@ -154,15 +185,16 @@ def runs_page(request: Request, user: User, limit: Limit = 25) -> HTMLResponse:
 def run_page(run_id: str, request: Request, user: User) -> HTMLResponse:
     """One rollout: targets, gates, evidence, change requests, adoption, rollback."""
     plan = _plan()
-    run = _with_session(load_run, run_id, plan, change_request_template=_change_request_template(plan))
+    run = _load_detail(run_id, plan)
     if run is None:
+        now = datetime.now(UTC)
         return _page(
             "runs.html",
             request,
             status_code=404,
-            runs=[],
+            runs=_with_session(load_runs, plan, now=now),  # the runs there are, to pick from
             plan_name=plan.name,
-            now=datetime.now(UTC).isoformat(),
+            now=now.isoformat(),
             refresh=None,
             error=f"{DAG_ID} has no run {run_id!r}.",
         )
@@ -196,7 +228,7 @@ def runs_json(user: User, limit: Limit = 25) -> JSONResponse:
 def run_json(run_id: str, user: User) -> JSONResponse:
     """One rollout's data as JSON (what the run page shows)."""
     plan = _plan()
-    run = _with_session(load_run, run_id, plan, change_request_template=_change_request_template(plan))
+    run = _load_detail(run_id, plan)
     if run is None:
         raise HTTPException(status_code=404, detail=f"{DAG_ID} has no run {run_id!r}")
     return JSONResponse(run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from image_rollout.plan import RolloutPlan, StagePlan
 
@@ -105,10 +106,28 @@ def promotion_task_id(stage: StagePlan) -> str:
     return f"{stage.id}.promote_{stage.id}"
 
 
-def change_request_url(template: str, request_id: str | None) -> str | None:
+#: LaunchDarkly's own page of one approval request (its UI path beside the flag's, as the runbook links
+#: ``app.launchdarkly.com/default/production/features/worker-image/variations``).
+LAUNCHDARKLY_REQUEST_URL = (
+    "https://app.launchdarkly.com/{project_key}/{environment_key}/features/{flag_key}/approvals/{request_id}"
+)
+URL_FIELDS = ("request_id", "target", "project_key", "environment_key", "flag_key")
+
+
+def change_request_url(template: str, request_id: str | None, **fields: str) -> str | None:
+    """The link of one change request: ``template`` with ``{request_id}`` (and ``{target}``,
+    ``{project_key}``, ``{environment_key}``, ``{flag_key}``) filled in, every placeholder URL-quoted.
+
+    A template without ``{request_id}`` would send every request to one page: refused (ValueError).
+    """
     if not request_id or not template:
         return None
-    return template.replace("{request_id}", str(request_id)) if "{request_id}" in template else template
+    if "{request_id}" not in template:
+        raise ValueError(f"change_request_url {template!r} has no {{request_id}}: every request would link one page")
+    url = template
+    for key, value in {**fields, "request_id": request_id}.items():
+        url = url.replace("{" + key + "}", quote(str(value), safe=""))
+    return url
 
 
 def evidence_url(known: list[dict], path: str | None, sha: str | None) -> str | None:
@@ -211,9 +230,15 @@ def assemble_run(
                     "promoted_at": iso(when),
                     "via": "change request" if stage.change_request else "flag write",
                     "request_id": request_id,
-                    "request_url": change_request_url(change_request_template, request_id),
-                    "review_status": filed.get("review_status"),
-                    "request_status": _request_status(state, filed) if request_id else None,
+                    "request_url": change_request_url(
+                        change_request_template or LAUNCHDARKLY_REQUEST_URL,
+                        request_id,
+                        target=name,
+                        project_key=plan.flag.project_key,
+                        environment_key=plan.flag.environment_key,
+                        flag_key=plan.flag.flag_key,
+                    ),
+                    **_recorded_status(state, filed, request_id),
                     "evidence_sha": evidence_sha,
                     "evidence_link": filed.get("evidence_link"),
                 }
@@ -229,6 +254,7 @@ def assemble_run(
                                 "request_url",
                                 "review_status",
                                 "request_status",
+                                "status_source",
                                 "evidence_sha",
                                 "evidence_link",
                                 "state",
@@ -386,13 +412,53 @@ def assemble_run(
     )
 
 
-def _request_status(state: str | None, filed: dict) -> str | None:
-    """Where a change request stands: the filed review status until its promotion task ends."""
+def _recorded_status(state: str | None, filed: dict, request_id: str | None) -> dict:
+    """Where a change request stands by the run's own records (LaunchDarkly's answer replaces it: see
+    ``with_live_requests``): applied when its promotion task applied it (approved, since only an
+    approved request is applied), else the review status the request had when it was filed."""
+    if not request_id:
+        return {"review_status": None, "request_status": None, "status_source": None}
     if state == "success":
+        return {"review_status": "approved", "request_status": "applied", "status_source": "apply task"}
+    status = "not applied (declined or timed out: see the task log)" if state == "failed" else filed.get("review_status")
+    return {"review_status": filed.get("review_status"), "request_status": status, "status_source": "at filing"}
+
+
+def live_request_status(request: dict) -> str:
+    """A LaunchDarkly approval request's ``status`` and ``reviewStatus`` in words."""
+    status, review = request.get("status"), request.get("reviewStatus")
+    if status == "completed":
         return "applied"
-    if state == "failed":
-        return "not applied (declined or timed out: see the task log)"
-    return filed.get("review_status")
+    if status == "failed":
+        return "apply failed in LaunchDarkly"
+    return {"approved": "approved, not applied yet", "declined": "declined by the change board"}.get(
+        review, "waiting for the change board"
+    )
+
+
+def with_live_requests(detail: dict, requests: list[dict] | None, error: str | None = None) -> dict:
+    """``detail`` with each change request's status as LaunchDarkly reports it now (the system of record).
+
+    ``requests`` is the flag's approval requests in the environment (None when LaunchDarkly could not be
+    read: the recorded status stays, and ``change_request_source`` says why).
+    """
+    if requests is None:
+        detail["change_request_source"] = f"run records (LaunchDarkly not readable: {error or 'unknown error'})"
+        return detail
+    by_id = {r.get("_id"): r for r in requests if isinstance(r, dict)}
+    for entry in [*detail.get("targets", []), *detail.get("change_requests", [])]:
+        request_id = entry.get("request_id")
+        if not request_id:
+            continue
+        live = by_id.get(request_id)
+        if live is None:
+            entry.update(review_status=None, request_status="not in LaunchDarkly (withdrawn or deleted)",
+                         status_source="launchdarkly")
+        else:
+            entry.update(review_status=live.get("reviewStatus"), request_status=live_request_status(live),
+                         status_source="launchdarkly")
+    detail["change_request_source"] = "launchdarkly"
+    return detail
 
 
 def _passed(state: str | None) -> bool | None:

@@ -722,19 +722,36 @@ def tcp_open(host: str, port: int, timeout: float = 2) -> bool:
         return False
 
 
+def service_address(url: str, default_port: int) -> tuple[str, int]:
+    """(host, port) of a PostgreSQL or Redis URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
 def ensure_services(timeout: float = 60) -> None:
-    """Start PostgreSQL and Redis the way this machine's docs say, if they are down; fail if they stay down."""
+    """Start PostgreSQL and Redis the way this machine's docs say, if they are down; fail if they stay down.
+
+    Only the local defaults are started here; a server named by ``STACK_POSTGRES_ADMIN_URL`` or
+    ``STACK_REDIS_URL`` elsewhere must already run (waiting for it says which one did not answer).
+    """
     starters = {
-        5432: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main start",
-        6379: ("redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no "
-               "--dir /var/lib/redis --logfile /var/log/redis/ci.log"),
+        service_address(POSTGRES_ADMIN_URL, 5432):
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main start",
+        service_address(REDIS_URL, 6379):
+            ("redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no "
+             "--dir /var/lib/redis --logfile /var/log/redis/ci.log"),
     }
-    for port, command in starters.items():
-        if tcp_open("127.0.0.1", port):
+    for (host, port), command in starters.items():
+        if tcp_open(host, port):
             continue
-        subprocess.run(command, shell=True, check=False, timeout=timeout)
-        wait_for(lambda p=port: tcp_open("127.0.0.1", p), timeout=timeout, interval=1,
-                 what=f"a service on 127.0.0.1:{port} (started with: {command})")
+        local = (host, port) in (("127.0.0.1", 5432), ("localhost", 5432), ("127.0.0.1", 6379), ("localhost", 6379))
+        if local:
+            subprocess.run(command, shell=True, check=False, timeout=timeout)
+        wait_for(lambda h=host, p=port: tcp_open(h, p), timeout=timeout if local else 5, interval=1,
+                 what=f"a service on {host}:{port}" + (f" (started with: {command})" if local else
+                                                       " (named by STACK_POSTGRES_ADMIN_URL / STACK_REDIS_URL)"))
 
 
 # -- a throwaway stack on a fresh PostgreSQL database (the live tests) --------------------------------

@@ -84,3 +84,20 @@ def test_plugin_registers_the_app_a_nav_entry_and_a_run_tab():
     assert nav["href"] == "rollout-status/" and "url_route" not in nav  # a link: the page's own links work
     [tab] = [v for v in plugin.external_views if v["destination"] == "dag_run"]
     assert tab["href"] == "rollout-status/dags/{DAG_ID}/runs/{RUN_ID}" and tab["url_route"]
+
+
+def test_unknown_run_says_so_without_claiming_there_are_no_runs(client, monkeypatch):
+    import rollout_status.status_app as status_app
+
+    client.manager.allow = True
+    row = {"run_id": "rollout__1-2-3-20240101", "build": "1-2-3-20240101", "state": "success", "targets": 16,
+           "serving_new": 16, "gates": 6, "gates_passed": 6, "gates_failed": 0, "adoption_percent": 95.0,
+           "started_at": None, "ended_at": None, "current_stage": None, "failed_gate": None, "superseded_by": None}
+    monkeypatch.setattr(status_app, "load_run", lambda session, run_id, plan, **kw: None)
+    for runs, listed in (([row], True), ([], False)):
+        monkeypatch.setattr(status_app, "load_runs", lambda session, plan, runs=runs, **kw: runs)
+        response = client.get("/runs/rollout__9-9-9-20990101", headers={"Authorization": "Bearer t"})
+        assert response.status_code == 404
+        assert "has no run &#39;rollout__9-9-9-20990101&#39;" in response.text
+        assert "No runs of" not in response.text
+        assert ("1-2-3-20240101" in response.text) is listed

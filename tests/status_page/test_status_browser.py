@@ -3,6 +3,8 @@ Chromium: it loads, shows the finished sandbox rollout, and a screenshot is save
 
 from __future__ import annotations
 
+import contextlib
+import html
 import json
 import os
 import re
@@ -127,6 +129,94 @@ def chromium(tmp_path: Path, url: str, *args: str) -> str:
     return proc.stdout
 
 
+class DevTools:
+    """Headless Chromium driven over the DevTools protocol (``--remote-debugging-port``, websockets): one
+    page at a fixed viewport, and JavaScript evaluated in it. Only for what ``--dump-dom`` cannot tell:
+    where things are laid out."""
+
+    def __init__(self, tmp_path: Path, width: int, height: int):
+        if CHROMIUM is None:
+            pytest.skip("Debian package 'chromium' is not installed (apt-get install -y chromium)")
+        from websockets.sync.client import connect
+
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / f'cdp-{time.monotonic_ns()}'}",
+             "--remote-debugging-port=0", f"--window-size={width},{height}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        try:
+            url = None
+            deadline = time.monotonic() + 60
+            while url is None and time.monotonic() < deadline:
+                line = self.proc.stderr.readline()
+                if not line and self.proc.poll() is not None:
+                    break
+                if "DevTools listening on " in line:
+                    url = line.split("DevTools listening on ", 1)[1].strip()
+            assert url, "chromium did not open its DevTools port"
+            self.ws = connect(url, max_size=None, open_timeout=30)
+            self._id = 0
+            target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+            self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            self.call("Emulation.setDeviceMetricsOverride",
+                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, page=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, method: str, params: dict | None = None, *, page: bool = False) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params or {}}
+        if page:
+            message["sessionId"] = self.session
+        self.ws.send(json.dumps(message))
+        while True:
+            answer = json.loads(self.ws.recv(timeout=60))
+            if answer.get("id") == self._id:
+                assert "error" not in answer, f"{method}: {answer['error']}"
+                return answer.get("result") or {}
+
+    def open(self, url: str) -> None:
+        self.call("Page.navigate", {"url": url}, page=True)
+
+    def wait_value(self, expression: str, timeout: float = 60):
+        """Evaluate ``expression`` in the page until it returns something other than null."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, page=True)
+            value = (result.get("result") or {}).get("value")
+            if value is not None:
+                return value
+            assert time.monotonic() < deadline, f"no value from {expression[:200]} in {timeout}s"
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ws.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=20)
+
+
+#: Where the Targets table's columns end, in the document ``doc`` (the page, or the run tab's iframe).
+TARGETS_TABLE_EDGE = """
+((doc, view) => {
+  if (!doc || doc.readyState !== "complete") return null;
+  const heading = [...doc.querySelectorAll("h2")].find(h => h.textContent.trim() === "Targets");
+  if (!heading) return null;
+  let table = heading.nextElementSibling;
+  while (table && table.tagName !== "TABLE" && !table.querySelector("table")) table = table.nextElementSibling;
+  if (table && table.tagName !== "TABLE") table = table.querySelector("table");
+  if (!table) return null;
+  const rights = [...table.querySelectorAll("tr > :last-child")].map(c => c.getBoundingClientRect().right);
+  return {viewport: view.innerWidth, lastHeader: table.querySelector("thead th:last-child").textContent.trim(),
+          lastRight: Math.max(...rights), tableRight: table.getBoundingClientRect().right, rows: rights.length,
+          scrollWidth: doc.documentElement.scrollWidth, clientWidth: doc.documentElement.clientWidth};
+})(%s)
+"""
+
+
 def text_of(dom: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
@@ -156,6 +246,14 @@ def test_json_endpoint_returns_the_run(api_server, status_run):
         else:
             assert served[key] == expected[key], key
     assert get(f"{api_server}/rollout-status/api/runs/no-such-run")[0] == 404
+
+
+def test_unknown_run_page_is_404_and_lists_the_runs_there_are(api_server, status_run):
+    status, body = get(f"{api_server}/rollout-status/runs/no-such-run")
+    text = html.unescape(text_of(body.decode()))
+    assert status == 404 and "has no run 'no-such-run'" in text, text[:2000]
+    assert "No runs" not in text, text[:2000]  # there is one: it is listed to pick from
+    assert status_run["detail"]["build"]["name"] in text
 
 
 def test_status_pages_in_chromium(api_server, status_run, tmp_path):
@@ -221,3 +319,28 @@ def test_nav_entry_and_run_tab_in_the_airflow_ui(api_server, status_run, tmp_pat
     shot.unlink(missing_ok=True)
     chromium(tmp_path, tab, f"--screenshot={shot}", "--window-size=1400,1000", "--virtual-time-budget=20000")
     assert shot.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("where", ["page", "run tab"])
+def test_targets_table_fits_1600_px(api_server, status_run, tmp_path, where):
+    """At a 1600 px wide window the Targets table's last column (Evidence) is inside the viewport, on the
+    page itself and in the run view's tab of the Airflow UI (an iframe beside the grid)."""
+    run_id = quote(status_run["detail"]["run_id"], safe="")
+    browser = DevTools(tmp_path, 1600, 1000)
+    try:
+        if where == "page":
+            browser.open(f"{api_server}/rollout-status/runs/{run_id}")
+            edge = browser.wait_value(TARGETS_TABLE_EDGE % "document, window")
+        else:
+            browser.open(f"{api_server}/dags/immutable_image_rollout/runs/{run_id}/plugin/rollout-status-run")
+            frame = 'document.querySelector("iframe[src*=\'rollout-status\']")'
+            edge = browser.wait_value(TARGETS_TABLE_EDGE % f"{frame}?.contentDocument, {frame}?.contentWindow",
+                                      timeout=90)
+            edge["frame"] = browser.wait_value(f"(() => {{ const r = {frame}.getBoundingClientRect(); "
+                                               "return {left: r.left, right: r.right, window: innerWidth}; })()")
+            assert edge["frame"]["right"] <= edge["frame"]["window"] + 0.5, edge
+    finally:
+        browser.close()
+    assert edge["lastHeader"] == "Evidence" and edge["rows"] == 1 + len(status_run["detail"]["targets"]), edge
+    assert edge["lastRight"] <= edge["viewport"] + 0.5, f"the last column ends past the viewport: {edge}"
+    assert edge["scrollWidth"] <= edge["clientWidth"], f"the page scrolls sideways: {edge}"

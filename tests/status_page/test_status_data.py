@@ -3,11 +3,22 @@ of one whole sandbox rollout run in-process (``status_run``), checked against th
 
 from __future__ import annotations
 
+import copy
+import json
+import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from rollout_status.status_app import WAITING_STATES
-from rollout_status.status_data import assemble_run, promotion_task_id, run_summary, xcom_value
+from rollout_status.status_data import (
+    assemble_run,
+    change_request_url,
+    live_request_status,
+    promotion_task_id,
+    run_summary,
+    with_live_requests,
+    xcom_value,
+)
 from rollout_status.status_render import STATE_COLORS, render, safe_url
 
 from image_rollout.plan import load_plan
@@ -255,6 +266,88 @@ def test_evidence_and_change_requests_match_the_sandbox(status_run, detail):
     for change in detail["change_requests"]:
         assert change["request_url"] == f"https://razee.example/{change['request_id']}"
         assert change["request_status"] == "applied" and change["evidence_sha"] in commits
+
+
+def test_an_applied_request_is_not_shown_pending(status_run, detail):
+    """Without LaunchDarkly the run's records decide: applied by its promotion task, so approved (filed
+    "pending"); with LaunchDarkly's answer (the sandbox's requests at the end), what it says now."""
+    sandbox = {r["_id"]: r for r in status_run["sandbox_state"]["approval_requests"]}
+    for change in detail["change_requests"]:
+        assert (change["review_status"], change["status_source"]) == ("approved", "apply task"), change
+    live = with_live_requests(copy.deepcopy(detail), list(sandbox.values()))
+    assert live["change_request_source"] == "launchdarkly"
+    for change in live["change_requests"]:
+        request = sandbox[change["request_id"]]
+        assert change["review_status"] == request["reviewStatus"] == "approved"
+        assert change["request_status"] == "applied" and request["status"] == "completed"
+    with_targets = [t for t in live["targets"] if t["request_id"]]
+    assert len(with_targets) == len(live["change_requests"])
+    assert all(t["status_source"] == "launchdarkly" for t in with_targets)
+    gone = with_live_requests(copy.deepcopy(detail), list(sandbox.values())[1:])
+    assert gone["change_requests"][0]["request_status"] == "not in LaunchDarkly (withdrawn or deleted)"
+    unread = with_live_requests(copy.deepcopy(detail), None, "ConnectionError: refused")
+    assert unread["change_requests"] == detail["change_requests"]
+    assert unread["change_request_source"] == "run records (LaunchDarkly not readable: ConnectionError: refused)"
+
+
+def test_each_change_request_links_its_own_page():
+    run, states, xcoms = base_rows()
+    for stage_id, target in (("stage_dal10_carrier0", "stage-dal10-carrier0"), ("stage_south", "stage-south")):
+        promote(states, xcoms, stage_id, target, NOW - timedelta(minutes=30))
+        task_id = promotion_task_id(PLAN.stage(stage_id))
+        xcoms[(task_id, -1, "return_value")]["request_id"] = f"req/{target}"
+    default = assemble_run(PLAN, run, states, xcoms, now=NOW)
+    urls = [c["request_url"] for c in default["change_requests"]]
+    flag = PLAN.flag
+    assert urls == [f"https://app.launchdarkly.com/{flag.project_key}/{flag.environment_key}/features/"
+                    f"{flag.flag_key}/approvals/req%2F{t}" for t in ("stage-dal10-carrier0", "stage-south")]
+    templated = assemble_run(PLAN, run, states, xcoms, now=NOW,
+                             change_request_template="https://razee.example/{flag_key}/{target}/{request_id}")
+    assert [c["request_url"] for c in templated["change_requests"]] == [
+        f"https://razee.example/{flag.flag_key}/{t}/req%2F{t}" for t in ("stage-dal10-carrier0", "stage-south")]
+    with pytest.raises(ValueError, match=r"has no \{request_id\}"):
+        change_request_url("https://razee.example/flags/worker-image", "req1")
+
+
+def test_review_status_is_read_from_launchdarkly_through_the_hook(monkeypatch):
+    """Real HTTP: the page's read of LaunchDarkly (``FlagsHook``) against a sandbox, over a filed request."""
+    from rollout_status.status_app import _live_requests
+
+    from image_rollout.hooks.flags import FlagsHook
+    from include.sandbox import serve_in_thread
+    from include.sandbox.connections import sandbox_connections
+    from tests.harness.stack import wait_for
+
+    server, base_url = serve_in_thread(port=0)
+    try:
+        for key, value in sandbox_connections(base_url).items():
+            monkeypatch.setenv(key, value)
+        build = "533-1251-880-20211101"
+        state = json.loads(urllib.request.urlopen(f"{base_url}/_sandbox/state", timeout=10).read())
+        filed = FlagsHook().create_change_request(
+            ["stage-south"], state["images"]["new"], {"target": "stage-south", "build": build}, "status page test")
+        run, states, xcoms = base_rows(build)
+        task_id = promotion_task_id(PLAN.stage("stage_south"))
+        states[(task_id, -1)] = {"state": "deferred"}
+        xcoms[("stage_south.file_change_request_stage_south", -1, "return_value")] = {
+            "target": "stage-south", "request_id": filed["_id"], "review_status": "pending"}
+        detail = assemble_run(PLAN, run, states, xcoms, now=NOW)
+        [change] = detail["change_requests"]
+        assert (change["review_status"], change["status_source"]) == ("pending", "at filing")
+        # the stage train's auto-approver approves it; the rollout applies it
+        wait_for(lambda: FlagsHook().get_change_request(filed["_id"])["reviewStatus"] == "approved", timeout=20,
+                 interval=0.5, what="the stage train approved")
+        FlagsHook().apply_change_request(filed["_id"])
+        requests, error = _live_requests()
+        assert error is None
+        [change] = with_live_requests(detail, requests)["change_requests"]
+        assert (change["review_status"], change["request_status"], change["status_source"]) == (
+            "approved", "applied", "launchdarkly")
+        assert live_request_status(FlagsHook().get_change_request(filed["_id"])) == "applied"
+    finally:
+        server.shutdown()
+    requests, error = _live_requests()  # the sandbox is gone: no answer, and why
+    assert requests is None and "Error" in error
 
 
 def test_adoption_per_carrier_and_no_rollback(detail):

@@ -103,6 +103,7 @@ class RolloutOperator(BaseOperator):
     def say(self, text: str, *, escalate: bool = False) -> None:
         """Post to Slack (progress channel, or the patching channel to escalate); never raises."""
         channel = self.plan.slack.patching_channel if escalate else self.plan.slack.progress_channel
+        self.log.info("%s (to Slack %s)", text, channel)  # the task log says it too, where Slack links
         notify(text, channel=channel)
 
     # -- guards before any write --------------------------------------------------------------
