@@ -148,7 +148,7 @@ def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ProdChangeApp
             text=(f"Approval needed: immutable image build {{{{ params.build_name }}}} to {target} "
                   f"(prod change request). Approve or reject here or in Airflow: {link}"),
         )],
-        retries=0,
+        retries=2,  # the machinery only: a decision is never retried (see ProdChangeApprovalOperator)
     )
 
 

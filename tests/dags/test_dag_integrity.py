@@ -44,8 +44,8 @@ def test_tags_retries_and_docs(dagbag, dag_id):
     assert dag.doc_md and len(dag.doc_md) > 100
     assert dag.catchup is False
     for task in dag.tasks:
-        if task.task_type in ("ProdChangeApprovalOperator", "ApprovalOperator", "EmptyOperator"):
-            continue  # a human decision is not retried; an EmptyOperator does nothing
+        if task.task_type in ("ApprovalOperator", "EmptyOperator"):
+            continue  # a plain HITL answer is final; an EmptyOperator does nothing
         assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
 
 

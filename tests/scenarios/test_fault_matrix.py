@@ -225,6 +225,10 @@ def test_rejection_in_airflow_stops_and_withdraws_the_train(rollout_sandbox, ld)
     assert [r["deleted"] for r in ap_south] == [True]
     assert all(r["memberId"] != "sandbox-rollout" for r in ap_south[0]["allReviews"])
     assert any("rejected in Airflow" in t and "withdrawn" in t for t in escalations(result["state"]))
+    # a decision is final: the approval task (retries for the machinery) does not ask again
+    asked = [t for t in escalations(result["state"]) if t.startswith("Approval needed") and "ap-south" in t]
+    assert len(asked) == 1, asked
+    assert result["tasks"]["ap_south.approve_ap_south"] == "failed"
 
 
 @pytest.mark.parametrize("faults", [

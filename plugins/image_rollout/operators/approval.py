@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from airflow.providers.standard.exceptions import HITLTriggerEventError
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -104,10 +105,18 @@ class ProdChangeApprovalOperator(ApprovalOperator):
         return super().execute(context)
 
     def execute_complete(self, context, event: dict):
+        # A decision ends the task for good (AirflowFailException is never retried); the task's retries
+        # are for the machinery only: Airflow 3.3.2's scheduler can fail a task that resumes from a wait
+        # before it processed the worker's exit ("finished with state success, but the task instance's
+        # state attribute is running"). A retry asks again; nothing is promoted without an answer.
         choice = (event.get("chosen_options") or [None])[0]
         if choice == self.REJECT:
-            self._rejected(context, event)
-        result = super().execute_complete(context=context, event=event)
+            who = self._rejected(context, event)
+            raise AirflowFailException(f"the prod start for {self.target} was rejected by {who}")
+        try:
+            result = super().execute_complete(context=context, event=event)
+        except HITLTriggerEventError as exc:  # HITLTimeoutError: nobody decided within response_timeout
+            raise AirflowFailException(f"no decision on the prod start for {self.target}: {exc}") from exc
         board = context["ti"].xcom_pull(task_ids=self.task_id, key="board") or {}
         out = dict(result)
         out["board"] = board
@@ -130,7 +139,8 @@ class ProdChangeApprovalOperator(ApprovalOperator):
         commits = GitHubEvidenceHook().find_commit(self.evidence_path, pc.rollout_key(build, f"approval-{self.target}"))
         return commits[0]["sha"] if commits else None
 
-    def _rejected(self, context, event: dict) -> None:
+    def _rejected(self, context, event: dict) -> str:
+        """Withdraw the train and say so; returns who rejected."""
         from image_rollout.hooks.flags import FlagsHook
 
         who = _who(event.get("responded_by_user"))
@@ -153,6 +163,7 @@ class ProdChangeApprovalOperator(ApprovalOperator):
             f"change request {escape_mrkdwn(str(request_id))} {what}",
             channel=self.patching_channel,
         )
+        return who
 
 
 def _iso_in(seconds: float) -> str:
