@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rollout_status import URL_PREFIX
-from rollout_status.status_data import DAG_ID, load_run, load_runs
+from rollout_status.status_data import DAG_ID, held_builds, hold_of, load_run, load_runs, read_hold_variable
 from rollout_status.status_render import STATE_COLORS, render
 
 READ_ENTITIES = ("RUN", "TASK_INSTANCE", "XCOM")
@@ -146,7 +146,8 @@ def runs_page(request: Request, user: User, limit: Limit = 25) -> HTMLResponse:
     runs = _with_session(load_runs, plan, limit=limit, now=now)
     refresh = 15 if any(r["state"] in ("running", "queued") for r in runs) else None
     return _page(
-        "runs.html", request, runs=runs, plan_name=plan.name, now=now.isoformat(), refresh=refresh, error=None
+        "runs.html", request, runs=runs, plan_name=plan.name, now=now.isoformat(), refresh=refresh, error=None,
+        holds=held_builds(read_hold_variable()),
     )
 
 
@@ -166,6 +167,7 @@ def run_page(run_id: str, request: Request, user: User) -> HTMLResponse:
             refresh=None,
             error=f"{DAG_ID} has no run {run_id!r}.",
         )
+    run["hold"] = hold_of(run["build"]["name"], read_hold_variable())
     return _page("run.html", request, run=run, refresh=_refresh(run["state"]))
 
 
@@ -199,6 +201,7 @@ def run_json(run_id: str, user: User) -> JSONResponse:
     run = _with_session(load_run, run_id, plan, change_request_template=_change_request_template(plan))
     if run is None:
         raise HTTPException(status_code=404, detail=f"{DAG_ID} has no run {run_id!r}")
+    run["hold"] = hold_of(run["build"]["name"], read_hold_variable())
     return JSONResponse(run)
 
 
