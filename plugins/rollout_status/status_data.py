@@ -379,6 +379,7 @@ def assemble_run(
             "rollback": rollback_info,
             "fleet": _dict(xcom(FLEET_TASK)) or None,
             "hold": None,  # set from the hold Variable by the app (status_data.hold_of)
+            "noop": build.get("noop"),  # a rerun of a finished rollout (issue 11 item 1)
             "superseded_by": next(
                 (str(v) for (_, _, key), v in sorted(xcoms.items(), key=str) if key == "superseded_by" and v),
                 None,

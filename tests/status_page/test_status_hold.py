@@ -32,3 +32,14 @@ def test_a_malformed_hold_shows_as_holding_with_its_problem():
                   holds=holds, base="/rollout-status", airflow_root="", dag_id="immutable_image_rollout",
                   colors=STATE_COLORS, waiting=())
     assert f"build {BUILD} by jdoe (malformed: missing reason)" in page
+
+
+def test_a_no_op_rerun_says_so_and_not_rollout_complete():
+    run, states, xcoms = base_rows(BUILD)
+    run["state"] = "success"
+    xcoms[("build_verification.verify_build", -1, "return_value")] = {
+        "name": BUILD, "dry_run": False,
+        "noop": {"finished_by": "rollout__x", "finished_at": "t", "why": "run rollout__x finished the rollout at t"}}
+    page = html(assemble_run(PLAN, run, states, xcoms, now=NOW))
+    assert "No-op rerun</strong>: run rollout__x finished the rollout at t; this run wrote nothing" in page
+    assert "Rollout complete" not in page

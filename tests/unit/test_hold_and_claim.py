@@ -233,3 +233,11 @@ def test_a_run_takes_over_from_an_ended_one_and_the_ended_one_then_writes_nothin
     # b finishes; a third run is a no-op rerun
     assert claim.mark_finished(github, plan, BUILD, "manual__b")["finished_at"]
     assert claim.claim(runs, github, plan, BUILD, "manual__c")[0] == "finished"
+
+
+def test_a_malformed_record_fails_the_claim_naming_the_file():
+    plan, github = load_plan("sandbox"), CasGitHub()
+    github.files[plan.rollout_record_path(BUILD)] = "{oops"
+    with pytest.raises(AirflowFailException, match="not JSON.*fix train_evidence/rollouts/"):
+        claim.claim(Runs({}), github, plan, BUILD, "manual__b")
+    assert github.files[plan.rollout_record_path(BUILD)] == "{oops"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from image_rollout import preconditions as pc
 from image_rollout.hooks._http import ExternalSystemError
 from image_rollout.operators.base import iso, utcnow
@@ -23,10 +25,16 @@ CLAIM_ATTEMPTS = 4
 
 def read_record(github, plan: RolloutPlan, build_name: str) -> tuple[dict | None, str | None]:
     """The build's rollout record and its blob sha (None, None when no run claimed it yet)."""
-    found = github.get_file(plan.rollout_record_path(build_name))
+    path = plan.rollout_record_path(build_name)
+    found = github.get_file(path)
     if found is None:
         return None, None
-    return pc.parse_rollout_record(found[0], build_name), found[1]
+    try:
+        return pc.parse_rollout_record(found[0], build_name), found[1]
+    except pc.MalformedRolloutRecord as exc:
+        # Nothing is decided on a record that cannot be read, and retrying will not mend it.
+        raise AirflowFailException(f"{exc}: fix {path} in the evidence repository (its history shows "
+                                   "what the rollout wrote); nothing was written") from None
 
 
 def run_state(ti, run_id: str) -> str | None:
