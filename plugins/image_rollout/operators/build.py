@@ -187,14 +187,14 @@ class VerifyBuildOperator(RolloutOperator):
         """Refuse a run while another run of the build is active; a finished build's rerun is a no-op.
 
         Decided from the build's rollout record in GitHub and Airflow's state of the run it names,
-        whatever this run's id. A dry run writes nothing, so it is shown either way.
+        whatever this run's id. A dry run writes nothing, so it is shown either way (and needs no GitHub).
         """
         from image_rollout.operators.claim import decide
 
-        decision, why, record, _ = decide(context["ti"], github_hook(), self.plan, name, context["run_id"])
-        self.log.info("One rollout per build: %s (%s)", decision, why)
         if dry_run:
             return None
+        decision, why, record, _ = decide(context["ti"], github_hook(), self.plan, name, context["run_id"])
+        self.log.info("One rollout per build: %s (%s)", decision, why)
         return self._act_on(context, name, decision, why, record)
 
     def _claim_build(self, context, name: str) -> dict | None:
