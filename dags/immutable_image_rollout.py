@@ -21,8 +21,10 @@ of prod, following the SRE runbook *Patching immutable image build procedure*:
    the image-count reports until adoption passes the threshold.
 
 A failed gate rolls back the targets it does not vouch for (**rollout_end.rollback**) and escalates
-to #sre-cfs-patching. The Variable `image_rollout_freeze` holds every promotion while set.
-Jenkins starts a run with `dag_run_id` `rollout__<build name>`; a second trigger gets 409.
+to #sre-cfs-patching. The Variable `image_rollout_freeze` holds every promotion while set;
+`image_rollout_hold` (JSON, naming builds) holds one build's rollout.
+Jenkins starts a run with `dag_run_id` `rollout__<build name>`; a second trigger gets 409, and a
+second run of the same build under another run id is refused at verification (a no-op once finished).
 The plan (stages, targets, waits) is `include/plans/$ROLLOUT_PLAN.json`.
 """
 

@@ -315,6 +315,12 @@ class RolloutPlan(_Strict):
     def evidence_path(self, build_name: str) -> str:
         return f"{self.evidence.directory}/immutableimage_{build_name}_evidence.md"
 
+    def rollout_record_path(self, build_name: str) -> str:
+        """The build's rollout record (which run claimed it, whether it finished): beside the evidence
+        directory, not in it, so the train evidence stays the runbook's files only."""
+        parent, _, leaf = self.evidence.directory.rstrip("/").rpartition("/")
+        return f"{parent + '/' if parent else ''}rollouts/{leaf}/immutableimage_{build_name}_rollout.json"
+
     def as_timedelta(self, seconds: float) -> timedelta:
         return timedelta(seconds=seconds)
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from image_rollout.inputs import is_image_id
+from image_rollout.inputs import is_build_name, is_image_id
 
 OVERRIDE_VARIABLE = "image_rollout_override"
+HOLD_VARIABLE = "image_rollout_hold"
 WAITS = ("bake", "soak")
 IMAGE_KEYS = ("dev", "prod", "prodfr2", "stage")
 KEY_PREFIX = "immutable-image"
@@ -302,3 +303,131 @@ def promotions_started(states: Mapping[str, str], promotion_task_prefixes: Itera
     """Whether any promotion task ran to success (a stop before that rolls nothing back)."""
     prefixes = tuple(promotion_task_prefixes)
     return any(state == "success" for task, state in states.items() if task.split("[")[0].startswith(prefixes))
+
+
+# -- a hold for one rollout (issue 11 item 3) ---------------------------------------------------------
+
+HOLD_FIELDS = ("by", "reason", "since")
+HOLD_EXAMPLE = '{"<build name>": {"by": "<airflow user>", "reason": "<why>"}}'
+
+
+def parse_holds(raw: Any) -> dict:
+    """The hold Variable's value: ``{"builds": {name: {"by", "reason", "since", "problem"}}, "problems",
+    "hold_all"}``.
+
+    ``{"532-1250-879-20210818": {"by": "jdoe", "reason": "INC0012345: dal10 alerts"}}`` holds that
+    build; ``{}``, empty or no Variable holds nothing. A malformed value never releases anything: a
+    value that cannot be read, or a key that is not a build name, holds EVERY build (it may have meant
+    any of them); an entry without ``by`` or ``reason``, or with an unknown field, still holds its build.
+    Each problem is named in ``problems``.
+    """
+    out: dict = {"builds": {}, "problems": [], "hold_all": False}
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return out
+    value = raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            out["problems"].append(f"{HOLD_VARIABLE} is not JSON ({exc}); expected {HOLD_EXAMPLE}")
+            out["hold_all"] = True
+            return out
+    if not isinstance(value, Mapping):
+        out["problems"].append(f"{HOLD_VARIABLE} must be a JSON object {HOLD_EXAMPLE}, not {type(value).__name__}")
+        out["hold_all"] = True
+        return out
+    for key, entry in value.items():
+        if not is_build_name(key):
+            out["problems"].append(f"{HOLD_VARIABLE} key {str(key)[:80]!r} is not a build name NNN-NNNN-NNN-YYYYMMDD")
+            out["hold_all"] = True
+            continue
+        problems = []
+        if not isinstance(entry, Mapping):
+            problems.append(f"its value must be an object {{\"by\": ..., \"reason\": ...}}, not {type(entry).__name__}")
+            entry = {}
+        by, reason = entry.get("by"), entry.get("reason")
+        missing = [f for f, v in (("by", by), ("reason", reason)) if not isinstance(v, str) or not v.strip()]
+        if missing:
+            problems.append(f"missing {' and '.join(missing)}")
+        unknown = sorted(str(k) for k in entry if k not in HOLD_FIELDS)
+        if unknown:
+            problems.append(f"unknown field(s) {unknown} (known: {list(HOLD_FIELDS)}; remove the entry to resume)")
+        since = entry.get("since")
+        out["builds"][key] = {
+            "by": by.strip() if isinstance(by, str) and by.strip() else None,
+            "reason": reason.strip() if isinstance(reason, str) and reason.strip() else None,
+            "since": since if isinstance(since, str) else None,
+            "problem": "; ".join(problems) or None,
+        }
+        if problems:
+            out["problems"].append(f"{HOLD_VARIABLE} entry for {key}: {'; '.join(problems)}")
+    return out
+
+
+def check_hold(parsed: Mapping, build_name: str) -> Hold | None:
+    """Whether the hold Variable (``parse_holds``) holds this build's writes, and why."""
+    entry = parsed["builds"].get(build_name)
+    if entry is not None:
+        why = f"held by {entry['by'] or 'unknown'}: {entry['reason'] or 'no reason given'}"
+        if entry["problem"]:
+            why += f" (the entry is malformed: {entry['problem']})"
+        return Hold("hold", f"{why}. Resume: remove {build_name} from the Variable {HOLD_VARIABLE}")
+    if parsed["hold_all"]:
+        return Hold("hold", f"the Variable {HOLD_VARIABLE} is malformed ({'; '.join(parsed['problems'])}): "
+                            "every build is held until it is fixed or deleted")
+    return None
+
+
+# -- one rollout per build (issue 11 item 1) ------------------------------------------------------------
+
+#: Airflow run states in which a run may still write.
+ACTIVE_RUN_STATES = ("queued", "running")
+RECORD_FIELDS = ("build_name", "run_id", "claimed_at", "finished_at")
+
+
+class MalformedRolloutRecord(ValueError):
+    """The build's rollout record in GitHub cannot be read: nothing is decided on it."""
+
+
+def parse_rollout_record(text: str | None, build_name: str) -> dict | None:
+    """The build's rollout record (JSON: which run claimed the build, and when it finished), or None."""
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        raise MalformedRolloutRecord(f"the rollout record of {build_name} is not JSON ({exc})") from None
+    if not isinstance(record, Mapping):
+        raise MalformedRolloutRecord(f"the rollout record of {build_name} is not a JSON object")
+    if record.get("build_name") != build_name:
+        raise MalformedRolloutRecord(
+            f"the rollout record of {build_name} names build {record.get('build_name')!r}")
+    if not isinstance(record.get("run_id"), str) or not record["run_id"]:
+        raise MalformedRolloutRecord(f"the rollout record of {build_name} names no run_id")
+    if record.get("finished_at") is not None and parse_time(record["finished_at"]) is None:
+        raise MalformedRolloutRecord(f"the rollout record of {build_name} has finished_at "
+                                     f"{record['finished_at']!r}, not a time")
+    return {k: record.get(k) for k in RECORD_FIELDS}
+
+
+Claim = Literal["claim", "ours", "refuse", "finished"]
+
+
+def claim_decision(record: Mapping | None, *, run_id: str, claimant_state: str | None) -> tuple[Claim, str]:
+    """Whether this run may roll the build out, from the build's record and Airflow's state of its claimant.
+
+    ``finished``: a run already finished the rollout (a rerun is a no-op). ``ours``: this run holds the
+    claim (a retried verification). ``refuse``: another run holds it and Airflow says it is still
+    active. ``claim``: nobody does, or the claimant ended (failed, marked, deleted): this run takes over.
+    """
+    if record is None:
+        return "claim", "no run has claimed this build yet"
+    if record.get("finished_at"):
+        return "finished", (f"run {record['run_id']} finished the rollout at {record['finished_at']}")
+    if record["run_id"] == run_id:
+        return "ours", "this run claimed the build"
+    if claimant_state in ACTIVE_RUN_STATES:
+        return "refuse", (f"run {record['run_id']} is rolling this build out ({claimant_state}, claimed "
+                          f"{record.get('claimed_at')})")
+    return "claim", (f"run {record['run_id']} claimed it at {record.get('claimed_at')} and is "
+                     f"{claimant_state or 'gone from Airflow'}: this run takes over")

@@ -25,7 +25,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rollout_status import URL_PREFIX
-from rollout_status.status_data import DAG_ID, load_run, load_runs, with_live_requests
+from rollout_status.status_data import (
+    DAG_ID,
+    held_builds,
+    hold_of,
+    load_run,
+    load_runs,
+    read_hold_variable,
+    with_live_requests,
+)
 from rollout_status.status_render import STATE_COLORS, render
 
 READ_ENTITIES = ("RUN", "TASK_INSTANCE", "XCOM")
@@ -177,7 +185,8 @@ def runs_page(request: Request, user: User, limit: Limit = 25) -> HTMLResponse:
     runs = _with_session(load_runs, plan, limit=limit, now=now)
     refresh = 15 if any(r["state"] in ("running", "queued") for r in runs) else None
     return _page(
-        "runs.html", request, runs=runs, plan_name=plan.name, now=now.isoformat(), refresh=refresh, error=None
+        "runs.html", request, runs=runs, plan_name=plan.name, now=now.isoformat(), refresh=refresh, error=None,
+        holds=held_builds(read_hold_variable()),
     )
 
 
@@ -198,6 +207,7 @@ def run_page(run_id: str, request: Request, user: User) -> HTMLResponse:
             refresh=None,
             error=f"{DAG_ID} has no run {run_id!r}.",
         )
+    run["hold"] = hold_of(run["build"]["name"], read_hold_variable())
     return _page("run.html", request, run=run, refresh=_refresh(run["state"]))
 
 
@@ -231,6 +241,7 @@ def run_json(run_id: str, user: User) -> JSONResponse:
     run = _load_detail(run_id, plan)
     if run is None:
         raise HTTPException(status_code=404, detail=f"{DAG_ID} has no run {run_id!r}")
+    run["hold"] = hold_of(run["build"]["name"], read_hold_variable())
     return JSONResponse(run)
 
 

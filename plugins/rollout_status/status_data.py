@@ -404,6 +404,8 @@ def assemble_run(
             "adoption": adoption,
             "rollback": rollback_info,
             "fleet": _dict(xcom(FLEET_TASK)) or None,
+            "hold": None,  # set from the hold Variable by the app (status_data.hold_of)
+            "noop": build.get("noop"),  # a rerun of a finished rollout (issue 11 item 1)
             "superseded_by": next(
                 (str(v) for (_, _, key), v in sorted(xcoms.items(), key=str) if key == "superseded_by" and v),
                 None,
@@ -599,6 +601,40 @@ def run_summary(detail: dict) -> dict:
             (s["id"] for s in detail["stages"] if s["state"] not in ("success", "skipped")), None
         ),
     }
+
+
+# -- a hold for one rollout (issue 11 item 3) -------------------------------------------------------
+def hold_of(build_name: str | None, raw: Any) -> dict | None:
+    """The hold on this build from the hold Variable's value: who set it, why, and any problem with it
+    (a malformed value holds every build, as the rollout's guard does)."""
+    from image_rollout import preconditions as pc
+
+    parsed = pc.parse_holds(raw)
+    hold = pc.check_hold(parsed, build_name) if build_name else None
+    if hold is None:
+        return None
+    entry = parsed["builds"].get(build_name) or {}
+    problem = entry.get("problem") or ("; ".join(parsed["problems"]) if not entry else None)
+    return {"build": build_name, "by": entry.get("by"), "reason": entry.get("reason"),
+            "since": entry.get("since"), "problem": problem, "text": hold.reason}
+
+
+def held_builds(raw: Any) -> dict:
+    """Every hold in the Variable, for the runs page: ``{"builds": [...], "problems": [...]}``."""
+    from image_rollout import preconditions as pc
+
+    parsed = pc.parse_holds(raw)
+    builds = [{"build": name, **entry} for name, entry in sorted(parsed["builds"].items())]
+    return {"builds": builds, "problems": parsed["problems"], "hold_all": parsed["hold_all"]}
+
+
+def read_hold_variable() -> Any:
+    """The hold Variable's raw value (secrets backends, environment, then the metadata DB)."""
+    from airflow.models.variable import Variable
+
+    from image_rollout.preconditions import HOLD_VARIABLE
+
+    return Variable.get(HOLD_VARIABLE, default_var=None)
 
 
 # -- reading the metadata DB -----------------------------------------------------------------------

@@ -121,6 +121,13 @@ def test_rerun_writes_nothing_twice_and_no_secret_leaks(rollout_sandbox, capfd):
     assert len(after["approval_requests"]) == len(before["approval_requests"])
     for key in ("flags PATCH", "github PUT"):
         assert after["calls"].get(key, 0) == before["calls"].get(key, 0), key
+    # A second run of a finished build (dag.test's own run id, as a UI trigger's manual__ id) is a
+    # no-op rerun (issue 11 item 1): it says so, and posts no second "complete".
+    complete = [m for m in after["slack"] if "complete: all" in m["text"]]
+    assert len(complete) == 1, [m["text"] for m in complete]
+    noop = [m["text"] for m in after["slack"] if "no-op rerun" in m["text"]]
+    assert len(noop) == 1 and first["run_id"] in noop[0], noop
+    assert again["tasks"]["rollout_end.verify_flag_state"] == "skipped", again["tasks"]
 
     captured = capfd.readouterr()
     seen = {

@@ -67,6 +67,9 @@ class FakeEvidence:
     def __init__(self, stopped: bool):
         self.stopped = stopped
 
+    def get_file(self, path):
+        return None  # no rollout record: the run's claim on the build is not in question here
+
     def find_commit(self, path, key):
         return [{"sha": "c-stop"}] if self.stopped and key.endswith("/drift-ap-south-stop") else []
 

@@ -351,7 +351,8 @@ class GitHubEvidenceHook(RedactsConnectionSecrets, BaseHook):
             return self.repository.create_file(path, message, text, branch=self.branch, **self._committer())
         return self.repository.update_file(path, message, text, base, branch=self.branch, **self._committer())
 
-    def put_file(self, path: str, text: str, message: str, *, sha: str | None = None) -> str:
+    def put_file(self, path: str, text: str, message: str, *, sha: str | None = None,
+                 create_only: bool = False) -> str:
         """
         Make ``path`` contain ``text`` on the branch and return the commit sha that has it.
 
@@ -365,6 +366,8 @@ class GitHubEvidenceHook(RedactsConnectionSecrets, BaseHook):
         :param message: the commit message (end it with a ``Rollout-Key: <key>`` trailer).
         :param sha: the blob sha of the version ``text`` was built from; when given, a file
             changed by someone else since is not overwritten (HTTP 409 is raised).
+        :param create_only: only create the file: when it exists (someone else created it first),
+            HTTP 409 is raised instead of overwriting it.
         """
         path = self._quote_path(path)
         call = self._repo_call("PUT", f"/contents/{path}")
@@ -376,6 +379,13 @@ class GitHubEvidenceHook(RedactsConnectionSecrets, BaseHook):
                 if found is None:
                     raise self.malformed(call, f"{path} exists but no commit touches it")
                 return found
+            if create_only and current is not None:
+                raise ExternalSystemError(
+                    system=self.system,
+                    call=call,
+                    status=409,
+                    reason=f"refused: {path} exists already (created by someone else)",
+                )
             if sha is not None and (current is None or current[1] != sha):
                 raise ExternalSystemError(
                     system=self.system,

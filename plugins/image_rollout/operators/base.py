@@ -1,8 +1,9 @@
 """What every rollout task shares: the plan, the verified build, and the guards before a flag write.
 
 The guards are the safety rules of DESIGN.md section 5 that apply to any write: the freeze
-switch holds the write (deferred, no worker slot), and a rollout superseded by a newer
-build stops without touching the flag again.
+switch holds the write (deferred, no worker slot), so does a hold on this one build (issue 11
+item 3), a rollout superseded by a newer build stops without touching the flag again, and so
+does a run whose build another run has taken over (issue 11 item 1).
 """
 
 from __future__ import annotations
@@ -128,6 +129,43 @@ class RolloutOperator(BaseOperator):
             method_name="execute",
         )
 
+    def build_hold(self, build_name: str) -> pc.Hold | None:
+        """The hold for this build's rollout (README "Hold one rollout"), if any; a malformed hold
+        Variable holds (every build, or the entry's build) and each problem is logged as an error."""
+        parsed = pc.parse_holds(Variable.get(pc.HOLD_VARIABLE, default=None))
+        for problem in parsed["problems"]:
+            self.log.error("Invalid hold: %s", problem)
+        return pc.check_hold(parsed, build_name)
+
+    def hold_if_held(self, context, build_name: str) -> None:
+        """A hold on this build: defer (no worker slot), say why once, look again later; say when it ends."""
+        hold = self.build_hold(build_name)
+        ti = context["ti"]
+        announced = ti.xcom_pull(task_ids=self.task_id, key="build_hold_announced", map_indexes=ti.map_index) or []
+        if hold is None:
+            if announced:
+                self.say(f"Hold on the rollout of {escape_mrkdwn(build_name)} lifted: "
+                         f"{escape_mrkdwn(self.task_id)} goes on", escalate=True)
+                ti.xcom_push(key="build_hold_announced", value=[])
+            return
+        self.log.warning("Rollout of %s HELD (%s): %s waits; nothing of this build is written",
+                         build_name, hold.reason, self.task_id)
+        if hold.reason not in announced:
+            self.say(f"Rollout of {escape_mrkdwn(build_name)} HELD at {escape_mrkdwn(self.task_id)}: "
+                     f"{escape_mrkdwn(hold.reason)}. Nothing of this build is written while it is held",
+                     escalate=True)
+            ti.xcom_push(key="build_hold_announced", value=[*announced, hold.reason])
+        ti.xcom_push(key="held", value={"precondition": hold.precondition, "reason": hold.reason, "at": iso(utcnow())})
+        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.plan.freeze.poll)), method_name="execute")
+
+    def stop_if_taken_over(self, context, build_name: str) -> None:
+        """One rollout per build (issue 11 item 1): stop when another run holds the build's claim now."""
+        from image_rollout.operators.claim import holder
+
+        why = holder(github_hook(), self.plan, build_name, context["run_id"])
+        if why:
+            raise AirflowFailException(f"{why}: this run ({context['run_id']}) writes nothing more")
+
     def superseded_by(self, build_name: str) -> str | None:
         """The newer build that owns the flag now, if any."""
         active = Variable.get(ACTIVE_BUILD_VARIABLE, default=None)
@@ -168,8 +206,12 @@ class RolloutOperator(BaseOperator):
         )
 
     def guard_write(self, context, build_name: str) -> None:
+        """Before a flag write or change request: freeze, this build's hold, ownership of the flag and
+        of the build's rollout."""
         self.hold_if_frozen(context)
+        self.hold_if_held(context, build_name)
         self.stop_if_superseded(context, build_name)
+        self.stop_if_taken_over(context, build_name)
 
     def read_rule(self, context, target: str) -> tuple[dict, Any, dict | None]:
         """Guards, then the map the target's rule serves now: every write reads first, so a rerun

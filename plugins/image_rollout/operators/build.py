@@ -9,15 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import Variable
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import gates
 from image_rollout.evidence import Evidence, Reload, console_excerpt, render
 from image_rollout.inputs import BUILD_NUMBER, is_build_name, is_image_id
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
+    VERIFY_TASK,
     RolloutOperator,
     flags_hook,
+    github_hook,
     iso,
     jenkins_hook,
     utcnow,
@@ -114,6 +116,9 @@ class VerifyBuildOperator(RolloutOperator):
     def execute(self, context, event: dict | None = None) -> dict:
         request = validate_request(dict(context["params"]), dict(context["dag_run"].conf or {}))
         name = request["build_name"]
+        noop = self._one_rollout_per_build(context, name, dry_run=request["dry_run"])
+        if noop is not None:
+            return noop
         jenkins = jenkins_hook()
         job = self.plan.jenkins.image_job
         state = context["ti"].xcom_pull(task_ids=self.task_id, key="follow") or {}
@@ -165,6 +170,10 @@ class VerifyBuildOperator(RolloutOperator):
         result["approval_settings"] = self.approval_settings(flags)
         result["baseline"] = flags.rule_values()
         if not request["dry_run"]:
+            self.hold_if_held(context, name)
+            noop = self._claim_build(context, name)
+            if noop is not None:
+                return noop
             self._claim_flag(name)
         self.say(
             f"Rollout of immutable image build {name} started (Jenkins #{number}, "
@@ -172,6 +181,48 @@ class VerifyBuildOperator(RolloutOperator):
             + (" [dry run]" if request["dry_run"] else "")
         )
         return result
+
+    # -- one rollout per build (issue 11 item 1) ------------------------------------------------------
+    def _one_rollout_per_build(self, context, name: str, *, dry_run: bool) -> dict | None:
+        """Refuse a run while another run of the build is active; a finished build's rerun is a no-op.
+
+        Decided from the build's rollout record in GitHub and Airflow's state of the run it names,
+        whatever this run's id. A dry run writes nothing, so it is shown either way (and needs no GitHub).
+        """
+        from image_rollout.operators.claim import decide
+
+        if dry_run:
+            return None
+        decision, why, record, _ = decide(context["ti"], github_hook(), self.plan, name, context["run_id"])
+        self.log.info("One rollout per build: %s (%s)", decision, why)
+        return self._act_on(context, name, decision, why, record)
+
+    def _claim_build(self, context, name: str) -> dict | None:
+        """Take the build for this run (compare-and-swap in GitHub); a run that lost the race is refused."""
+        from image_rollout.operators.claim import claim
+
+        if self.superseded_by(name):
+            # Superseded: it stops at its first write and writes nothing; it takes no claim either.
+            self.log.info("Build %s is superseded: not claiming its rollout", name)
+            return None
+        decision, why, record = claim(context["ti"], github_hook(), self.plan, name, context["run_id"])
+        self.log.info("Rollout of %s: %s (%s)", name, decision, why)
+        return self._act_on(context, name, decision, why, record)
+
+    def _act_on(self, context, name: str, decision: str, why: str, record: dict | None) -> dict | None:
+        run_id = context["run_id"]
+        if decision == "refuse":
+            raise AirflowFailException(
+                f"REFUSED: build {name} already has an active rollout, run {record['run_id']}; this run "
+                f"({run_id}) writes nothing. {why}. Follow that run, or end it first to take over")
+        if decision == "finished":
+            text = (f"Rollout of immutable image build {name} already finished ({why}): run {run_id} is a "
+                    "no-op rerun and writes nothing")
+            self.log.warning("%s", text)
+            self.say(escape_mrkdwn(text))
+            return {"name": name, "noop": {"finished_by": record["run_id"], "finished_at": record["finished_at"],
+                                           "why": why}, "dry_run": False}
+        return None
 
     def _rebuild_once(self, jenkins: JenkinsHook, job: str, name: str, failed_number: int) -> int:
         """Rebuild, unless a later build of the same name exists already (a retried task)."""
@@ -210,6 +261,9 @@ class PlanRolloutOperator(RolloutOperator):
     the evidence text that would be committed. The only output of a dry run."""
 
     def execute(self, context) -> dict:
+        verified = context["ti"].xcom_pull(task_ids=VERIFY_TASK) or {}
+        if verified.get("noop"):
+            raise AirflowSkipException(f"no-op rerun: {verified['noop']['why']}")
         build = self.build(context)
         current = flags_hook().rule_values()
         rows = []

@@ -110,9 +110,11 @@ class CommitEvidenceOperator(RolloutOperator):
         super().__init__(**kwargs)
         self.mode = mode
 
-    def execute(self, context) -> dict:
+    def execute(self, context, event: dict | None = None) -> dict:
         build = self.build(context)
+        self.hold_if_held(context, build["name"])
         self.stop_if_superseded(context, build["name"])
+        self.stop_if_taken_over(context, build["name"])
         sections = ("dev", "prestage") if self.mode == "initial" else ("dev", "prestage", "stage")
         evidence = evidence_for(self.plan, context, build, sections)
         path = self.plan.evidence_path(build["name"])
@@ -142,8 +144,9 @@ class RecordApprovalOperator(RolloutOperator):
         self.file_task_id = file_task_id
         self.target = target
 
-    def execute(self, context) -> dict:
+    def execute(self, context, event: dict | None = None) -> dict:
         build = self.build(context)
+        self.hold_if_held(context, build["name"])
         approval = self.pull(context, self.approval_task_id) or {}
         filed = self.pull(context, self.file_task_id) or {}
         if approval.get("already_serving"):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from image_rollout.operators.base import VERIFY_TASK, RolloutOperator, flags_hook
+from image_rollout.operators.base import VERIFY_TASK, RolloutOperator, flags_hook, github_hook
+from image_rollout.operators.claim import mark_finished
 from image_rollout.slack import escape_mrkdwn
 
 ADOPTION_TASK = "rollout_monitoring.monitor_adoption"
@@ -25,8 +26,12 @@ def gate_task_ids(plan) -> list[str]:
 class VerifyFleetOperator(RolloutOperator):
     """Confirm by data that the rollout reached every target and adoption, then announce completion."""
 
-    def execute(self, context) -> dict:
-        if not context["ti"].xcom_pull(task_ids=VERIFY_TASK):
+    def execute(self, context, event: dict | None = None) -> dict:
+        verified = context["ti"].xcom_pull(task_ids=VERIFY_TASK)
+        if verified and verified.get("noop"):
+            # A rerun of a finished rollout: it said so at verification; no second "complete".
+            raise AirflowSkipException(f"no-op rerun: {verified['noop']['why']}")
+        if not verified:
             # Red, not skipped: a run whose build never passed verification rolled nothing out. The task
             # that stopped it has escalated; this one only keeps the run from ending green.
             raise AirflowFailException("the build did not pass verification: nothing was rolled out")
@@ -56,6 +61,10 @@ class VerifyFleetOperator(RolloutOperator):
         if adoption.get("percent") is None or float(adoption["percent"]) < threshold:
             raise AirflowFailException(
                 f"adoption {adoption.get('percent')}% has not reached the plan's {threshold}%")
+        # The build's rollout record says it finished (GitHub), so a later run of it is a no-op rerun.
+        self.hold_if_held(context, build["name"])
+        self.stop_if_taken_over(context, build["name"])
+        mark_finished(github_hook(), self.plan, build["name"], context["run_id"])
         self.say(
             f":white_check_mark: Rollout of immutable image build {build['name']} complete: all "
             f"{len(self.plan.targets)} targets serve it, every gate passed; {adoption.get('percent')}% of prod "
@@ -71,6 +80,8 @@ class SupersededCheckOperator(RolloutOperator):
         build = context["ti"].xcom_pull(task_ids=VERIFY_TASK)
         if not build:
             raise AirflowSkipException("no verified build")
+        if build.get("noop"):
+            raise AirflowSkipException("no-op rerun of a finished rollout")
         newer = self.superseded_by(build["name"])
         if not newer:
             return {"superseded_by": None}
