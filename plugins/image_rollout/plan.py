@@ -8,6 +8,7 @@ validated on load, and a bad plan is refused with a message that names the field
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from datetime import timedelta
@@ -100,20 +101,33 @@ class ReloadPlan(_Strict):
 
 
 class SoakPlan(_Strict):
+    """The canary soak. ``poll``: the full read (LaunchDarkly, chlorine, PagerDuty); ``incident_poll``
+    (default ``poll``): PagerDuty alone in between, so an incident rolls the canary back within about
+    ``incident_poll`` at a fixed PagerDuty budget (``calls_per_day``)."""
+
     region: str
     min_duration: float
     min_autorecovery_reloads: int = Field(ge=1)
     timeout: float
-    poll: float
+    poll: float = Field(gt=0)
+    incident_poll: float | None = Field(default=None, gt=0)
     incident_title: str
 
-    _d = field_validator("min_duration", "timeout", "poll", mode="before")(_seconds)
+    _d = field_validator("min_duration", "timeout", "poll", "incident_poll", mode="before")(_seconds)
 
     @model_validator(mode="after")
     def _timeout_after_soak(self):
         if self.timeout < self.min_duration:
             raise ValueError("soak.timeout must be at least soak.min_duration")
+        if self.incident_poll is not None and self.incident_poll > self.poll:
+            raise ValueError("soak.incident_poll must not be longer than soak.poll")
         return self
+
+    def calls_per_day(self) -> dict[str, int]:
+        """Requests a soak day costs each system (one page per list; PagerDuty is asked at every poll)."""
+        full = math.ceil(86400 / self.poll)
+        return {"pagerduty": math.ceil(86400 / (self.incident_poll or self.poll)), "chlorine": full,
+                "launchdarkly": 2 * full}
 
 
 class GatesPlan(_Strict):

@@ -33,6 +33,15 @@ def test_production_plan_has_the_runbook_durations():
         "train_evidence/smith-immutable-image/immutableimage_532-1250-879-20210818_evidence.md")
 
 
+def test_production_soak_reads_pagerduty_twice_a_minute_and_the_rest_every_5_minutes():
+    soak = load_plan("default").soak
+    assert (soak.poll, soak.incident_poll) == (300, 30)
+    assert soak.calls_per_day() == {"pagerduty": 2880, "chlorine": 288, "launchdarkly": 576}
+    sandbox = load_plan("sandbox").soak  # no incident_poll: PagerDuty is read with the rest, every poll
+    assert sandbox.incident_poll is None
+    assert sandbox.calls_per_day()["pagerduty"] == sandbox.calls_per_day()["chlorine"]
+
+
 def test_sandbox_plan_differs_only_in_durations():
     default = json.loads((PLANS_DIR / "default.json").read_text())
     sandbox = json.loads((PLANS_DIR / "sandbox.json").read_text())
@@ -75,6 +84,8 @@ def _write(tmp_path, mutate):
         (lambda d: d["stages"][8].update(wait="forever"), "not a duration"),
         (lambda d: d.update(unexpected=1), "unexpected"),
         (lambda d: d["evidence"].update(directory="../../etc"), "relative path"),
+        (lambda d: d["soak"].update(incident_poll="10m"), "incident_poll must not be longer than soak.poll"),
+        (lambda d: d["soak"].update(incident_poll="0s"), "soak.incident_poll"),
     ],
 )
 def test_bad_plans_are_refused_with_the_field_named(tmp_path, mutate, message):
