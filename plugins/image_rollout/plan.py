@@ -415,3 +415,21 @@ def _value(annotation: Any, value: Any) -> Any:
     if get_origin(annotation) is tuple:
         return tuple(_value(get_args(annotation)[0], item) for item in value)
     return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m image_rollout.plan [PLAN ...]``: validate plans and write their cache, as ``compileall``
+    does for bytecode when a deployment's code is read-only at run time (default: ``$ROLLOUT_PLAN``)."""
+    sys.dont_write_bytecode = False
+    for name in (argv if argv is not None else sys.argv[1:]) or [None]:
+        try:
+            plan = load_plan(name)
+        except PlanError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"{plan.name}: valid; cached in {CACHE_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -165,3 +165,10 @@ def test_no_cache_is_written_where_bytecode_is_not(plan_cache, monkeypatch):
     monkeypatch.setattr("sys.dont_write_bytecode", True)
     load_plan("default")
     assert not plan_cache.CACHE_DIR.exists()
+
+
+def test_the_cache_can_be_written_ahead_like_bytecode(plan_cache, monkeypatch, capsys):
+    monkeypatch.setattr("sys.dont_write_bytecode", True)  # main() writes it whatever the environment says
+    assert plan_cache.main(["default", "sandbox"]) == 0
+    assert sorted(p.name.split("-")[1] for p in plan_cache.CACHE_DIR.glob("plan-*.json")) == ["default", "sandbox"]
+    assert plan_cache.main(["no-such-plan"]) == 1 and "does not exist" in capsys.readouterr().err
