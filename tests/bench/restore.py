@@ -2,10 +2,10 @@
 
 One rollout on the real scheduler (``tests/harness/stack.py`` ``fresh_stack``: scheduler with
 LocalExecutor, dag-processor, triggerer, api-server, on a throwaway PostgreSQL database) with the
-sandbox plan, and the sandbox in its own process with its default (compressed) timing. Before the
-run, the sandbox's control ``POST /_sandbox/faults`` arms ``autorecovery_failed_alert:ap-south``:
-once ap-south serves the new map, one of its autorecovery reloads fails and the sandbox creates an
-``autorecovery_failed`` incident in PagerDuty. The bench answers the prod approval over the HITL
+sandbox plan, and the sandbox in its own process with its default (compressed) timing. Once the
+soak gate is deferred (watching, as it is for most of a 24 h soak), the sandbox's control
+``POST /_sandbox/faults`` arms ``autorecovery_failed_alert:ap-south``: the region's next autorecovery
+reload fails and the sandbox creates an ``autorecovery_failed`` incident in PagerDuty. The bench answers the prod approval over the HITL
 REST API (after 3 s, as ``scheduler.py`` does) and reads the sandbox's state until ap-south serves
 the previous map again.
 
@@ -27,7 +27,7 @@ import argparse
 import contextlib
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 from tests.bench.common import BUILD, emit
 from tests.bench.sandbox_proc import SandboxProcess
@@ -82,15 +82,26 @@ def main(argv: list[str] | None = None) -> int:
                                                   extra_env=extra_env) as stack:
         result["stack_start_seconds"] = round(time.monotonic() - started, 1)
         sandbox.reset()
-        sandbox_call(sandbox.url, "/_sandbox/faults", {"faults": [f"autorecovery_failed_alert:{REGION}"]})
         build = sandbox.state()["builds"]["new"]
         run_id = run_id_for(build)
         stack.trigger_rollout(build)
         deadline = time.monotonic() + args.timeout
         parked_since = None
         incident = restored = None
+        armed = None
         while time.monotonic() < deadline:
             stack.check_alive()
+            if incident is None:
+                soak = None
+                with contextlib.suppress(Exception):  # a busy api-server: look again next time
+                    soak = stack.task_states(run_id).get(SOAK_TASK)
+                if soak == "deferred" and armed is None:
+                    # The soak is watching (as it is for most of its 24 h): now the canary fails.
+                    sandbox_call(sandbox.url, "/_sandbox/faults", {"faults": [f"autorecovery_failed_alert:{REGION}"]})
+                    armed = time.time()
+                if soak == "success":
+                    emit({"error": f"the soak passed before the incident (armed: {armed})"})
+                    return 1
             state = sandbox.state()
             promoted = [p for p in state.get("promotions") or []
                         if p["target"] == REGION and p.get("image_map") == state["images"]["new"]]
@@ -137,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                             "comment": restored.get("comment")},
         "canary_soak_decision": decision,
         "airflow_loops": "harness (shortened)" if args.harness_loops else "Airflow defaults",
+        "canary_fault_armed_at": datetime.fromtimestamp(armed, tz=UTC).isoformat() if armed else None,
     })
     emit(result)
     return 0
