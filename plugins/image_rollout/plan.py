@@ -350,7 +350,7 @@ def _load(plan_path: Path) -> RolloutPlan:
     except FileNotFoundError:
         raise PlanError(f"rollout plan {plan_path} does not exist") from None
     key = _cache_key(raw)
-    cached = _read_cache(plan_path, key)
+    cached = _read_cache(plan_path, key) if key else None
     if cached is not None:
         return cached
     try:
@@ -361,14 +361,19 @@ def _load(plan_path: Path) -> RolloutPlan:
         plan = RolloutPlan.model_validate(data)
     except ValidationError as exc:
         raise PlanError(_format_errors(plan_path, exc)) from None
-    _write_cache(plan_path, key, plan)
+    if key:
+        _write_cache(plan_path, key, plan)
     return plan
 
 
 # -- the validated-plan cache ---------------------------------------------------------------------
 
-def _cache_key(raw: bytes) -> str:
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+def _cache_key(raw: bytes) -> str | None:
+    """None when this module's source cannot be read (bytecode only): then nothing is cached."""
+    try:
+        digest = hashlib.sha256(Path(__file__).read_bytes())
+    except OSError:
+        return None
     digest.update(PYDANTIC_VERSION.encode())
     digest.update(raw)
     return digest.hexdigest()[:32]

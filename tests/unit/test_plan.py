@@ -172,3 +172,9 @@ def test_the_cache_can_be_written_ahead_like_bytecode(plan_cache, monkeypatch, c
     assert plan_cache.main(["default", "sandbox"]) == 0
     assert sorted(p.name.split("-")[1] for p in plan_cache.CACHE_DIR.glob("plan-*.json")) == ["default", "sandbox"]
     assert plan_cache.main(["no-such-plan"]) == 1 and "does not exist" in capsys.readouterr().err
+
+
+def test_without_this_module_s_source_nothing_is_cached(plan_cache, monkeypatch, tmp_path):
+    monkeypatch.setattr(plan_cache, "__file__", str(tmp_path / "gone.py"))  # a bytecode-only deployment
+    assert load_plan("default").name == "production"
+    assert not plan_cache.CACHE_DIR.exists()
