@@ -30,6 +30,17 @@ The plan (stages, targets, waits) is `include/plans/$ROLLOUT_PLAN.json`.
 
 from __future__ import annotations
 
+# The Airflow modules build_dag uses, named here so the dag-processor imports them once, before it
+# forks a parser for this file ([dag_processor] parsing_pre_import_modules, on by default), and not
+# again in every parse.
+import airflow.providers.standard.operators.empty  # noqa: F401
+import airflow.providers.standard.operators.hitl  # noqa: F401
+import airflow.providers.standard.operators.python  # noqa: F401
+import airflow.providers.standard.sensors.date_time  # noqa: F401
+import airflow.providers.standard.triggers.temporal  # noqa: F401
+import airflow.task.trigger_rule  # noqa: F401
+import airflow.triggers.base  # noqa: F401
+
 from image_rollout.plan import load_plan
 from image_rollout.rollout_dag import build_dag
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import airflow.sdk.definitions.decorators  # noqa: F401  what `task` loads: pre-imported by the dag-processor
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
-from image_rollout.plan import load_plan
-from image_rollout.rollout_dag import DAG_ID, run_id_for
+from image_rollout.inputs import DAG_ID, run_id_for
 
 
 @dag(
@@ -30,6 +30,7 @@ from image_rollout.rollout_dag import DAG_ID, run_id_for
 def immutable_image_watcher():
     @task
     def find_new_build() -> list[dict]:
+        from image_rollout.plan import load_plan
         from image_rollout.watcher import newest_rollout_candidate
 
         found = newest_rollout_candidate(load_plan())

@@ -17,6 +17,13 @@ BUILD_NUMBER = re.compile(r"[0-9]{1,10}", re.ASCII)
 # browser's RegExp in the trigger form): ``(?!\n)$`` refuses a trailing newline in both dialects.
 IMAGE_ID_SCHEMA_PATTERN = r"^[0-9]{1,12}(?!\n)$"
 BUILD_NAME_SCHEMA_PATTERN = r"^[0-9]+-[0-9]+-[0-9]+-[0-9]{8}(?!\n)$"
+#: The rollout DAG; Jenkins and the watcher start one run per build (here, so the watcher's parse stays light).
+DAG_ID = "immutable_image_rollout"
+
+
+def run_id_for(build_name: str) -> str:
+    """The DAG run id of a build's rollout: a second trigger for the same build gets 409."""
+    return f"rollout__{build_name}"
 
 
 def is_image_id(value: Any) -> bool:

@@ -3,22 +3,35 @@
 The DAG is generated from a plan file under ``include/plans/``. Production and the
 sandbox use the same stages; the sandbox plan only shortens the waits. A plan is
 validated on load, and a bad plan is refused with a message that names the field.
+
+The dag-processor parses the DAG files in a fresh process every time, and building the
+models' validators is most of what a plan costs a parse. So a validated plan is remembered
+beside this module's bytecode (``__pycache__``, written under the same rule: not when
+``PYTHONDONTWRITEBYTECODE`` is set), keyed by the plan file's bytes, this module's source and
+the pydantic version. A later load of the same plan builds the models from it without
+validating again; anything else (a changed plan, changed code, an unreadable cache) validates.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import re
+import sys
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
+from pydantic import VERSION as PYDANTIC_VERSION
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PLANS_DIR = Path(__file__).resolve().parents[2] / "include" / "plans"
 PLAN_ENV = "ROLLOUT_PLAN"
+#: Validated plans, beside this module's bytecode (see the module docstring).
+CACHE_DIR = Path(__file__).resolve().parent / "__pycache__"
 IMAGE_KEYS = ("dev", "prod", "prodfr2", "stage")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -43,7 +56,8 @@ def parse_duration(value: str | int | float) -> float:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Validators are built on the first validation, not at import: a load from the cache never needs them.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _seconds(value):
@@ -100,20 +114,33 @@ class ReloadPlan(_Strict):
 
 
 class SoakPlan(_Strict):
+    """The canary soak. ``poll``: the full read (LaunchDarkly, chlorine, PagerDuty); ``incident_poll``
+    (default ``poll``): PagerDuty alone in between, so an incident rolls the canary back within about
+    ``incident_poll`` at a fixed PagerDuty budget (``calls_per_day``)."""
+
     region: str
     min_duration: float
     min_autorecovery_reloads: int = Field(ge=1)
     timeout: float
-    poll: float
+    poll: float = Field(gt=0)
+    incident_poll: float | None = Field(default=None, gt=0)
     incident_title: str
 
-    _d = field_validator("min_duration", "timeout", "poll", mode="before")(_seconds)
+    _d = field_validator("min_duration", "timeout", "poll", "incident_poll", mode="before")(_seconds)
 
     @model_validator(mode="after")
     def _timeout_after_soak(self):
         if self.timeout < self.min_duration:
             raise ValueError("soak.timeout must be at least soak.min_duration")
+        if self.incident_poll is not None and self.incident_poll > self.poll:
+            raise ValueError("soak.incident_poll must not be longer than soak.poll")
         return self
+
+    def calls_per_day(self) -> dict[str, int]:
+        """Requests a soak day costs each system (one page per list; PagerDuty is asked at every poll)."""
+        full = math.ceil(86400 / self.poll)
+        return {"pagerduty": math.ceil(86400 / (self.incident_poll or self.poll)), "chlorine": full,
+                "launchdarkly": 2 * full}
 
 
 class GatesPlan(_Strict):
@@ -348,12 +375,95 @@ def load_plan(path: str | os.PathLike | None = None) -> RolloutPlan:
 @lru_cache(maxsize=8)
 def _load(plan_path: Path) -> RolloutPlan:
     try:
-        data = json.loads(plan_path.read_text())
+        raw = plan_path.read_bytes()
     except FileNotFoundError:
         raise PlanError(f"rollout plan {plan_path} does not exist") from None
+    key = _cache_key(raw)
+    cached = _read_cache(plan_path, key) if key else None
+    if cached is not None:
+        return cached
+    try:
+        data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise PlanError(f"rollout plan {plan_path} is not valid JSON: {exc}") from None
     try:
-        return RolloutPlan.model_validate(data)
+        plan = RolloutPlan.model_validate(data)
     except ValidationError as exc:
         raise PlanError(_format_errors(plan_path, exc)) from None
+    if key:
+        _write_cache(plan_path, key, plan)
+    return plan
+
+
+# -- the validated-plan cache ---------------------------------------------------------------------
+
+def _cache_key(raw: bytes) -> str | None:
+    """None when this module's source cannot be read (bytecode only): then nothing is cached."""
+    try:
+        digest = hashlib.sha256(Path(__file__).read_bytes())
+    except OSError:
+        return None
+    digest.update(PYDANTIC_VERSION.encode())
+    digest.update(raw)
+    return digest.hexdigest()[:32]
+
+
+def _cache_file(plan_path: Path, key: str) -> Path:
+    return CACHE_DIR / f"plan-{plan_path.stem}-{key}.json"
+
+
+def _read_cache(plan_path: Path, key: str) -> RolloutPlan | None:
+    try:
+        data = json.loads(_cache_file(plan_path, key).read_bytes())
+        return _built(RolloutPlan, data)
+    except Exception:  # no cache, or one that does not fit: validate the plan instead
+        return None
+
+
+def _write_cache(plan_path: Path, key: str, plan: RolloutPlan) -> None:
+    if sys.dont_write_bytecode:
+        return
+    target = _cache_file(plan_path, key)
+    try:
+        target.parent.mkdir(exist_ok=True)
+        for stale in target.parent.glob(f"plan-{plan_path.stem}-*.json"):
+            stale.unlink(missing_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(plan.model_dump(mode="json")))
+        os.replace(partial, target)
+    except OSError:  # a read-only deployment: every load validates
+        pass
+
+
+def _built(cls: type[BaseModel], data: dict) -> Any:
+    """``cls`` from data this code validated before (the cache): no validation, no validators built."""
+    if set(data) != set(cls.model_fields):  # the cache holds every field (model_dump), nothing else
+        raise ValueError(f"cached {cls.__name__} does not have the model's fields")
+    return cls.model_construct(**{name: _value(cls.model_fields[name].annotation, value)
+                                  for name, value in data.items()})
+
+
+def _value(annotation: Any, value: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _built(annotation, value)
+    if get_origin(annotation) is tuple:
+        return tuple(_value(get_args(annotation)[0], item) for item in value)
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m image_rollout.plan [PLAN ...]``: validate plans and write their cache, as ``compileall``
+    does for bytecode when a deployment's code is read-only at run time (default: ``$ROLLOUT_PLAN``)."""
+    sys.dont_write_bytecode = False
+    for name in (argv if argv is not None else sys.argv[1:]) or [None]:
+        try:
+            plan = load_plan(name)
+        except PlanError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"{plan.name}: valid; cached in {CACHE_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

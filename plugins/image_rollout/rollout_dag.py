@@ -15,7 +15,7 @@ from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
 from airflow.sdk import DAG, Param, TaskGroup
 from airflow.task.trigger_rule import TriggerRule
 
-from image_rollout.inputs import BUILD_NAME_SCHEMA_PATTERN, IMAGE_ID_SCHEMA_PATTERN
+from image_rollout.inputs import BUILD_NAME_SCHEMA_PATTERN, DAG_ID, IMAGE_ID_SCHEMA_PATTERN, run_id_for
 from image_rollout.notifications import DecisionRequestNotifier, RolloutFailureNotifier
 from image_rollout.operators.approval import ProdChangeApprovalOperator
 from image_rollout.operators.base import iso
@@ -31,12 +31,7 @@ from image_rollout.operators.rollback import RollbackOperator, gate_task_id
 from image_rollout.operators.verify import SupersededCheckOperator, VerifyFleetOperator
 from image_rollout.plan import IMAGE_KEYS, RolloutPlan, StagePlan
 
-DAG_ID = "immutable_image_rollout"
-
-
-def run_id_for(build_name: str) -> str:
-    """The DAG run id of a build's rollout: a second trigger for the same build gets 409."""
-    return f"rollout__{build_name}"
+__all__ = ["DAG_ID", "build_dag", "promotion_task_id", "run_id_for"]
 
 
 def _bake_until(after_task_id: str, wait_seconds: float, **context) -> str:

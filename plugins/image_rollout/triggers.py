@@ -19,6 +19,7 @@ may take a day and the approval task that waits on it is not retried.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -98,6 +99,10 @@ class _PollingTrigger(BaseTrigger):
     async def check(self, now: datetime) -> dict | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def interval(self) -> float:
+        """Seconds to sleep before the next ``check``."""
+        return self.poll
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadline = gates.parse_time(self.deadline) if self.deadline else None
         unreadable = gates.parse_time(self.unreadable_since) if self.unreadable_since else None
@@ -137,8 +142,9 @@ class _PollingTrigger(BaseTrigger):
             if deadline is not None and now >= deadline:
                 yield TriggerEvent({"verdict": "deadline", "reason": f"deadline {self.deadline} passed"})
                 return
-            left = (deadline - now).total_seconds() if deadline is not None else self.poll
-            await asyncio.sleep(max(0.05, min(self.poll, left)))
+            step = self.interval()
+            left = (deadline - now).total_seconds() if deadline is not None else step
+            await asyncio.sleep(max(0.05, min(step, left)))
 
 
 class ChangeRequestTrigger(_PollingTrigger):
@@ -195,18 +201,64 @@ def read_canary(region: str, image_map: dict, floors: list) -> dict:
 class SoakTrigger(_PollingTrigger):
     """The canary soak: autorecovery reloads in the region and PagerDuty, until the gate decides.
 
-    Each poll measures from the region's *latest* promotion as LaunchDarkly records it (and the
+    Each full read measures from the region's *latest* promotion as LaunchDarkly records it (and the
     ``floors`` the operator passes: this rollout's own promotion and rollback times), so reloads
     from before a rollback never count. If the region does not serve the build, it fires
     ``not_serving`` once (``holding=False``) and then keeps polling without a verdict: it never
     passes a canary that is not there.
+
+    An incident must roll the canary back within a minute, but counting reloads can wait: the full
+    read (LaunchDarkly, chlorine, PagerDuty) runs every ``poll`` seconds, and between two full reads
+    only PagerDuty is asked, every ``incident_poll`` seconds (None: every ``poll``), since the last
+    full read's promotion time. An incident seen there is never acted on alone: it triggers a full
+    read at once, and the verdict comes from that (the systems of record, read afresh).
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._since: str | None = None  # the promotion time of the last full read that saw the build served
+        self._full_at = 0.0  # time.monotonic() of that read
+
+    def interval(self) -> float:
+        quick = self.kwargs.get("incident_poll")
+        if self._since is None or not quick:
+            return self.poll
+        return min(self.poll, float(quick))
+
+    def _decide(self, now: datetime, since: str, reloads: list, incidents: list):
+        k = self.kwargs
+        return gates.evaluate_soak(
+            reloads=reloads,
+            incidents=incidents,
+            image_id=k["image_id"],
+            started_at=gates.parse_time(since),
+            now=now,
+            min_duration=k["min_duration"],
+            min_reloads=k["min_reloads"],
+            timeout=k["timeout"],
+            incident_title=k["incident_title"],
+        )
+
     async def check(self, now: datetime) -> dict | None:
+        from image_rollout.hooks.pagerduty import PagerDutyHook
+
+        k = self.kwargs
+        due = self.poll - self.interval() / 2  # a full read every poll, whatever the drift of the sleeps
+        if self._since is not None and time.monotonic() - self._full_at < due:
+            incidents = await sync_to_async(PagerDutyHook().list_incidents)(
+                since=self._since, title_contains=k["incident_title"]
+            )
+            if self._decide(now, self._since, [], incidents).verdict == "wait":
+                return None
+            # An incident (or the time limit): decide on a full read of every system, now.
+        return await self._full_read(now)
+
+    async def _full_read(self, now: datetime) -> dict | None:
         from image_rollout.hooks.chlorine import ChlorineHook
         from image_rollout.hooks.pagerduty import PagerDutyHook
 
         k = self.kwargs
+        self._since = None
         canary = await sync_to_async(read_canary)(k["region"], k["image_map"], list(k.get("floors") or []))
         if not canary["serving"]:
             if k.get("holding"):
@@ -222,21 +274,12 @@ class SoakTrigger(_PollingTrigger):
         incidents = await sync_to_async(PagerDutyHook().list_incidents)(
             since=since, title_contains=k["incident_title"]
         )
-        decision = gates.evaluate_soak(
-            reloads=reloads,
-            incidents=incidents,
-            image_id=k["image_id"],
-            started_at=gates.parse_time(since),
-            now=now,
-            min_duration=k["min_duration"],
-            min_reloads=k["min_reloads"],
-            timeout=k["timeout"],
-            incident_title=k["incident_title"],
-        )
+        decision = self._decide(now, since, reloads, incidents)
         if decision.verdict == "wait":
             if k.get("holding"):
                 # Serving again after a hold: tell the operator, which starts counting afresh.
                 return {"verdict": "serving", "since": since}
+            self._since, self._full_at = since, time.monotonic()
             return None
         return {**decision.as_event(), "since": since, "decided_at": _iso(now)}
 

@@ -6,6 +6,7 @@ Parts (each in its own interpreter; output in ``build/bench/<part>.log``):
 * ``reports_bench``  counts_report_rows_per_second (+ memory for 1M vs 4M rows)
 * ``overhead``       rollout_overhead_ratio (dag.test, waits and sandbox delays at zero)
 * ``scheduler``      slots_held_during_waits, calendar_overhead_percent (real scheduler, PostgreSQL)
+* ``restore``        canary_detect_to_restore_seconds (+ _production), soak calls per day (real scheduler)
 
 All results go to ``build/bench/results.json``. ``--only parse,overhead`` runs a subset.
 """
@@ -21,7 +22,7 @@ import time
 
 from tests.bench.common import BUILD, run_part
 
-PARTS = ("parse", "reports_bench", "overhead", "scheduler")
+PARTS = ("parse", "reports_bench", "overhead", "scheduler", "restore")
 
 #: figure -> (goal text, check)
 GOALS = {
@@ -34,6 +35,10 @@ GOALS = {
     "counts_report_rows_per_second": (">= 1000000", lambda v: v >= 1_000_000),
     "counts_report_memory_growth_4m_vs_1m": ("flat (~1.0)", lambda v: v <= 1.25),
     "calendar_overhead_percent": ("< 1", lambda v: v < 1),
+    "canary_detect_to_restore_seconds": ("-", None),
+    "canary_detect_to_restore_seconds_production": ("<= 60", lambda v: v <= 60),
+    "soak_pagerduty_calls_per_day": ("-", None),
+    "soak_chlorine_calls_per_day": ("-", None),
 }
 
 
@@ -76,6 +81,12 @@ def figures(results: dict) -> dict:
         out["counts_report_memory_growth_4m_vs_1m"] = r["counts_report_rss_growth_ratio_4m_vs_1m"]
     if "calendar_overhead_percent" in s:
         out["calendar_overhead_percent"] = s["calendar_overhead_percent"]
+    c = results.get("restore", {})
+    if "canary_detect_to_restore_seconds" in c:
+        out["canary_detect_to_restore_seconds"] = c["canary_detect_to_restore_seconds"]
+        out["canary_detect_to_restore_seconds_production"] = c["canary_detect_to_restore_seconds_production"]
+        out["soak_pagerduty_calls_per_day"] = c["canary_soak_calls_per_day_production"]["pagerduty"]
+        out["soak_chlorine_calls_per_day"] = c["canary_soak_calls_per_day_production"]["chlorine"]
     return out
 
 
@@ -114,6 +125,18 @@ def details(results: dict) -> list[str]:
                      f"worst {prod['overhead_worst_minutes']} min = {prod['percent_worst']} %; "
                      f"poll intervals {prod['polls']}; with adoption.poll 5m: "
                      f"{prod.get('percent_expected_if_adoption_poll_5m')} %")
+    c = results.get("restore", {})
+    if "canary_detect_to_restore_seconds" in c:
+        prod, before = c["canary_soak_calls_per_day_production"], c["canary_soak_calls_per_day_before"]
+        lines.append(f"  canary: incident {c['canary_incident']['created_at']} -> ap-south restored "
+                     f"{c['canary_restored']['time']}: {c['canary_detect_to_restore_seconds']} s = detection "
+                     f"{c['canary_detect_seconds']} s + restore {c['canary_restore_seconds']} s (sandbox soak polls "
+                     f"{c['canary_soak_poll_sandbox']}, Airflow loops: {c['airflow_loops']})")
+        lines.append(f"  canary at production polls {c['canary_soak_poll_production']}: worst "
+                     f"{c['canary_detect_to_restore_seconds_production']} s, expected "
+                     f"{c['canary_detect_to_restore_seconds_production_expected']} s (was "
+                     f"{c['canary_detect_to_restore_seconds_production_before']} s with PagerDuty read every poll); "
+                     f"calls per soak-day {prod} (was {before})")
     return lines
 
 

@@ -1,14 +1,16 @@
 """``dag_parse_seconds`` / ``dag_parse_ratio``: DagBag parse of ``dags/`` against its same-shape baseline.
 
-As in the dag-processor, every parse happens in a freshly forked process, and the parent
-has imported what the dag-processor's manager has before it forks a parser: Airflow's DagBag
-machinery and, with ``[dag_processor] parsing_pre_import_modules`` (default on), every
-``airflow.*`` module a DAG file imports by name. Nothing of the project is imported in the
-parent, so each parse pays for importing the project's modules (and what they import) and for
-loading the plan, as a real parse does. Bytecode is cached (as in any deployment that can
-write ``__pycache__``), and one untimed round warms it. The real ``dags/`` and the generated
-EmptyOperator baseline (``shape.py``: one file with the baseline of every DAG in ``dags/``)
-are parsed alternately; the figures are medians.
+As in the dag-processor, every DAG file is parsed in a freshly forked process of its own (the
+dag-processor starts one parser process per file), and the parent has imported what the
+dag-processor's manager has before it forks a parser: Airflow's DagBag machinery and, with
+``[dag_processor] parsing_pre_import_modules`` (default on), every ``airflow.*`` module a DAG
+file imports by name. Nothing of the project is imported in the parent, so each parse pays for
+importing the project's modules (and what they import) and for loading the plan, as a real parse
+does. A figure is the sum over the folder's files of one parse each. Bytecode is cached (as in
+any deployment that can write ``__pycache__``), and one untimed round warms it. The real
+``dags/`` and the generated EmptyOperator baselines (``shape.py``: one file per DAG in
+``dags/``, with and without the DAG's Params form) are parsed alternately; the figures are
+medians.
 
 Each real parse also counts socket connects, SQL statements and Variable lookups made while
 parsing: the issue requires none at parse time.
@@ -39,8 +41,8 @@ def _setup_env() -> None:
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "ERROR"
 
 
-def _guarded_parse(folder: Path) -> dict:
-    """Parse ``folder`` with a DagBag, counting network, DB and Variable access."""
+def _guarded_parse(path: Path) -> dict:
+    """Parse ``path`` (a DAG file or folder) with a DagBag, counting network, DB and Variable access."""
     import socket
 
     import sqlalchemy
@@ -69,7 +71,7 @@ def _guarded_parse(folder: Path) -> dict:
 
     airflow.sdk.Variable.get = var_get  # type: ignore[method-assign]
     started = time.perf_counter()
-    bag = DagBag(dag_folder=str(folder), safe_mode=False)
+    bag = DagBag(dag_folder=str(path), safe_mode=False)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "dags": sorted(bag.dags), "tasks": sum(len(d.tasks) for d in bag.dags.values()),
             "import_errors": {str(k): v[-300:] for k, v in bag.import_errors.items()}, **touched}
@@ -106,7 +108,12 @@ def _import_costs(folder: Path, top: int = 6) -> dict[str, float]:
 
 
 def _write_shape() -> dict:
-    """In a child (so the parent stays clean of project modules): parse dags/, write the baseline."""
+    """In a child (so the parent stays clean of project modules): parse dags/, write the baselines.
+
+    One baseline file per DAG, as ``dags/`` has one file per DAG: each is parsed in a process of its own.
+    """
+    import shutil
+
     from airflow.dag_processing.dagbag import DagBag
 
     from tests.bench.shape import PARAMS_SUFFIX, SHAPE_SUFFIX, describe, shape_module_source
@@ -114,13 +121,15 @@ def _write_shape() -> dict:
     bag = DagBag(dag_folder=str(ROOT / "dags"), safe_mode=False)
     if bag.import_errors:
         return {"error": f"dags/ does not parse: {bag.import_errors}"}
-    SHAPE_DIR.mkdir(parents=True, exist_ok=True)
-    target = SHAPE_DIR / "dags_shape.py"
-    target.write_text(shape_module_source(list(bag.dags.values())))
+    for folder in (SHAPE_DIR, PARAMS_DIR):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for dag_id, dag in bag.dags.items():
+        (SHAPE_DIR / f"{dag_id}_shape.py").write_text(shape_module_source([dag]))
+        (PARAMS_DIR / f"{dag_id}_shape_params.py").write_text(shape_module_source([dag], with_params=True))
+    target = SHAPE_DIR
     shape_bag = DagBag(dag_folder=str(SHAPE_DIR), safe_mode=False)
     same = all(describe(d) == describe(shape_bag.dags[i + SHAPE_SUFFIX]) for i, d in bag.dags.items())
-    PARAMS_DIR.mkdir(parents=True, exist_ok=True)
-    (PARAMS_DIR / "dags_shape_params.py").write_text(shape_module_source(list(bag.dags.values()), with_params=True))
     params_bag = DagBag(dag_folder=str(PARAMS_DIR), safe_mode=False)
     same = same and all(
         describe(d) == describe(params_bag.dags[i + PARAMS_SUFFIX])
@@ -155,22 +164,31 @@ def main(argv: list[str] | None = None) -> int:
     samples: dict[str, list[float]] = {kind: [] for kind in folders}
     touched = {"socket_connects": 0, "sql_statements": 0, "variable_gets": 0}
     info = {}
-    for folder in folders.values():  # warm-up: bytecode written, page cache warm
-        in_child(lambda folder=folder: _guarded_parse(folder))
+    files = {kind: sorted(folder.glob("*.py")) for kind, folder in folders.items()}
+    for paths in files.values():  # warm-up: bytecode (and the plan cache) written, page cache warm
+        for path in paths:
+            in_child(lambda path=path: _guarded_parse(path))
+    per_file: dict[str, list[float]] = {str(path.relative_to(ROOT)): [] for path in files["real"]}
     for i in range(args.rounds):
-        order = list(folders.items())
+        order = list(files.items())
         if i % 2:  # alternate the order, so neither side always parses on a warmer machine
             order.reverse()
-        for kind, folder in order:
-            r = in_child(lambda folder=folder: _guarded_parse(folder))
-            if "error" in r or r.get("import_errors"):
-                emit({"error": f"{kind} parse failed: {r}"})
-                return 1
-            samples[kind].append(r["seconds"])
-            if kind == "real":
-                for key in touched:
-                    touched[key] += r[key]
-            info[kind] = {"dags": r["dags"], "tasks": r["tasks"]}
+        for kind, paths in order:
+            seconds, dags, tasks = 0.0, [], 0
+            for path in paths:  # one process per file, as the dag-processor parses
+                r = in_child(lambda path=path: _guarded_parse(path))
+                if "error" in r or r.get("import_errors"):
+                    emit({"error": f"{kind} parse of {path.name} failed: {r}"})
+                    return 1
+                seconds += r["seconds"]
+                dags += r["dags"]
+                tasks += r["tasks"]
+                if kind == "real":
+                    per_file[str(path.relative_to(ROOT))].append(r["seconds"])
+                    for key in touched:
+                        touched[key] += r[key]
+            samples[kind].append(seconds)
+            info[kind] = {"dags": sorted(dags), "tasks": tasks}
     real, base, same_params = samples["real"], samples["shape"], samples["shape_params"]
     result = {
         "dag_parse_seconds": round(median(real), 4),
@@ -182,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "dag_parse_samples": {kind: [round(x, 4) for x in xs] for kind, xs in samples.items()},
         "dag_parse_access": touched,
         "dag_parse_dags": info,
+        "dag_parse_seconds_per_file": {name: round(median(xs), 4) for name, xs in per_file.items()},
         "shape_file": shape["file"],
         "dag_parse_import_costs_ms": _import_costs(ROOT / "dags"),
     }

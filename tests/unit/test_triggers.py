@@ -85,7 +85,7 @@ def soak_trigger(**kw) -> SoakTrigger:
 # -- serialisation --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("trigger", [
     reloads_trigger(unreadable_since=PAST, escalated=True),
-    soak_trigger(floors=[PAST], holding=True),
+    soak_trigger(floors=[PAST], holding=True, incident_poll=0.01),
     ChangeRequestTrigger(poll=1.0, deadline=FAR, request_id="cr-1"),
     ReportBuildTrigger(poll=1.0, deadline=FAR, job="j", after_number=3),
 ])
@@ -276,6 +276,54 @@ def test_a_held_soak_starts_afresh_when_the_canary_serves_again():
     event, *_ = run_soak(soak_trigger(holding=True), [canary(serving=False), canary(since=since)],
                          reloads=[soak_reloads(0)])
     assert event == {"verdict": "serving", "since": since}
+
+
+def _count_polls(trigger, seconds):
+    """Run ``trigger`` for ``seconds`` on healthy data; how many times each system was read."""
+    reads = {"launchdarkly": 0}
+
+    def read(*_args):
+        reads["launchdarkly"] += 1
+        return canary(since=_iso(NOW - timedelta(seconds=1)))
+
+    patches, chlorine, pagerduty = _soak([], reloads=[], incidents=[])
+    with mock.patch.object(triggers, "read_canary", side_effect=read), patches[1], patches[2]:
+        assert first_event(trigger, seconds) is None
+    return reads["launchdarkly"], chlorine.list_reloads.call_count, pagerduty.list_incidents.call_count
+
+
+def test_between_full_reads_only_pagerduty_is_asked_every_incident_poll():
+    full, chlorine, pagerduty = _count_polls(soak_trigger(poll=0.5, incident_poll=0.05, min_reloads=99), 1.7)
+    # Full reads at about 0, 0.5, 1.0 and 1.5 s; PagerDuty at every 0.05 s step (a loaded machine sleeps longer).
+    assert 2 <= full <= 4 and chlorine == full
+    assert pagerduty >= 4 * full
+
+
+def test_without_incident_poll_every_read_is_full():
+    full, chlorine, pagerduty = _count_polls(soak_trigger(poll=0.1, min_reloads=99), 0.5)
+    assert full >= 2 and chlorine == full and pagerduty == full
+
+
+def test_an_incident_seen_by_the_quick_read_is_decided_on_a_full_read():
+    since = _iso(NOW - timedelta(seconds=1))
+    incident = {"id": "P7", "title": "autorecovery_failed: c1 w1 in ap-south", "created_at": _iso(NOW)}
+    event, chlorine, pagerduty = run_soak(
+        soak_trigger(poll=60.0, incident_poll=0.05, min_reloads=99),
+        [canary(since=since), canary(since=since)], reloads=[soak_reloads(3), soak_reloads(3)],
+        incidents=[[], [], [incident], [incident]],
+    )
+    assert event["verdict"] == "fail" and event["figures"]["incidents"] == ["P7"] and event["since"] == since
+    # full read, two quick reads (the second sees P7), then the full read that decides
+    assert pagerduty.list_incidents.call_count == 4 and chlorine.list_reloads.call_count == 2
+
+
+def test_an_incident_from_before_the_promotion_does_not_trigger_a_full_read():
+    old = {"id": "P0", "title": "autorecovery_failed: c1 w1 in ap-south", "created_at": _iso(NOW - timedelta(hours=1))}
+    patches, chlorine, pagerduty = _soak([], reloads=[], incidents=[])
+    pagerduty.list_incidents.return_value = [old]
+    with mock.patch.object(triggers, "read_canary", return_value=canary(since=_iso(NOW))), patches[1], patches[2]:
+        assert first_event(soak_trigger(poll=60.0, incident_poll=0.05, min_reloads=99), 0.4) is None
+    assert chlorine.list_reloads.call_count == 1 and pagerduty.list_incidents.call_count >= 3
 
 
 def test_launchdarkly_unreadable_is_inconclusive_too():

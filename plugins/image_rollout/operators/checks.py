@@ -313,7 +313,8 @@ class SoakGateOperator(_GateOperator):
         soak = self.plan.soak
         self.defer(
             trigger=SoakTrigger(
-                poll=soak.poll, deadline=None, region=self.region, image_map=build["images"],
+                poll=soak.poll, incident_poll=soak.incident_poll, deadline=None, region=self.region,
+                image_map=build["images"],
                 image_id=build["images"][self.image_key], floors=self.floors(context),
                 min_duration=soak.min_duration, min_reloads=soak.min_autorecovery_reloads, timeout=soak.timeout,
                 incident_title=soak.incident_title, holding=holding,
