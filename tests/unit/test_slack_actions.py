@@ -170,11 +170,14 @@ def test_a_click_seconds_after_the_task_parked_is_asked_again(as_airflow_user):
     """Airflow 3.3.2 fails a HITL task answered before the scheduler saw its worker exit after parking."""
     from datetime import UTC, datetime
 
+    import airflow.api_fastapi.app  # noqa: F401 - answer() imports these; seconds on a cold process
+    import airflow.api_fastapi.core_api.routes.public.hitl  # noqa: F401
+
+    plan = load_plan("sandbox")
     run = SimpleNamespace(triggering_user_name="jenkins")
     ti = SimpleNamespace(try_number=REQUEST["try_number"], state="awaiting_input", updated_at=datetime.now(UTC))
     with pytest.raises(sa.Refused, match="click again in a few seconds"):
-        sa.answer(FakeSession(run, ti), slack_user="U0SREAPPR1", option="Approve", request=REQUEST,
-                  plan=load_plan("sandbox"))
+        sa.answer(FakeSession(run, ti), slack_user="U0SREAPPR1", option="Approve", request=REQUEST, plan=plan)
 
 
 def test_another_dags_button_is_refused():
