@@ -47,7 +47,7 @@ def build_backout_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | 
             "retry_exponential_backoff": True,
             "max_retry_delay": timedelta(minutes=30),
             "on_failure_callback": RolloutFailureNotifier(
-                channel=plan.slack.patching_channel, airflow_url=plan.airflow_base_url
+                channel=plan.slack.patching_channel, airflow_url=plan.airflow_base_url, what="backout"
             ),
         },
         doc_md=doc_md,
