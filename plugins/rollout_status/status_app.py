@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rollout_status import URL_PREFIX
-from rollout_status.status_data import DAG_ID, load_run, load_runs
+from rollout_status.status_data import DAG_ID, load_backouts, load_run, load_runs
 from rollout_status.status_render import STATE_COLORS, render
 
 READ_ENTITIES = ("RUN", "TASK_INSTANCE", "XCOM")
@@ -166,7 +166,7 @@ def run_page(run_id: str, request: Request, user: User) -> HTMLResponse:
             refresh=None,
             error=f"{DAG_ID} has no run {run_id!r}.",
         )
-    return _page("run.html", request, run=run, refresh=_refresh(run["state"]))
+    return _page("run.html", request, run=_with_backouts(run), refresh=_refresh(run["state"]))
 
 
 @app.get("/dags/{dag_id}/runs/{run_id:path}", response_class=HTMLResponse)
@@ -199,7 +199,13 @@ def run_json(run_id: str, user: User) -> JSONResponse:
     run = _with_session(load_run, run_id, plan, change_request_template=_change_request_template(plan))
     if run is None:
         raise HTTPException(status_code=404, detail=f"{DAG_ID} has no run {run_id!r}")
-    return JSONResponse(run)
+    return JSONResponse(_with_backouts(run))
+
+
+def _with_backouts(run: dict) -> dict:
+    """The run's data plus the backouts of its build (issue 11 item 2)."""
+    run["backouts"] = _with_session(load_backouts, (run.get("build") or {}).get("name"))
+    return run
 
 
 @app.get("/icon.svg", include_in_schema=False)
