@@ -112,3 +112,10 @@ def test_backout_of_several_targets_through_the_promotions_path(rolled_out):
     assert len(after["approval_requests"]) == len(state["approval_requests"])
     assert after["calls"].get("flags PATCH", 0) == state["calls"].get("flags PATCH", 0)
     assert "dev-south left alone: it already serves" in after["evidence"]["commits"][-1]["content"]
+
+
+def test_make_scenario_refuses_a_dag_it_does_not_run(capsys):
+    from tests.harness.scenario import main
+
+    assert main(["--dag", "immutable_image_nothing"]) == 2
+    assert "immutable_image_backout" in capsys.readouterr().err

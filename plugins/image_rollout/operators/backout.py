@@ -167,15 +167,15 @@ class _BackoutWriter(_WriteOperator):
         return {"backoutPlan": f"Re-promote build {resolved.get('build_name')} with a new rollout",
                 "securityOnly": True, "securityImpact": self.plan.change_request.security_impact}
 
-    def rule_state(self, flags, build: dict, d: dict, *, needs_request: bool) -> str:
+    def rule_state(self, flags, build: dict, d: dict, *, needs_request: bool) -> tuple[str, dict | None]:
         """Read the rule now: ``write`` (it serves the build backed out), ``done`` (our restore is in) or
-        ``left`` (anything else: someone else's, left alone)."""
+        ``left`` (anything else: someone else's, left alone); and our applied request, if any."""
         current = flags.rule_value(d["target"])
         ours = find_request(flags, d["target"], owner(build["name"]), d["to"])
+        applied = ours if ours and ours.get("status") == "completed" else None
         state = pc.classify_rule(current, baseline=build["images"], build_map=d["to"],
-                                 ours_applied=bool(ours and ours.get("status") == "completed"),
-                                 needs_request=needs_request)
-        return "left" if state == "drift" else state
+                                 ours_applied=applied is not None, needs_request=needs_request)
+        return ("left" if state == "drift" else state), applied
 
 
 class FileBackoutRequestsOperator(_BackoutWriter):
@@ -187,7 +187,7 @@ class FileBackoutRequestsOperator(_BackoutWriter):
         for d in self.restores(context):
             if d.get("via") != "change request":
                 continue
-            if self.rule_state(flags, build, d, needs_request=True) != "write":
+            if self.rule_state(flags, build, d, needs_request=True)[0] != "write":
                 self.log.info("%s does not serve build %s now: no request filed", d["target"], build["name"])
                 continue
             request = self.file_restore_request(flags, target=d["target"], to=d["to"], owner=owner(build["name"]),
@@ -253,13 +253,13 @@ class RestoreTargetsOperator(_BackoutWriter):
             if any(r["target"] == d["target"] for r in done):
                 continue
             via_request = required or d.get("via") == "change request"
-            state = self.rule_state(flags, build, d, needs_request=via_request)
+            state, applied = self.rule_state(flags, build, d, needs_request=via_request)
             if state == "left":
                 now = flags.rule_value(d["target"])
                 left.append({"target": d["target"], "why": f"it serves {bo.describe(now, resolved.get('names'))} "
                                                           f"now, not build {build['name']}: not ours to change"})
                 continue
-            request_id = None
+            request_id = (applied or {}).get("_id")  # a rerun after our own restore: the same record
             if state == "write":
                 request_id = self._write(context, flags, build, d, via_request, filed.get(d["target"]))
                 if flags.rule_value(d["target"]) != d["to"]:
