@@ -133,6 +133,9 @@ def decide(targets: Iterable[str], *, build_name: str, build_map: Mapping, curre
         elif to == dict(build_map):
             decisions.append({"target": target, "action": "left", "now": now,
                               "why": f"it served build {build_name} before the rollout: nothing to restore"})
+        elif pc.check_image_map(to, to) is not None:
+            raise BackoutRefused(f"the map to restore {target} to is not a whole image map: "
+                                 f"{pc.check_image_map(to, to).reason}")
         else:
             decisions.append({"target": target, "action": "restore", "now": now, "to": to,
                               "to_build": names.get(map_key(to)),

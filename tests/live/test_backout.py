@@ -18,6 +18,8 @@ BACKED_OUT = ("dev-south", "stage-south", "ap-south")
 #: The backout's approval is asked right after its task's start: answered sooner than the scheduler has taken in
 #: the task's deferral (seconds on a loaded machine), Airflow 3.3.2 fails it (see ``ANSWER_AFTER``).
 ANSWER_BACKOUT_AFTER = max(ANSWER_AFTER, 12.0)
+#: The sandbox's reloads, queue and change board sooner than seeded: only the plan's bake is waited out in full.
+TIMING = {"approval_delay_seconds": 0.5, "queue_seconds": 0.2, "rebuild_seconds": 0.5, "reload_seconds": 0.5}
 
 
 def test_backout_restores_the_targets_asked_for_and_leaves_the_rest(live):
@@ -25,7 +27,7 @@ def test_backout_restores_the_targets_asked_for_and_leaves_the_rest(live):
     approver = Operator(live.stack.base_url, "sre-approver", live.stack.passwords["sre-approver"], dag_id=BACKOUT)
     live.stack.wait_dag(BACKOUT)
     admin.ok("PATCH", f"/dags/{BACKOUT}", {"is_paused": False})
-    run_id = live.start()
+    run_id = live.start({"timing": TIMING})
     state = live.drive(run_id, lambda state, tis: promotions(state, "ap-south"), timeout=bake_seconds() + 240,
                        what="ap-south promoted")
     live.admin.end_run(run_id)  # the SRE stops the rollout before backing it out
@@ -48,6 +50,7 @@ def test_backout_restores_the_targets_asked_for_and_leaves_the_rest(live):
                 answered.append(approver.answer_hitl(backout_id, detail["task_instance"]["task_id"], "Approve"))
         time.sleep(1)
     assert admin.run_state(backout_id) == "success", admin.task_states(backout_id)
+    print(f"\n[live] backout finished {time.monotonic() - deadline + 240:.0f}s after its trigger")
     assert [status for status, _ in answered] == [200], answered
 
     after = live.sandbox.state()

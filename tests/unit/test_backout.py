@@ -82,6 +82,12 @@ def test_a_target_with_no_record_of_before_refuses_the_whole_backout():
                   current={"dev-south": NEW, "ap-south": NEW}, before={"dev-south": OLD}, to_map=None, names=NAMES)
 
 
+def test_a_map_to_restore_that_is_not_a_whole_image_map_is_refused():
+    with pytest.raises(bo.BackoutRefused, match="dev-south to is not a whole image map"):
+        bo.decide(["dev-south"], build_name="2-2-2-20260201", build_map=NEW, current={"dev-south": NEW},
+                  before={}, to_map={"dev": "1", "prod": "x"}, names=NAMES)
+
+
 def test_route_trains_and_prod_start_decision_follow_the_plan():
     current = {t: NEW for t in TARGETS}
     decisions = bo.decide(TARGETS, build_name="2-2-2-20260201", build_map=NEW, current=current,
