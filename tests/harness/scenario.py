@@ -123,6 +123,13 @@ def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve
     if conf is None:
         conf = default_conf(base_url, dag_id)
     dag = load_dag(dag_id)
+    # The ORM is set up here, before the approver thread's first query: that query racing dag.test()'s
+    # first import of a model module deadlocks (SQLAlchemy's configure lock against the import lock), which
+    # a run without a reset (RESET=none, in a fresh process) hit.
+    import airflow.models.dagbag  # noqa: F401
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()
     approver = Approver(approve)
     approver.start()
     result: dict = {"dag_id": dag_id, "conf": conf, "faults": faults, "error": None, "run_state": None, "tasks": {}, "xcoms": {}}
