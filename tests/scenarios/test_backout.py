@@ -114,6 +114,37 @@ def test_backout_of_several_targets_through_the_promotions_path(rolled_out):
     assert "dev-south left alone: it already serves" in after["evidence"]["commits"][-1]["content"]
 
 
+def test_a_freeze_holds_the_backout_until_cleared(rolled_out):
+    """dag.test runs in this thread; an on-call SRE in another clears the freeze after the hold is announced."""
+    import threading
+    import time
+
+    from airflow.models.variable import Variable
+
+    sandbox = rolled_out["base_url"]
+    start = sandbox_call(sandbox, "/_sandbox/state?autorecovery=0")
+    seen: dict = {}
+
+    def sre():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not seen.get("held"):
+            state = sandbox_call(sandbox, "/_sandbox/state?autorecovery=0")
+            seen["held"] = any("held by freeze" in m["text"] for m in state["slack"][len(start["slack"]):])
+            time.sleep(0.3)
+        time.sleep(5)  # several freeze polls later
+        seen["while_frozen"] = writes(sandbox_call(sandbox, "/_sandbox/state?autorecovery=0"))
+        Variable.delete("image_rollout_freeze")
+
+    watcher = threading.Thread(target=sre, daemon=True)
+    watcher.start()
+    result = run_scenario(sandbox, faults=[], reset=False, dag_id=BACKOUT, variables={"image_rollout_freeze": "INC7"},
+                          conf={"build_name": rolled_out["build"], "targets": ["prestage-south"], "reason": REASON})
+    watcher.join(timeout=5)
+    assert seen.get("held"), "the backout never said it was held"
+    assert seen["while_frozen"] == writes(start), "the backout wrote while frozen"
+    assert result["state"]["flag"]["rules"]["prestage-south"] == rolled_out["previous"]
+
+
 def test_make_scenario_refuses_a_dag_it_does_not_run(capsys):
     from tests.harness.scenario import main
 
