@@ -39,9 +39,10 @@ class RolloutFailureNotifier(SafeSlackNotifier):
 
     template_fields = ("channel",)
 
-    def __init__(self, *, channel: str, airflow_url: str, **kwargs) -> None:
+    def __init__(self, *, channel: str, airflow_url: str, what: str = "rollout", **kwargs) -> None:
         super().__init__(channel=channel, text="", **kwargs)
         self.airflow_url = airflow_url.rstrip("/")
+        self.what = what
 
     def notify(self, context) -> None:
         ti = context["ti"]
@@ -49,7 +50,7 @@ class RolloutFailureNotifier(SafeSlackNotifier):
         build = (context.get("params") or {}).get("build_name", "?")
         link = f"{self.airflow_url}/dags/{ti.dag_id}/runs/{context['run_id']}/tasks/{ti.task_id}"
         self.text = (
-            f":red_circle: Immutable image rollout of {escape_mrkdwn(build)} failed at "
+            f":red_circle: Immutable image {self.what} of {escape_mrkdwn(build)} failed at "
             f"`{escape_mrkdwn(ti.task_id)}` (try {ti.try_number}): "
             f"{escape_mrkdwn(str(error)[:300]) if error else 'see the log'}. Log: {link}"
         )

@@ -29,6 +29,7 @@ from rollout_status.status_data import (
     DAG_ID,
     held_builds,
     hold_of,
+    load_backouts,
     load_run,
     load_runs,
     read_hold_variable,
@@ -207,8 +208,7 @@ def run_page(run_id: str, request: Request, user: User) -> HTMLResponse:
             refresh=None,
             error=f"{DAG_ID} has no run {run_id!r}.",
         )
-    run["hold"] = hold_of(run["build"]["name"], read_hold_variable())
-    return _page("run.html", request, run=run, refresh=_refresh(run["state"]))
+    return _page("run.html", request, run=_with_hold_and_backouts(run), refresh=_refresh(run["state"]))
 
 
 @app.get("/dags/{dag_id}/runs/{run_id:path}", response_class=HTMLResponse)
@@ -241,8 +241,15 @@ def run_json(run_id: str, user: User) -> JSONResponse:
     run = _load_detail(run_id, plan)
     if run is None:
         raise HTTPException(status_code=404, detail=f"{DAG_ID} has no run {run_id!r}")
-    run["hold"] = hold_of(run["build"]["name"], read_hold_variable())
-    return JSONResponse(run)
+    return JSONResponse(_with_hold_and_backouts(run))
+
+
+def _with_hold_and_backouts(run: dict) -> dict:
+    """The run's data plus its build's hold (Variable image_rollout_hold) and backouts."""
+    build = (run.get("build") or {}).get("name")
+    run["hold"] = hold_of(build, read_hold_variable())
+    run["backouts"] = _with_session(load_backouts, build)
+    return run
 
 
 @app.get("/icon.svg", include_in_schema=False)

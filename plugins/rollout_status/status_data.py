@@ -750,3 +750,45 @@ def load_runs(
         run_summary(assemble_run(plan, _run_dict(dr), states[dr.run_id], xcoms[dr.run_id], now=moment))
         for dr in runs
     ]
+
+
+# -- backouts (issue 11 item 2): runs of immutable_image_backout for one build -----------------------
+BACKOUT_DAG_ID = "immutable_image_backout"
+
+
+def assemble_backout(run: dict, states: TaskStates, xcoms: XComs) -> dict:
+    """One backout run as the run page shows it (no I/O); task ids and shapes of ``operators/backout.py``."""
+    resolved = _dict(xcoms.get(("resolve_backout", -1, "return_value")))
+    result = _dict(xcoms.get(("restore_targets", -1, "return_value")))
+    restored = result.get("restored") or xcoms.get(("restore_targets", -1, "restored")) or []
+    conf = run.get("conf") or {}
+    return {
+        "run_id": run["run_id"],
+        "state": run.get("state"),
+        "build_name": resolved.get("build_name") or conf.get("build_name"),
+        "requested_by": resolved.get("requested_by") or run.get("triggering_user_name"),
+        "reason": resolved.get("reason") or conf.get("reason"),
+        "dry_run": bool(resolved.get("dry_run", conf.get("dry_run"))),
+        "targets": conf.get("targets", "all"),
+        "planned": [d["target"] for d in resolved.get("decisions") or [] if d.get("action") == "restore"],
+        "restored": [{k: r.get(k) for k in ("target", "restored", "to_build", "request_id", "at")} for r in restored],
+        "left_alone": list(result.get("left_alone") or []),
+        "evidence_url": result.get("evidence_url"),
+        "approval": _state(states, "approve_backout"),
+        "started_at": iso(run.get("start_date")),
+    }
+
+
+def load_backouts(session, build_name: str | None, *, limit: int = 50) -> list[dict]:
+    """The backout runs for ``build_name``, newest first."""
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
+
+    if not build_name:
+        return []
+    runs = [dr for dr in session.scalars(
+        select(DagRun).where(DagRun.dag_id == BACKOUT_DAG_ID)
+        .order_by(DagRun.run_after.desc(), DagRun.id.desc()).limit(limit)
+    ) if (dr.conf or {}).get("build_name") == build_name]
+    states, xcoms = _load_rows(session, BACKOUT_DAG_ID, [dr.run_id for dr in runs])
+    return [assemble_backout(_run_dict(dr), states[dr.run_id], xcoms[dr.run_id]) for dr in runs]

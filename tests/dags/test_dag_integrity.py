@@ -34,10 +34,10 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"immutable_image_rollout", "immutable_image_watcher"}
+    assert set(dagbag.dag_ids) == {"immutable_image_rollout", "immutable_image_watcher", "immutable_image_backout"}
 
 
-@pytest.mark.parametrize("dag_id", ["immutable_image_rollout", "immutable_image_watcher"])
+@pytest.mark.parametrize("dag_id", ["immutable_image_rollout", "immutable_image_watcher", "immutable_image_backout"])
 def test_tags_retries_and_docs(dagbag, dag_id):
     dag = dagbag.dags[dag_id]
     assert dag.tags, f"{dag_id} has no tags"
@@ -93,3 +93,19 @@ def test_params_schema_refuses_bad_conf(dagbag):
         _validate(dag, {"build_name": "532-1250-879-20210818", "image_ids": {"dev": "84 95"}})
     with pytest.raises(Exception, match="image_ids"):
         _validate(dag, {"build_name": "532-1250-879-20210818", "image_ids": {"qa": "8495980"}})
+
+
+def test_backout_params_refuse_bad_conf_and_its_writes_share_the_flag_pool(dagbag):
+    dag = dagbag.dags["immutable_image_backout"]
+    good = {"build_name": "533-1251-880-20211101", "reason": "autorecovery failures in ap-south"}
+    validated = _validate(dag, good)
+    assert validated["targets"] == "all" and validated["to_build"] is None and validated["dry_run"] is False
+    assert _validate(dag, {**good, "targets": ["ap-south", "dev-south"]})["targets"] == ["ap-south", "dev-south"]
+    for bad in ({"reason": ""}, {"reason": "   "}, {"build_name": "$(reboot)"}, {"targets": ["mars-north"]},
+                {"targets": []}, {"targets": "some"}, {"to_build": "previous"}):
+        with pytest.raises(Exception, match=next(iter(bad))):
+            _validate(dag, {**good, **bad})
+    with pytest.raises(Exception, match="reason"):
+        _validate(dag, {"build_name": "533-1251-880-20211101"})
+    assert dag.get_task("restore_targets").pool == "worker_image_flag"
+    assert dag.get_task("approve_backout").defaults is None, "the prod approval must never default to Approve"

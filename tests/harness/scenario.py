@@ -1,10 +1,18 @@
-"""``make scenario``: one whole compressed rollout against the sandbox, in-process with ``dag.test()``.
+"""``make scenario``: one whole compressed run against the sandbox, in-process with ``dag.test()``.
 
-Starts (or reuses) the sandbox, resets it, applies FAULTS, runs ``immutable_image_rollout``
-with the sandbox plan, plays the prod approver, and writes the sandbox's final state to
-``build/scenario-state.json`` (and the run's task states to ``build/scenario-result.json``).
+Starts (or reuses) the sandbox, resets it (``RESET=none``: keeps the sandbox and the Airflow records as
+the last scenario left them), applies FAULTS, runs ``DAG`` (default ``immutable_image_rollout``; also
+``immutable_image_backout``) with the sandbox plan, plays the prod approver, and writes the sandbox's
+final state to ``build/scenario-state.json`` (and the run's task states to ``build/scenario-result.json``).
 Exits 0 when the run reached a terminal state, success or stopped safely; non-zero only when
 the harness itself broke.
+
+``DAG=immutable_image_backout`` without ``RESET=none`` resets the sandbox and runs the rollout of its new
+build first. A backout after a rollout kept in a running sandbox (``make sandbox`` in another terminal)::
+
+    make scenario
+    make scenario DAG=immutable_image_backout RESET=none \
+        CONF='{"build_name": "533-1251-880-20211101", "targets": ["dev-south", "ap-south"], "reason": "test"}'
 """
 
 from __future__ import annotations
@@ -40,11 +48,31 @@ def prepare_airflow(home: Path, base_url: str) -> None:
         marker.write_text("ok")
 
 
-def load_rollout_dag():
-    spec = importlib.util.spec_from_file_location("immutable_image_rollout_dag", ROOT / "dags" / "immutable_image_rollout.py")
+ROLLOUT = "immutable_image_rollout"
+BACKOUT = "immutable_image_backout"
+DAGS = (ROLLOUT, BACKOUT)
+
+
+def load_dag(dag_id: str = ROLLOUT):
+    """The DAG of ``dags/<dag_id>.py`` (one DAG file per DAG, named after it)."""
+    if dag_id not in DAGS:
+        raise ValueError(f"DAG={dag_id!r}: make scenario runs one of {', '.join(DAGS)}")
+    spec = importlib.util.spec_from_file_location(f"{dag_id}_dag", ROOT / "dags" / f"{dag_id}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.dag
+
+
+def load_rollout_dag():
+    return load_dag(ROLLOUT)
+
+
+def default_conf(base_url: str, dag_id: str) -> dict:
+    """The sandbox's new build; for a backout, from every target, with a reason."""
+    build = sandbox_call(base_url, "/_sandbox/state")["builds"]["new"]
+    if dag_id == BACKOUT:
+        return {"build_name": build, "targets": "all", "reason": "make scenario: back out the new build"}
+    return {"build_name": build}
 
 
 def reset_airflow_state() -> None:
@@ -70,8 +98,9 @@ def xcoms(run_id: str, dag_id: str = "immutable_image_rollout") -> dict[str, obj
 
 
 def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve: str = "Approve",
-                 timing: dict | None = None, variables: dict | None = None, reset: bool | dict = True) -> dict:
-    """Run one rollout; return ``{"state": sandbox state, "run_state", "tasks", "xcoms", "error"}``.
+                 timing: dict | None = None, variables: dict | None = None, reset: bool | dict = True,
+                 dag_id: str = ROLLOUT) -> dict:
+    """Run one rollout (or ``dag_id``'s run); return ``{"state": sandbox state, "run_state", "tasks", "xcoms", "error"}``.
 
     ``reset=False`` runs again against the sandbox as the last run left it (a rerun); a dict is the
     body of ``POST /_sandbox/reset`` (e.g. ``{"launchdarkly": {"approvalSettings": {...}}}``), with
@@ -92,11 +121,18 @@ def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve
     for key, value in (variables or {}).items():
         Variable.set(key, value)
     if conf is None:
-        conf = {"build_name": sandbox_call(base_url, "/_sandbox/state")["builds"]["new"]}
-    dag = load_rollout_dag()
+        conf = default_conf(base_url, dag_id)
+    dag = load_dag(dag_id)
+    # The ORM is set up here, before the approver thread's first query: that query racing dag.test()'s
+    # first import of a model module deadlocks (SQLAlchemy's configure lock against the import lock), which
+    # a run without a reset (RESET=none, in a fresh process) hit.
+    import airflow.models.dagbag  # noqa: F401
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()
     approver = Approver(approve)
     approver.start()
-    result: dict = {"conf": conf, "faults": faults, "error": None, "run_state": None, "tasks": {}, "xcoms": {}}
+    result: dict = {"dag_id": dag_id, "conf": conf, "faults": faults, "error": None, "run_state": None, "tasks": {}, "xcoms": {}}
     started = time.monotonic()
     try:
         dr = dag.test(run_conf=conf)
@@ -106,7 +142,7 @@ def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve
             for ti in dr.get_task_instances()
         }
         result["run_id"] = dr.run_id
-        result["xcoms"] = xcoms(dr.run_id)
+        result["xcoms"] = xcoms(dr.run_id, dag_id)
     except Exception as exc:  # a refused conf is an outcome, not a harness failure
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["run_state"] = "refused"
@@ -122,13 +158,21 @@ def summarize(result: dict) -> str:
     state = result["state"]
     new = state["images"]["new"]
     rules = state["flag"]["rules"]
-    lines = [f"run: {result['run_state']} in {result['seconds']}s  faults={result['faults'] or '-'}"]
+    lines = [f"{result.get('dag_id', ROLLOUT)} run: {result['run_state']} in {result['seconds']}s  "
+             f"faults={result['faults'] or '-'}"]
     if result["error"]:
         lines.append(f"refused: {result['error'][:300]}")
     lines.append("targets serving the new build: "
                  f"{sum(1 for v in rules.values() if v == new)}/{len(rules)}")
     lines.append(f"promotions: {len(state['promotions'])}, evidence commits: {len(state['evidence']['commits'])}, "
                  f"slack messages: {len(state['slack'])}")
+    backout = result.get("xcoms", {}).get("restore_targets:return_value")
+    if isinstance(backout, dict):
+        lines.append(f"backout restored: {', '.join(r['target'] for r in backout['restored']) or 'none'}; "
+                     f"left alone: {', '.join(x['target'] for x in backout['left_alone']) or 'none'}")
+    resolved = result.get("xcoms", {}).get("resolve_backout:return_value")
+    if isinstance(resolved, dict) and resolved.get("dry_run"):
+        lines.append(resolved["plan"])
     failed = [t for t, s in result["tasks"].items() if s in ("failed", "upstream_failed")]
     if failed:
         lines.append(f"failed tasks: {', '.join(failed)}")
@@ -141,20 +185,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conf", default="")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SANDBOX_PORT", 8765)))
     parser.add_argument("--reject", action="store_true", help="reject the prod change instead of approving it")
-    parser.add_argument("--reset", default="", help="JSON body for POST /_sandbox/reset (RESET=)")
-    parser.add_argument("--dag", default="", help="accepted for symmetry with other targets; only "
-                        "immutable_image_rollout runs here")
+    parser.add_argument("--reset", default="", help="JSON body for POST /_sandbox/reset (RESET=), or "
+                        "'none': keep the sandbox and Airflow records as the last scenario left them")
+    parser.add_argument("--dag", default="", help=f"the DAG to run (DAG=): {', '.join(DAGS)}")
     args = parser.parse_args(argv)
-    try:
-        reset_body = json.loads(args.reset) if args.reset.strip() else {}
-    except json.JSONDecodeError as exc:
-        print(f"RESET is not JSON: {exc}", file=sys.stderr)
+    dag_id = args.dag.strip() or ROLLOUT
+    if dag_id not in DAGS:
+        print(f"DAG={dag_id}: make scenario runs one of {', '.join(DAGS)}", file=sys.stderr)
         return 2
-    if not isinstance(reset_body, dict):
-        print("RESET must be a JSON object (the body of POST /_sandbox/reset)", file=sys.stderr)
-        return 2
-    if args.dag.strip() and args.dag.strip() != "immutable_image_rollout":
-        print(f"DAG={args.dag}: make scenario runs immutable_image_rollout; ignoring", file=sys.stderr)
+    reset: bool | dict
+    if args.reset.strip().lower() == "none":
+        reset = False
+    else:
+        try:
+            reset_body = json.loads(args.reset) if args.reset.strip() else {}
+        except json.JSONDecodeError as exc:
+            print(f"RESET is not JSON: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(reset_body, dict):
+            print("RESET must be a JSON object (the body of POST /_sandbox/reset) or none", file=sys.stderr)
+            return 2
+        reset = reset_body or True
     try:
         conf = json.loads(args.conf) if args.conf.strip() else None
     except json.JSONDecodeError as exc:
@@ -162,10 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         conf = {"__invalid_json__": args.conf}
     BUILD.mkdir(exist_ok=True)
     try:
-        _server, base_url = ensure_sandbox(args.port)
+        server, base_url = ensure_sandbox(args.port)
         prepare_airflow(BUILD / "airflow-scenario", base_url)
+        if dag_id == BACKOUT and reset is False and server is not None:
+            print(f"RESET=none: no sandbox was running on port {args.port}, so this one is fresh and no rollout "
+                  "is in it (start `make sandbox` in another terminal, then `make scenario`, to keep one)",
+                  file=sys.stderr)
+        if dag_id == BACKOUT and reset is not False:
+            # A fresh sandbox has nothing to back out: roll the new build out first, in the same state.
+            rollout = run_scenario(base_url, faults=[], conf=None, reset=reset)
+            print(summarize(rollout))
+            reset = False
         result = run_scenario(base_url, faults=parse_faults(args.faults), conf=conf,
-                              approve="Reject" if args.reject else "Approve", reset=reset_body or True)
+                              approve="Reject" if args.reject else "Approve", reset=reset, dag_id=dag_id)
     except Exception:
         traceback.print_exc()
         return 2

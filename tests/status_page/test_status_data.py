@@ -357,3 +357,33 @@ def test_adoption_per_carrier_and_no_rollback(detail):
     assert sum(c["new"] for c in adoption["carriers"]) == adoption["new"]
     assert detail["rollback"] is None
     assert detail["fleet"]["targets"] == 16
+
+
+def test_a_backout_of_the_build_shows_on_its_run_page():
+    from rollout_status.status_data import assemble_backout
+
+    build = "533-1251-880-20211101"
+    run, states, xcoms = base_rows(build)
+    backout_run = {"run_id": "manual__backout", "state": "success", "conf": {"build_name": build,
+                   "targets": ["dev-south", "ap-south"], "reason": "soak <b>failed</b>"},
+                   "start_date": NOW, "triggering_user_name": "admin"}
+    backout_xcoms = {
+        ("resolve_backout", -1, "return_value"): {
+            "build_name": build, "reason": "soak <b>failed</b>", "requested_by": "admin", "dry_run": False,
+            "decisions": [{"target": "dev-south", "action": "restore"}, {"target": "ap-south", "action": "left"}]},
+        ("restore_targets", -1, "return_value"): {
+            "restored": [{"target": "dev-south", "restored": OLD, "to_build": "532-1250-879-20210818",
+                          "request_id": None, "at": iso(NOW)}],
+            "left_alone": [{"target": "ap-south", "why": "it serves build 532-1250-879-20210818 (...), not ours"}],
+            "evidence_url": "https://github.example/blob/abc/evidence.md"},
+    }
+    backout = assemble_backout(backout_run, {("approve_backout", -1): {"state": "skipped"}}, backout_xcoms)
+    assert backout["restored"][0]["target"] == "dev-south" and backout["planned"] == ["dev-south"]
+    assert backout["approval"] == "skipped" and backout["requested_by"] == "admin"
+    detail = {**assemble_run(PLAN, run, states, xcoms, now=NOW), "backouts": [backout]}
+    page = html(detail)
+    assert "Backout" in page and "by admin" in page and "manual__backout" in page
+    assert "dev-south restored to build 532-1250-879-20210818" in page
+    assert "Left alone: ap-south" in page
+    assert "soak &lt;b&gt;failed&lt;/b&gt;" in page and "<b>failed</b>" not in page
+    assert "Backout" not in html({**detail, "backouts": []}).split("<h2>Targets</h2>")[0].split("<h1>")[1]

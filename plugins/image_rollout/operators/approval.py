@@ -74,32 +74,43 @@ class ProdChangeApprovalOperator(ApprovalOperator):
                 self.log.info("%s serves this build from our own request and the decision is recorded", self.target)
                 return {"chosen_options": [], "already_serving": True, "responded_by_user": None,
                         "recorded_in": recorded}
-        request_id = filed.get("request_id")
-        if not request_id:
-            raise AirflowFailException(f"no change request filed for {self.target}: nothing to decide on")
+        requests = self.filed_requests(context)
+        if not requests:
+            raise AirflowFailException(f"no change request filed for {self.label(context)}: nothing to decide on")
         from image_rollout.hooks.flags import FlagsHook
 
-        request = (event or {}).get("request") if (event or {}).get("verdict") in ("approved", "declined") else None
-        request = request or FlagsHook().get_change_request(request_id)
         if (event or {}).get("verdict") == "deadline":
-            raise AirflowFailException(f"the change board did not decide on {request_id} in time")
+            raise AirflowFailException(f"the change board did not decide in time ({event.get('reason')})")
         if (event or {}).get("verdict") == "error":
-            raise RuntimeError(f"cannot read change request {request_id}: {event.get('reason')}")
-        if request.get("reviewStatus") == "declined":
-            notify(f"The change board declined the prod train {escape_mrkdwn(str(request_id))} for {self.target}: "
-                   f"rollout of {escape_mrkdwn(build)} stopped before {self.target} changed",
-                   channel=self.patching_channel)
-            raise AirflowFailException(f"change request {request_id} for {self.target} was declined by the board")
-        if request.get("reviewStatus") != "approved" and request.get("status") != "completed":
-            self.log.info("Waiting for the change board to approve %s before asking for the start", request_id)
-            self.defer(
-                trigger=ChangeRequestTrigger(poll=self.board_poll, deadline=_iso_in(self.board_timeout),
-                                             request_id=request_id),
-                method_name="execute",
-            )
+            raise RuntimeError(f"cannot read change request: {event.get('reason')}")
+        decided = (event or {}).get("request") if (event or {}).get("verdict") in ("approved", "declined") else None
+        hook = None
+        seen = []
+        for item in requests:
+            request_id, target = item["request_id"], item.get("target", self.target)
+            if isinstance(decided, dict) and decided.get("_id") == request_id:
+                request = decided
+            else:
+                hook = hook or FlagsHook()
+                request = hook.get_change_request(request_id)
+            if request.get("reviewStatus") == "declined":
+                notify(f"The change board declined the prod train {escape_mrkdwn(str(request_id))} for {target}: "
+                       f"{escape_mrkdwn(self.stopped(context))} stopped before {target} changed",
+                       channel=self.patching_channel)
+                raise AirflowFailException(f"change request {request_id} for {target} was declined by the board")
+            if request.get("reviewStatus") != "approved" and request.get("status") != "completed":
+                self.log.info("Waiting for the change board to approve %s before asking for the start", request_id)
+                self.defer(
+                    trigger=ChangeRequestTrigger(poll=self.board_poll, deadline=_iso_in(self.board_timeout),
+                                                 request_id=request_id),
+                    method_name="execute",
+                )
+            seen.append(request)
         context["ti"].xcom_push(key="board", value={
-            "request_id": request_id, "review_status": request.get("reviewStatus"),
-            "reviewers": sorted({str(r.get("memberId")) for r in request.get("allReviews") or []
+            "request_id": seen[0]["_id"], "request_ids": [r["_id"] for r in seen],
+            "review_status": seen[0].get("reviewStatus") if len(seen) == 1 else (
+                "approved" if all(r.get("reviewStatus") == "approved" for r in seen) else "mixed"),
+            "reviewers": sorted({str(r.get("memberId")) for request in seen for r in request.get("allReviews") or []
                                  if r.get("kind") == "approve" and r.get("memberId")}),
         })
         return super().execute(context)
@@ -131,6 +142,19 @@ class ProdChangeApprovalOperator(ApprovalOperator):
                 out["refused"] = refused.reason
         return out
 
+    def filed_requests(self, context) -> list[dict]:
+        """The change requests this decision is about, ``[{"target", "request_id"}]``: the rollout's one."""
+        filed = context["ti"].xcom_pull(task_ids=self.file_task_id) or {}
+        return [{"target": self.target, "request_id": filed["request_id"]}] if filed.get("request_id") else []
+
+    def label(self, context) -> str:
+        """What the decision is for, in messages."""
+        return self.target
+
+    def stopped(self, context) -> str:
+        """What a No stops, in messages."""
+        return f"rollout of {context['params'].get('build_name', '?')}"
+
     def _recorded_decision(self, build: str) -> str | None:
         if not self.evidence_path:
             return None
@@ -144,23 +168,25 @@ class ProdChangeApprovalOperator(ApprovalOperator):
         from image_rollout.hooks.flags import FlagsHook
 
         who = _who(event.get("responded_by_user"))
-        filed = context["ti"].xcom_pull(task_ids=self.file_task_id) or {}
-        request_id = filed.get("request_id")
-        what = "left unapplied"
-        try:
-            # Withdraw the train (the requester may delete its own request until it is applied), so an
-            # approved train nobody is going to start cannot be applied by mistake later.
-            hook = FlagsHook()
-            if request_id and hook.get_change_request(request_id).get("status") != "completed":
-                hook.delete_change_request(request_id)
-                what = "withdrawn (deleted)"
-        except Exception as exc:  # the rollout stops either way; say so rather than fail the answer
-            log.warning("Could not delete change request %s: %s", request_id, exc)
-            what = f"not deleted ({type(exc).__name__})"
+        done = []
+        for item in self.filed_requests(context):
+            request_id = item["request_id"]
+            what = "left unapplied"
+            try:
+                # Withdraw the train (the requester may delete its own request until it is applied), so an
+                # approved train nobody is going to start cannot be applied by mistake later.
+                hook = FlagsHook()
+                if hook.get_change_request(request_id).get("status") != "completed":
+                    hook.delete_change_request(request_id)
+                    what = "withdrawn (deleted)"
+            except Exception as exc:  # the run stops either way; say so rather than fail the answer
+                log.warning("Could not delete change request %s: %s", request_id, exc)
+                what = f"not deleted ({type(exc).__name__})"
+            done.append(f"change request {escape_mrkdwn(str(request_id))} {what}")
         notify(
-            f"Prod start for {self.target} rejected in Airflow by {escape_mrkdwn(who)}: rollout of "
-            f"{escape_mrkdwn(context['params'].get('build_name', '?'))} stopped before {self.target} changed; "
-            f"change request {escape_mrkdwn(str(request_id))} {what}",
+            f"Prod start for {escape_mrkdwn(self.label(context))} rejected in Airflow by {escape_mrkdwn(who)}: "
+            f"{escape_mrkdwn(self.stopped(context))} stopped before {escape_mrkdwn(self.label(context))} changed; "
+            + ("; ".join(done) or "no change request filed"),
             channel=self.patching_channel,
         )
         return who

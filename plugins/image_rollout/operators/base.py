@@ -71,6 +71,9 @@ class RolloutOperator(BaseOperator):
     """
 
     ui_color = "#e8f0fe"
+    #: Where the build this task works on was recorded (the rollout's verification; the backout's resolve).
+    build_task_id = VERIFY_TASK
+    build_key = "return_value"
 
     def __init__(self, *, plan: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -89,9 +92,9 @@ class RolloutOperator(BaseOperator):
         cached = getattr(self, "_build", None)
         if cached is not None and cached[0] == context["run_id"]:
             return cached[1]
-        build = context["ti"].xcom_pull(task_ids=VERIFY_TASK)
+        build = context["ti"].xcom_pull(task_ids=self.build_task_id, key=self.build_key)
         if not build or not build.get("images"):
-            raise RuntimeError(f"no verified build in XCom of {VERIFY_TASK}; it must run first")
+            raise RuntimeError(f"no verified build in XCom of {self.build_task_id}; it must run first")
         self._build = (context["run_id"], build)
         return build
 
@@ -330,6 +333,37 @@ class RolloutOperator(BaseOperator):
                                        "fix the rule, then clear this task")
         self.ask_drift(context, target, current, build)
         return "write"  # unreachable: ask_drift parks the task
+
+    # -- restoring a rule through a change request (rollback and backout) ------------------------------
+    def file_restore_request(self, flags, *, target: str, to: dict, owner: str, comment: str,
+                             fields: dict | None = None) -> dict:
+        """Our request restoring ``target`` to ``to`` (key ``immutable-image/<owner>/<target>`` AND the map),
+        else a new one. Callers ask only while the rule still needs the restore, so an applied request of
+        ours means the restore was undone since: a new request is filed, never the old one re-applied."""
+        request = find_request(flags, target, owner, to)
+        if request is not None and request.get("status") != "completed":
+            return request
+        fields = {"details": comment, "target": target, "build": owner, **(fields or {})}
+        return flags.create_change_request(targets=[target], image_map=to, fields=fields, description=comment,
+                                           key=pc.rollout_key(owner, target), reuse_existing=request is None)
+
+    def restore_via_request(self, context, flags, *, target: str, to: dict, owner: str, comment: str,
+                            fields: dict | None = None, request: dict | None = None) -> dict:
+        """Restore through our keyed request: the change board approves it (deferred until it decides; the
+        task then runs ``execute`` again, re-proving everything), this task applies it."""
+        from image_rollout.triggers import ChangeRequestTrigger
+
+        if request is None:
+            request = self.file_restore_request(flags, target=target, to=to, owner=owner, comment=comment,
+                                                fields=fields)
+        if request.get("reviewStatus") == "declined":
+            raise AirflowFailException(f"restore request {request['_id']} for {target} declined: restore by hand")
+        if request.get("reviewStatus") != "approved" and request.get("status") != "completed":
+            self.defer(trigger=ChangeRequestTrigger(
+                poll=self.plan.change_request.poll, request_id=request["_id"],
+                deadline=iso(utcnow() + timedelta(seconds=self.plan.change_request.timeout))),
+                method_name="execute")
+        return flags.apply_change_request(request["_id"], comment)
 
     def ask_drift(self, context, target: str, current: dict | None, build: dict) -> None:
         from airflow.sdk.exceptions import TaskAwaitingInput

@@ -9,8 +9,6 @@ so running this twice writes nothing the second time.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import preconditions as pc
@@ -162,25 +160,8 @@ class RollbackOperator(RolloutOperator):
 
     def _restore_via_request(self, context, flags, build: dict, d: dict, comment: str) -> None:
         """Under required approvals: our keyed rollback request, approved by the board, applied here."""
-        from image_rollout.operators.base import find_request
-        from image_rollout.triggers import ChangeRequestTrigger
-
-        target, to = d["target"], d["to"]
-        owner = f"{build['name']}/rollback"
-        request = find_request(flags, target, owner, to)
-        if request is None:
-            fields = {"details": comment, "backoutPlan": "Re-promote with a new rollout", "target": target,
-                      "build": owner}
-            request = flags.create_change_request(targets=[target], image_map=to, fields=fields,
-                                                  description=comment, key=pc.rollout_key(owner, target))
-        if request.get("reviewStatus") == "declined":
-            raise AirflowFailException(f"rollback request {request['_id']} for {target} declined: restore by hand")
-        if request.get("reviewStatus") != "approved" and request.get("status") != "completed":
-            self.defer(trigger=ChangeRequestTrigger(
-                poll=self.plan.change_request.poll, request_id=request["_id"],
-                deadline=iso(utcnow() + timedelta(seconds=self.plan.change_request.timeout))),
-                method_name="execute")
-        flags.apply_change_request(request["_id"], comment)
+        self.restore_via_request(context, flags, target=d["target"], to=d["to"], owner=f"{build['name']}/rollback",
+                                 comment=comment, fields={"backoutPlan": "Re-promote with a new rollout"})
 
     def pull_decision(self, context, task_id: str | None) -> dict:
         if task_id is None:

@@ -1,0 +1,106 @@
+"""Wiring of the backout DAG from a plan (issue 11 item 2): resolve -> (dry run stops) -> file the
+trains -> prod start decision -> restore and record.
+
+Kept out of ``dags/`` like the rollout's wiring. Parsing reads only the plan file.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.providers.standard.operators.python import ShortCircuitOperator
+from airflow.sdk import DAG, Param
+from airflow.task.trigger_rule import TriggerRule
+
+from image_rollout.inputs import BUILD_NAME_SCHEMA_PATTERN
+from image_rollout.notifications import RolloutFailureNotifier, SafeSlackNotifier
+from image_rollout.operators.backout import (
+    APPROVE_TASK,
+    FILE_TASK,
+    RESOLVE_TASK,
+    RESTORE_TASK,
+    BackoutApprovalOperator,
+    FileBackoutRequestsOperator,
+    ResolveBackoutOperator,
+    RestoreTargetsOperator,
+)
+from image_rollout.plan import RolloutPlan
+from image_rollout.rollout_dag import _proceed
+
+DAG_ID = "immutable_image_backout"
+
+
+def build_backout_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = None) -> DAG:
+    """The backout DAG for ``plan``."""
+    targets = [t.target for t in plan.targets]
+    link = (f"{plan.airflow_base_url}/dags/{dag_id}/runs/{{{{ run_id }}}}/tasks/{APPROVE_TASK}"
+            "/required_actions")
+    with DAG(
+        dag_id=dag_id,
+        schedule=None,
+        catchup=False,
+        max_active_runs=1,
+        default_args={
+            "owner": "sre-cfs-patching",
+            "retries": 3,
+            "retry_delay": timedelta(seconds=plan.retry_delay),
+            "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(minutes=30),
+            "on_failure_callback": RolloutFailureNotifier(
+                channel=plan.slack.patching_channel, airflow_url=plan.airflow_base_url, what="backout"
+            ),
+        },
+        doc_md=doc_md,
+        tags=["immutable-image", "patching", "backout"],
+        params={
+            "build_name": Param(
+                type="string", pattern=BUILD_NAME_SCHEMA_PATTERN, title="Build to back out",
+                description="The immutable_image build whose rollout is backed out, e.g. 533-1251-880-20211101.",
+            ),
+            "targets": Param(
+                "all", title="Targets",
+                description=f'"all", or a list of target names: {", ".join(targets)}.',
+                oneOf=[{"type": "string", "enum": ["all"]},
+                       {"type": "array", "items": {"type": "string", "enum": targets}, "minItems": 1,
+                        "uniqueItems": True}],
+            ),
+            "to_build": Param(
+                None, type=["null", "string"], pattern=BUILD_NAME_SCHEMA_PATTERN, title="Restore to build",
+                description="Optional: the build to put back. Default: what each target served before the rollout.",
+            ),
+            "reason": Param(type="string", minLength=1, pattern=r"\S", title="Reason",
+                            description="Why the build is backed out (goes to the evidence file and Slack)."),
+            "dry_run": Param(False, type="boolean", title="Dry run",
+                             description="Show the plan (task log, Slack); write nothing."),
+        },
+    ) as dag:
+        resolve = ResolveBackoutOperator(task_id=RESOLVE_TASK, plan=plan.name)
+        proceed = ShortCircuitOperator(task_id="proceed_unless_dry_run", python_callable=_proceed)
+        file = FileBackoutRequestsOperator(task_id=FILE_TASK, plan=plan.name)
+        approve = BackoutApprovalOperator(
+            task_id=APPROVE_TASK,
+            file_task_id=FILE_TASK,
+            target="the backout's prod targets",
+            patching_channel=plan.slack.patching_channel,
+            approvers=list(plan.approvers.users),
+            board_poll=plan.change_request.poll,
+            board_timeout=plan.change_request.timeout,
+            subject="Approve the prod backout of immutable image build {{ params.build_name }}",
+            body=(
+                "Backout of build **{{ params.build_name }}**: {{ params.reason }}\n\n"
+                f"Prod trains approved by the change board: {{{{ ti.xcom_pull(task_ids='{FILE_TASK}')"
+                ".get('requests') | selectattr('start_decision') | map(attribute='target') | join(', ') }}\n\n"
+                "Approve to restore them; Reject stops the backout before they change."
+            ),
+            response_timeout=timedelta(seconds=plan.change_request.timeout),
+            notifiers=[SafeSlackNotifier(
+                channel=plan.slack.patching_channel,
+                text=("Approval needed: backout of immutable image build {{ params.build_name }} from prod. "
+                      f"Approve or reject in Airflow: {link}"),
+            )],
+            retries=2,  # the machinery only: a decision is never retried (see ProdChangeApprovalOperator)
+        )
+        restore = RestoreTargetsOperator(task_id=RESTORE_TASK, plan=plan.name, execution_timeout=None,
+                                         trigger_rule=TriggerRule.NONE_FAILED)
+        resolve >> proceed >> file >> approve >> restore
+    return dag
