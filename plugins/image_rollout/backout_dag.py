@@ -13,7 +13,7 @@ from airflow.sdk import DAG, Param
 from airflow.task.trigger_rule import TriggerRule
 
 from image_rollout.inputs import BUILD_NAME_SCHEMA_PATTERN
-from image_rollout.notifications import RolloutFailureNotifier, SafeSlackNotifier
+from image_rollout.notifications import SafeSlackNotifier
 from image_rollout.operators.backout import (
     APPROVE_TASK,
     FILE_TASK,
@@ -25,7 +25,7 @@ from image_rollout.operators.backout import (
     RestoreTargetsOperator,
 )
 from image_rollout.plan import RolloutPlan
-from image_rollout.rollout_dag import _proceed
+from image_rollout.rollout_dag import _proceed, task_defaults
 
 DAG_ID = "immutable_image_backout"
 
@@ -40,16 +40,7 @@ def build_backout_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | 
         schedule=None,
         catchup=False,
         max_active_runs=1,
-        default_args={
-            "owner": "sre-cfs-patching",
-            "retries": 3,
-            "retry_delay": timedelta(seconds=plan.retry_delay),
-            "retry_exponential_backoff": True,
-            "max_retry_delay": timedelta(minutes=30),
-            "on_failure_callback": RolloutFailureNotifier(
-                channel=plan.slack.patching_channel, airflow_url=plan.airflow_base_url, what="backout"
-            ),
-        },
+        default_args=task_defaults(plan, what="backout"),
         doc_md=doc_md,
         tags=["immutable-image", "patching", "backout"],
         params={

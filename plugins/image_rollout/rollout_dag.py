@@ -147,18 +147,23 @@ def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ProdChangeApp
     )
 
 
-def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = None) -> DAG:
-    """The rollout DAG for ``plan``."""
-    default_args = {
+def task_defaults(plan: RolloutPlan, *, what: str = "rollout") -> dict:
+    """Every task's retries, backoff and failure escalation, for the rollout and the backout DAG."""
+    return {
         "owner": "sre-cfs-patching",
         "retries": 3,
         "retry_delay": timedelta(seconds=plan.retry_delay),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
         "on_failure_callback": RolloutFailureNotifier(
-            channel=plan.slack.patching_channel, airflow_url=plan.airflow_base_url
+            channel=plan.slack.patching_channel, airflow_url=plan.airflow_base_url, what=what
         ),
     }
+
+
+def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = None) -> DAG:
+    """The rollout DAG for ``plan``."""
+    default_args = task_defaults(plan)
     image_schema = {"type": "string", "pattern": IMAGE_ID_SCHEMA_PATTERN}
     with DAG(
         dag_id=dag_id,
