@@ -2,7 +2,8 @@
 
 Run as ``python -m tests.status_page.populate HOME`` (a subprocess: the Airflow of the test
 session is configured for another DB). Starts a sandbox on a free port, runs the whole rollout
-in-process with the scenario harness, then writes ``HOME/status-result.json``: the run's outcome,
+in-process with the scenario harness, backs out dev-south
+(``immutable_image_backout``), then writes ``HOME/status-result.json``: the run's outcome,
 the sandbox's final state, and what the status page's data layer reads from the DB.
 """
 
@@ -23,6 +24,11 @@ def main(home: Path) -> int:
     try:
         prepare_airflow(home, base_url)
         result = run_scenario(base_url, faults=[], conf=None)
+        # then back out one target of it, so the run page has a backout to show
+        build = result["conf"]["build_name"]
+        backout = run_scenario(base_url, faults=[], reset=False, dag_id="immutable_image_backout",
+                               conf={"build_name": build, "targets": ["dev-south"],
+                                     "reason": "status page test: back out dev-south"})
     finally:
         if server is not None:
             server.shutdown()
@@ -47,6 +53,8 @@ def main(home: Path) -> int:
         "runs": runs,
         "detail": detail,
         "base_url": base_url,
+        "backout": {"run_state": backout["run_state"], "error": backout["error"], "tasks": backout["tasks"],
+                    "flag_rules": backout["state"]["flag"]["rules"]},
     }
     (home / "status-result.json").write_text(json.dumps(out, indent=2, sort_keys=True))
     print(f"run {runs[0]['run_id']}: {result['run_state']} in {result['seconds']}s")

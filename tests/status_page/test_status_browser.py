@@ -344,3 +344,37 @@ def test_targets_table_fits_1600_px(api_server, status_run, tmp_path, where):
     assert edge["lastHeader"] == "Evidence" and edge["rows"] == 1 + len(status_run["detail"]["targets"]), edge
     assert edge["lastRight"] <= edge["viewport"] + 0.5, f"the last column ends past the viewport: {edge}"
     assert edge["scrollWidth"] <= edge["clientWidth"], f"the page scrolls sideways: {edge}"
+
+
+def test_a_hold_and_a_backout_in_chromium(api_server, status_run, tmp_path):
+    """Issue 11: the run page shows the build's hold (who, why; set as an SRE would, with the Variable) and
+    the backout ``populate`` ran (dev-south restored, by whom, why)."""
+    from tests.harness.env import airflow_env
+
+    backout = status_run["backout"]
+    assert backout["run_state"] == "success", backout
+    detail = status_run["detail"]
+    build = detail["build"]["name"]
+    hold = {build: {"by": "sre-lead", "reason": "INC0042 <dal10> alerts", "since": "2026-11-26T04:00Z"}}
+    env = clean_env()
+    env.update(airflow_env(HOME, status_run["base_url"]))
+
+    def variables(*args: str) -> None:
+        proc = subprocess.run([str(Path(sys.executable).parent / "airflow"), "variables", *args], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    variables("set", "image_rollout_hold", json.dumps(hold))
+    try:
+        run_url = f"{api_server}/rollout-status/runs/{quote(detail['run_id'], safe='')}"
+        text = html.unescape(text_of(chromium(tmp_path, run_url, "--dump-dom")))
+        assert "Held by sre-lead since 2026-11-26T04:00Z: INC0042 <dal10> alerts" in text, text[:2000]
+        assert f"Nothing of build {build} is written while it is held" in text
+        assert "Backout" in text and "status page test: back out dev-south" in text, text[:3000]
+        assert "dev-south restored to" in text
+        runs_text = html.unescape(text_of(chromium(tmp_path, f"{api_server}/rollout-status/", "--dump-dom")))
+        assert f"build {build} by sre-lead: INC0042 <dal10> alerts" in runs_text
+        chromium(tmp_path, run_url, f"--screenshot={BUILD / 'status-page-hold-backout.png'}",
+                 "--window-size=1400,1600")
+    finally:
+        variables("delete", "image_rollout_hold")
