@@ -27,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from rollout_status import URL_PREFIX
 from rollout_status.status_data import (
     DAG_ID,
+    apply_backouts,
     held_builds,
     hold_of,
     load_backouts,
@@ -249,7 +250,7 @@ def _with_hold_and_backouts(run: dict) -> dict:
     build = (run.get("build") or {}).get("name")
     run["hold"] = hold_of(build, read_hold_variable())
     run["backouts"] = _with_session(load_backouts, build)
-    return run
+    return apply_backouts(run, run["backouts"])
 
 
 @app.get("/icon.svg", include_in_schema=False)

@@ -779,6 +779,23 @@ def assemble_backout(run: dict, states: TaskStates, xcoms: XComs) -> dict:
     }
 
 
+def apply_backouts(run: dict, backouts: list[dict]) -> dict:
+    """Mark the run's targets a later backout restored (newest backout first, as ``load_backouts`` lists
+    them): the run's own records say what it promoted, not what the target serves since."""
+    since: dict[str, dict] = {}
+    for bk in backouts:
+        if bk.get("dry_run"):
+            continue
+        for r in bk.get("restored") or []:
+            since.setdefault(r["target"], {"to_build": r.get("to_build"), "at": r.get("at"), "run_id": bk["run_id"]})
+    for t in run.get("targets") or []:
+        t["backed_out"] = since.get(t["target"])
+    run["backed_out"] = sorted(since)
+    if since and run.get("summary"):
+        run["summary"]["serving_new"] = sum(1 for t in run.get("targets") or [] if t["serves_new"] and not t["backed_out"])
+    return run
+
+
 def load_backouts(session, build_name: str | None, *, limit: int = 50) -> list[dict]:
     """The backout runs for ``build_name``, newest first."""
     from airflow.models.dagrun import DagRun

@@ -238,13 +238,18 @@ def test_json_endpoint_returns_the_run(api_server, status_run):
     assert status == 200, body[:500]
     served = json.loads(body)
     expected = status_run["detail"]
+    added = ("request_url", "backed_out")  # the live request link, and what a later backout restored
     for key in ("build", "targets", "gates", "evidence", "adoption", "summary", "rollback"):
         if key == "targets":
-            assert [{k: v for k, v in t.items() if k != "request_url"} for t in served[key]] == [
-                {k: v for k, v in t.items() if k != "request_url"} for t in expected[key]
+            assert [{k: v for k, v in t.items() if k not in added} for t in served[key]] == [
+                {k: v for k, v in t.items() if k not in added} for t in expected[key]
             ]
+        elif key == "summary":  # populate's backout restored dev-south since
+            assert served[key] == {**expected[key], "serving_new": expected[key]["serving_new"] - 1}
         else:
             assert served[key] == expected[key], key
+    assert served["backed_out"] == ["dev-south"]
+    assert [t["target"] for t in served["targets"] if t["backed_out"]] == ["dev-south"]
     assert get(f"{api_server}/rollout-status/api/runs/no-such-run")[0] == 404
 
 
@@ -372,6 +377,7 @@ def test_a_hold_and_a_backout_in_chromium(api_server, status_run, tmp_path):
         assert f"Nothing of build {build} is written while it is held" in text
         assert "Backout" in text and "status page test: back out dev-south" in text, text[:3000]
         assert "dev-south restored to" in text
+        assert "Backed out since: dev-south" in text and "backed out to" in text  # the table says it too
         runs_text = html.unescape(text_of(chromium(tmp_path, f"{api_server}/rollout-status/", "--dump-dom")))
         assert f"build {build} by sre-lead: INC0042 <dal10> alerts" in runs_text
         chromium(tmp_path, run_url, f"--screenshot={BUILD / 'status-page-hold-backout.png'}",

@@ -387,3 +387,24 @@ def test_a_backout_of_the_build_shows_on_its_run_page():
     assert "Left alone: ap-south" in page
     assert "soak &lt;b&gt;failed&lt;/b&gt;" in page and "<b>failed</b>" not in page
     assert "Backout" not in html({**detail, "backouts": []}).split("<h2>Targets</h2>")[0].split("<h1>")[1]
+
+
+def test_targets_a_later_backout_restored_are_marked_and_not_counted_as_new():
+    """The run's own records say what it promoted; after a backout the page must not say the target
+    still serves the new build."""
+    from rollout_status.status_data import apply_backouts
+
+    run, states, xcoms = base_rows()
+    detail = assemble_run(PLAN, run, states, xcoms, now=NOW)
+    for t in detail["targets"]:
+        t["serves_new"] = True
+    detail["summary"]["serving_new"] = len(detail["targets"])
+    dry = {"run_id": "manual__dry", "dry_run": True, "restored": [{"target": "ap-south", "to_build": "x"}]}
+    done = {"run_id": "manual__backout", "dry_run": False,
+            "restored": [{"target": "dev-south", "to_build": "532-1250-879-20210818", "at": iso(NOW)}]}
+    apply_backouts(detail, [done, dry])
+    marked = {t["target"]: t["backed_out"] for t in detail["targets"] if t["backed_out"]}
+    assert list(marked) == ["dev-south"] and marked["dev-south"]["run_id"] == "manual__backout"
+    assert detail["summary"]["serving_new"] == len(detail["targets"]) - 1
+    page = html({**detail, "backouts": []})
+    assert "backed out to 532-1250-879-20210818" in page
