@@ -39,23 +39,29 @@ $(OCTOKIT_DIR)/.installed-$(OCTOKIT_OPENAPI_VERSION):
 # Test-only Python packages (requirements-test.txt) and GitHub's API description for tests/contracts.
 test-deps: $(BIN)/.installed-test $(OCTOKIT_DIR)/.installed-$(OCTOKIT_OPENAPI_VERSION)
 
-#: Scenarios mostly wait on the sandbox's compressed clocks, so three xdist workers share two cores well.
+#: Scenarios mostly wait on the sandbox's compressed clocks (the whole suite keeps about one of the two
+#: cores busy), so four xdist workers share two cores well.
 #: The real-scheduler and status-page tests each start Airflow components over one home or database:
-#: they run in a lane of their own, one at a time, beside the workers.
-TEST_WORKERS ?= 3
-SERIAL_TESTS := tests/live tests/stack tests/status_page
+#: they run in two lanes of their own, one test at a time in each, beside the workers: the live tests
+#: (one shared stack), and the production-shaped stack plus the status page (homes of their own).
+TEST_WORKERS ?= 4
+LIVE_TESTS := tests/live
+SERIAL_TESTS := tests/stack tests/status_page
 FAST_TESTS := tests/unit tests/dags tests/hooks tests/sandbox tests/contracts tests/test_compose.py
 
 test: venv test-deps
 	@mkdir -p build; rm -f build/junit-*.xml
-	@ROLLOUT_TEST_LANE=serial $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 \
+	@ROLLOUT_TEST_LANE=live $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 \
+		--junitxml=build/junit-live.xml $(LIVE_TESTS) > build/test-live.log 2>&1 & live=$$!; \
+	ROLLOUT_TEST_LANE=serial $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 \
 		--junitxml=build/junit-serial.xml $(SERIAL_TESTS) > build/test-serial.log 2>&1 & serial=$$!; \
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=10 --junitxml=build/junit-parallel.xml \
-		$(addprefix --ignore=,$(SERIAL_TESTS)) tests; parallel_rc=$$?; \
-	wait $$serial; serial_rc=$$?; \
-	echo; echo "== real-scheduler and status-page lane (build/test-serial.log) =="; cat build/test-serial.log; \
+		$(addprefix --ignore=,$(LIVE_TESTS) $(SERIAL_TESTS)) tests; parallel_rc=$$?; \
+	wait $$live; live_rc=$$?; wait $$serial; serial_rc=$$?; \
+	echo; echo "== real-scheduler lane (build/test-live.log) =="; cat build/test-live.log; \
+	echo; echo "== stack and status-page lane (build/test-serial.log) =="; cat build/test-serial.log; \
 	$(BIN)/python -m tests.harness.junit_summary build/junit-*.xml; \
-	test $$parallel_rc -eq 0 -a $$serial_rc -eq 0
+	test $$parallel_rc -eq 0 -a $$live_rc -eq 0 -a $$serial_rc -eq 0
 
 # The inner loop: unit, DAG integrity, hooks, sandbox and contract tests; no whole rollouts.
 test-fast: venv test-deps
