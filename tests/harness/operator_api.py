@@ -103,10 +103,20 @@ class Operator:
         """``failed`` stops a run (its running tasks are killed, deferred ones lose their trigger)."""
         return self.call("PATCH", self._run_path(run_id), {"state": state})
 
-    def end_run(self, run_id: str) -> None:
-        """End a test's run for good (marked failed, as an operator would), so it writes nothing more."""
-        if self.run_state(run_id) not in (None, *TERMINAL_RUN):
-            self.set_run_state(run_id, "failed")
+    def end_run(self, run_id: str, *, timeout: float = 60) -> None:
+        """End a test's run for good (marked failed, as an operator would), so it writes nothing more.
+
+        Airflow 3.3.2 can answer the PATCH with a 500 while the scheduler updates the same run (seen under
+        load); like an operator, try again until the run has ended.
+        """
+        deadline = time.monotonic() + timeout
+        while self.run_state(run_id) not in (None, *TERMINAL_RUN):
+            status, body = self.set_run_state(run_id, "failed")
+            if 200 <= status < 300:
+                return
+            if time.monotonic() > deadline:
+                raise ApiError(f"{self.username}: could not end run {run_id}: {status} {str(body)[:300]}")
+            time.sleep(1)
 
     # -- task instances ----------------------------------------------------------------------------
     def task_instances(self, run_id: str) -> list[dict]:
