@@ -39,7 +39,10 @@ def answer_pending(option: str = "Approve", user: dict | None = None, *, drift: 
     with create_session() as session:
         for detail in session.scalars(select(HITLDetail).where(HITLDetail.responded_at.is_(None))).all():
             ti = session.get(TaskInstance, detail.ti_id)
-            if ti is None or ti.state not in (TaskInstanceState.AWAITING_INPUT, TaskInstanceState.DEFERRED):
+            # Only a parked task: our approval defers first (the change board), and dag.test() can leave it
+            # DEFERRED in the DB while the resumed execute() writes the request; an answer then is
+            # overwritten by the park and the run waits forever (seen in CI).
+            if ti is None or ti.state != TaskInstanceState.AWAITING_INPUT:
                 continue
             choice = option if option in (detail.options or []) else (
                 drift if drift in (detail.options or []) else None)
