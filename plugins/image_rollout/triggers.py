@@ -13,7 +13,7 @@ is judged on data, never on an outage. A permanent error (a malformed answer:
 ``AirflowFailException`` or a data-shape error) ends the wait with ``error``/``permanent``.
 Without ``inconclusive_timeout`` (reports) any error ends the wait with ``error``; a change request
 (``waits_out_errors``) keeps polling through transient errors until its deadline, since the board
-may take a day and the approval task that waits on it is not retried.
+may take a day and one 5xx burst must not end the approval that waits on it.
 """
 
 from __future__ import annotations
@@ -113,9 +113,8 @@ class _PollingTrigger(BaseTrigger):
             except Exception as exc:
                 if self.inconclusive_timeout is None and self.waits_out_errors and not is_permanent(exc) and (
                         deadline is None or now < deadline):
-                    self.log.warning("%s: %s; polling again in %.0fs", type(self).__name__, _reason(exc), self.poll)
-                    left = (deadline - now).total_seconds() if deadline is not None else self.poll
-                    await asyncio.sleep(max(0.05, min(self.poll, left)))
+                    self.log.warning("%s: %s; polling again", type(self).__name__, _reason(exc))
+                    await self._pause(now, deadline)
                     continue
                 if self.inconclusive_timeout is None or is_permanent(exc):
                     yield TriggerEvent({"verdict": "error", "reason": _reason(exc), "permanent": is_permanent(exc)})
@@ -142,9 +141,13 @@ class _PollingTrigger(BaseTrigger):
             if deadline is not None and now >= deadline:
                 yield TriggerEvent({"verdict": "deadline", "reason": f"deadline {self.deadline} passed"})
                 return
-            step = self.interval()
-            left = (deadline - now).total_seconds() if deadline is not None else step
-            await asyncio.sleep(max(0.05, min(step, left)))
+            await self._pause(now, deadline)
+
+    async def _pause(self, now: datetime, deadline: datetime | None) -> None:
+        """Sleep until the next ``check``, never past the deadline."""
+        step = self.interval()
+        left = (deadline - now).total_seconds() if deadline is not None else step
+        await asyncio.sleep(max(0.05, min(step, left)))
 
 
 class ChangeRequestTrigger(_PollingTrigger):

@@ -208,13 +208,16 @@ class RolloutOperator(BaseOperator):
             key=pc.rollout_key(build_name, "superseded"),
         )
 
-    def guard_write(self, context, build_name: str) -> None:
-        """Before a flag write or change request: freeze, this build's hold, ownership of the flag and
-        of the build's rollout."""
-        self.hold_if_frozen(context)
+    def guard_build(self, context, build_name: str) -> None:
+        """Before any write of this build: its hold, ownership of the flag and of the build's rollout."""
         self.hold_if_held(context, build_name)
         self.stop_if_superseded(context, build_name)
         self.stop_if_taken_over(context, build_name)
+
+    def guard_write(self, context, build_name: str) -> None:
+        """Before a flag write or change request: the freeze, then ``guard_build``."""
+        self.hold_if_frozen(context)
+        self.guard_build(context, build_name)
 
     def read_rule(self, context, target: str) -> tuple[dict, Any, dict | None]:
         """Guards, then the map the target's rule serves now: every write reads first, so a rerun

@@ -112,9 +112,7 @@ class CommitEvidenceOperator(RolloutOperator):
 
     def execute(self, context, event: dict | None = None) -> dict:
         build = self.build(context)
-        self.hold_if_held(context, build["name"])
-        self.stop_if_superseded(context, build["name"])
-        self.stop_if_taken_over(context, build["name"])
+        self.guard_build(context, build["name"])
         sections = ("dev", "prestage") if self.mode == "initial" else ("dev", "prestage", "stage")
         evidence = evidence_for(self.plan, context, build, sections)
         path = self.plan.evidence_path(build["name"])
