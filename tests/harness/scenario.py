@@ -75,13 +75,29 @@ def default_conf(base_url: str, dag_id: str) -> dict:
     return {"build_name": build}
 
 
+def set_variable(key: str, value: str | None) -> None:
+    """Set (or, with ``None``, delete) an Airflow Variable in the metadata DB, as an SRE's UI or CLI does.
+
+    Safe from a thread beside ``dag.test()``: ``airflow.models.Variable.set``/``delete`` there go through
+    the running task's in-process supervisor channel (they look for ``SUPERVISOR_COMMS``), which is not
+    thread-safe; a test thread using it made Airflow 3.3.2 fail the task it borrowed the channel from
+    (``NameError: SUPERVISOR_COMMS``), so a held task lost its hold announcement on the retry.
+    """
+    from airflow.models.variable import Variable
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    with create_session() as session:
+        session.execute(delete(Variable).where(Variable.key == key))
+        if value is not None:
+            session.add(Variable(key=key, val=value))
+
+
 def reset_airflow_state() -> None:
     """Forget the previous scenario's claim on the flag (the sandbox was reset too)."""
-    from airflow.models.variable import Variable
-
     from image_rollout.operators.base import ACTIVE_BUILD_VARIABLE
 
-    Variable.delete(ACTIVE_BUILD_VARIABLE)
+    set_variable(ACTIVE_BUILD_VARIABLE, None)
 
 
 def xcoms(run_id: str, dag_id: str = "immutable_image_rollout") -> dict[str, object]:
@@ -116,10 +132,8 @@ def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve
         reset_airflow_state()
     if faults:
         sandbox_call(base_url, "/_sandbox/faults", {"faults": faults})
-    from airflow.models.variable import Variable
-
     for key, value in (variables or {}).items():
-        Variable.set(key, value)
+        set_variable(key, value)
     if conf is None:
         conf = default_conf(base_url, dag_id)
     dag = load_dag(dag_id)

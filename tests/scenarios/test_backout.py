@@ -8,7 +8,7 @@ import pytest
 
 from image_rollout.operators.backout import RESTORE_TASK
 from tests.harness.env import sandbox_call
-from tests.harness.scenario import BACKOUT, run_scenario
+from tests.harness.scenario import BACKOUT, run_scenario, set_variable
 from tests.scenarios.test_fault_matrix import MATRIX_TIMING, PATCHING, TARGETS
 
 WRITES = ("flags PATCH", "flags POST", "flags DELETE", "github PUT")
@@ -119,7 +119,6 @@ def test_a_freeze_holds_the_backout_until_cleared(rolled_out):
     import threading
     import time
 
-    from airflow.models.variable import Variable
 
     sandbox = rolled_out["base_url"]
     start = sandbox_call(sandbox, "/_sandbox/state?autorecovery=0")
@@ -133,7 +132,7 @@ def test_a_freeze_holds_the_backout_until_cleared(rolled_out):
             time.sleep(0.3)
         time.sleep(5)  # several freeze polls later
         seen["while_frozen"] = writes(sandbox_call(sandbox, "/_sandbox/state?autorecovery=0"))
-        Variable.delete("image_rollout_freeze")
+        set_variable("image_rollout_freeze", None)
 
     watcher = threading.Thread(target=sre, daemon=True)
     watcher.start()

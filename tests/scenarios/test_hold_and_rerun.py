@@ -8,7 +8,7 @@ import threading
 import time
 
 from tests.harness.env import sandbox_call
-from tests.harness.scenario import run_scenario
+from tests.harness.scenario import run_scenario, set_variable
 from tests.scenarios.test_fault_matrix import assert_all_new
 
 HOLD = "image_rollout_hold"
@@ -16,7 +16,6 @@ HOLD = "image_rollout_hold"
 
 def test_a_hold_stops_one_build_mid_rollout_until_it_is_removed(rollout_sandbox):
     """dag.test runs in this thread; the SRE, in another, holds the build once dev-south is promoted."""
-    from airflow.models.variable import Variable
 
     seen: dict = {}
 
@@ -28,7 +27,7 @@ def test_a_hold_stops_one_build_mid_rollout_until_it_is_removed(rollout_sandbox)
             if any(p["target"] == "dev-south" for p in state["promotions"]):
                 break
             time.sleep(0.2)
-        Variable.set(HOLD, json.dumps({build: {"by": "jdoe", "reason": "INC0099 dal10 alerts"}}))
+        set_variable(HOLD, json.dumps({build: {"by": "jdoe", "reason": "INC0099 dal10 alerts"}}))
         while time.monotonic() < deadline and not seen.get("held"):
             state = sandbox_call(rollout_sandbox, "/_sandbox/state?autorecovery=0")
             seen["held"] = [m["text"] for m in state["slack"] if "HELD" in m["text"]]
@@ -38,7 +37,7 @@ def test_a_hold_stops_one_build_mid_rollout_until_it_is_removed(rollout_sandbox)
         state = sandbox_call(rollout_sandbox, "/_sandbox/state?autorecovery=0")
         seen["while_held"] = (before, (len(state["promotions"]), len(state["evidence"]["commits"])))
         seen["held_messages"] = [m["text"] for m in state["slack"] if "HELD" in m["text"]]
-        Variable.delete(HOLD)
+        set_variable(HOLD, None)
 
     person = threading.Thread(target=sre, daemon=True)
     person.start()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tests.harness.env import sandbox_call
 from tests.harness.hitl import Approver
-from tests.harness.scenario import reset_airflow_state, run_scenario
+from tests.harness.scenario import reset_airflow_state, run_scenario, set_variable
 from tests.scenarios.test_fault_matrix import UP_TO, serving
 
 
@@ -80,8 +80,6 @@ def test_a_failed_canary_is_restored_even_when_a_newer_build_took_over(rollout_s
     import threading
     import time
 
-    from airflow.models.variable import Variable
-
     from image_rollout.operators.base import ACTIVE_BUILD_VARIABLE
 
     def newer_build_starts():
@@ -89,7 +87,7 @@ def test_a_failed_canary_is_restored_even_when_a_newer_build_took_over(rollout_s
         while time.monotonic() < deadline:
             state = sandbox_call(rollout_sandbox, "/_sandbox/state?autorecovery=0")
             if any(p["target"] == "ap-south" for p in state["promotions"]):
-                Variable.set(ACTIVE_BUILD_VARIABLE, "999-9999-999-20991231")
+                set_variable(ACTIVE_BUILD_VARIABLE, "999-9999-999-20991231")
                 return
             time.sleep(0.2)
 

@@ -11,7 +11,7 @@ import threading
 import time
 
 from tests.harness.env import ROOT, sandbox_call
-from tests.harness.scenario import run_scenario
+from tests.harness.scenario import run_scenario, set_variable
 from tests.scenarios.test_fault_matrix import TARGETS, assert_all_new, promotions_per_target
 
 WRITES = ("flags PATCH", "flags POST", "github PUT", "chlorine POST")
@@ -82,7 +82,6 @@ def test_a_superseded_rollout_never_touches_the_flag(rollout_sandbox):
 
 def test_freeze_holds_every_promotion_until_cleared(rollout_sandbox):
     """dag.test runs in this (main) thread; an on-call SRE in another clears the freeze later."""
-    from airflow.models.variable import Variable
 
     seen: dict = {}
 
@@ -96,7 +95,7 @@ def test_freeze_holds_every_promotion_until_cleared(rollout_sandbox):
         state = sandbox_call(rollout_sandbox, "/_sandbox/state?autorecovery=0")
         seen["promotions_while_frozen"] = len(state["promotions"])
         seen["incident_named"] = any("INC0012345" in m["text"] for m in state["slack"])
-        Variable.delete("image_rollout_freeze")
+        set_variable("image_rollout_freeze", None)
 
     watcher = threading.Thread(target=sre, daemon=True)
     watcher.start()
