@@ -193,7 +193,7 @@ def assemble_run(
     change_request_template: str = "",
 ) -> dict:
     """The page's data for one run from its DagRun fields, task states and XComs: one builder per section
-    of the page (and of the JSON API), composed here in the page's order."""
+    of the page (and of the JSON API), composed here in the JSON's key order."""
     rows = _RunRows(plan, states, xcoms, now, change_request_template)
     conf = _dict(run.get("conf"))
     targets, promoted_at_by_stage = _targets(rows)
