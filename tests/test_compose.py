@@ -233,7 +233,7 @@ def test_dockerfile_base_matches_the_pins() -> None:
 
 def test_celery_is_pinned_to_the_working_version() -> None:
     pins = _pins()
-    # celery 5.7.0 breaks apache-airflow-providers-celery 3.26.0 (DESIGN.md section 3).
+    # celery 5.7.0 breaks apache-airflow-providers-celery 3.26.0 (docs/deploy.md: the image's pins).
     assert pins["celery"] == "5.6.3"
     assert "apache-airflow-providers-celery" in pins
     assert "redis" in pins and "psycopg2-binary" in pins

@@ -118,6 +118,80 @@ def blob_sha(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def _reset_approval_settings(given: dict | None) -> dict:
+    """DEFAULT_APPROVAL_SETTINGS with the reset's `launchdarkly.approvalSettings` over them, each field checked."""
+    settings = copy.deepcopy(DEFAULT_APPROVAL_SETTINGS)
+    if given is None:
+        return settings
+    if not isinstance(given, dict):
+        raise SandboxError(400, "launchdarkly.approvalSettings must be an object")
+    for key, value in given.items():
+        kind = _SETTING_TYPES.get(key)
+        if kind is None:
+            raise SandboxError(400, f"unknown approvalSettings field: {key}")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise SandboxError(400, f"approvalSettings.{key} must be {kind.__name__}")
+        settings[key] = copy.deepcopy(value)
+    if settings["minNumApprovals"] < 1:
+        raise SandboxError(400, "approvalSettings.minNumApprovals must be >= 1")
+    return settings
+
+
+def _reset_new_build(given: dict | None) -> dict[str, str]:
+    """The reset's `jenkins.new_build`: raw `image_ids_json` and/or `console` text for the new build."""
+    overrides: dict[str, str] = {}
+    if given is None:
+        return overrides
+    if not isinstance(given, dict):
+        raise SandboxError(400, "jenkins.new_build must be an object")
+    for key, value in given.items():
+        if key not in ("image_ids_json", "console"):
+            raise SandboxError(400, f"unknown jenkins.new_build field: {key}")
+        if not isinstance(value, str):
+            raise SandboxError(400, f"jenkins.new_build.{key} must be a string (the raw text)")
+        overrides[key] = value
+    return overrides
+
+
+def _reset_timing(given: dict | None) -> dict[str, float]:
+    """The env/default timing with the reset's `timing` keys over it (known keys, numbers >= 0)."""
+    merged = env_timing()
+    for key, value in (given or {}).items():
+        if key not in TIMING_DEFAULTS:
+            raise SandboxError(400, f"unknown timing key: {key}")
+        try:
+            value = float(value)
+        except (TypeError, ValueError) as exc:
+            raise SandboxError(400, f"timing {key} must be a number") from exc
+        if value < 0:
+            raise SandboxError(400, f"timing {key} must be >= 0")
+        merged[key] = value
+    return merged
+
+
+def _served_maps(flag: dict) -> dict[str, dict]:
+    """Target -> the image map its rule serves, in a flag (or a copy being changed)."""
+    return {r["ref"]: flag["variations"][r["variation"]]["value"]
+            for r in flag["environments"][seed.ENVIRONMENT]["rules"]}
+
+
+def _update_rule(flag: dict, i: int, ins: dict) -> str:
+    """`updateRuleVariationOrRollout` on the flag copy (one variation, no percentages); the rule's target."""
+    rule = next((r for r in flag["environments"][seed.ENVIRONMENT]["rules"] if r["_id"] == ins.get("ruleId")),
+                None)
+    if rule is None:
+        raise SandboxError(400, f"instruction {i}: unknown ruleId {ins.get('ruleId')!r}")
+    if "rolloutWeights" in ins and "variationId" not in ins:
+        raise SandboxError(400, f"instruction {i}: percentage rollouts are not supported here")
+    index = next(
+        (n for n, v in enumerate(flag["variations"]) if v["_id"] == ins.get("variationId")), None
+    )
+    if index is None:
+        raise SandboxError(400, f"instruction {i}: unknown variationId {ins.get('variationId')!r}")
+    rule["variation"] = index
+    return rule["ref"]
+
+
 class Sandbox:
     """All six systems' state plus the clock-driven simulation. Use `with sb.lock:` around every access."""
 
@@ -151,40 +225,9 @@ class Sandbox:
         """
         if rng_seed is not None and not isinstance(rng_seed, int | str):
             raise SandboxError(400, "seed must be an integer or a string")
-        settings = copy.deepcopy(DEFAULT_APPROVAL_SETTINGS)
-        if approval_settings is not None:
-            if not isinstance(approval_settings, dict):
-                raise SandboxError(400, "launchdarkly.approvalSettings must be an object")
-            for key, value in approval_settings.items():
-                kind = _SETTING_TYPES.get(key)
-                if kind is None:
-                    raise SandboxError(400, f"unknown approvalSettings field: {key}")
-                if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                    raise SandboxError(400, f"approvalSettings.{key} must be {kind.__name__}")
-                settings[key] = copy.deepcopy(value)
-            if settings["minNumApprovals"] < 1:
-                raise SandboxError(400, "approvalSettings.minNumApprovals must be >= 1")
-        overrides = {}
-        if new_build is not None:
-            if not isinstance(new_build, dict):
-                raise SandboxError(400, "jenkins.new_build must be an object")
-            for key, value in new_build.items():
-                if key not in ("image_ids_json", "console"):
-                    raise SandboxError(400, f"unknown jenkins.new_build field: {key}")
-                if not isinstance(value, str):
-                    raise SandboxError(400, f"jenkins.new_build.{key} must be a string (the raw text)")
-                overrides[key] = value
-        merged = env_timing()
-        for key, value in (timing or {}).items():
-            if key not in TIMING_DEFAULTS:
-                raise SandboxError(400, f"unknown timing key: {key}")
-            try:
-                value = float(value)
-            except (TypeError, ValueError) as exc:
-                raise SandboxError(400, f"timing {key} must be a number") from exc
-            if value < 0:
-                raise SandboxError(400, f"timing {key} must be >= 0")
-            merged[key] = value
+        settings = _reset_approval_settings(approval_settings)
+        overrides = _reset_new_build(new_build)
+        merged = _reset_timing(timing)
         with self.lock:
             now = time.time()
             self.timing = merged
@@ -386,46 +429,43 @@ class Sandbox:
         if not isinstance(instructions, list) or not instructions:
             raise SandboxError(400, "instructions must be a non-empty list")
         flag = copy.deepcopy(self.flag)
-        env = flag["environments"][seed.ENVIRONMENT]
-        before = {r["ref"]: flag["variations"][r["variation"]]["value"] for r in env["rules"]}
+        before = _served_maps(flag)
         touched = []
         for i, ins in enumerate(instructions):
             if not isinstance(ins, dict):
                 raise SandboxError(400, f"instruction {i} is not an object")
             kind = ins.get("kind")
             if kind == "addVariation":
-                value = ins.get("value")
-                if not isinstance(value, dict) or not value:
-                    raise SandboxError(400, f"instruction {i}: addVariation needs an object value")
-                if any(v["value"] == value for v in flag["variations"]):
-                    raise SandboxError(400, f"instruction {i}: a variation with this value already exists")
-                # `_id` may be chosen by the caller (so a later instruction of the same request can point a
-                # rule at it); without one the sandbox makes a stable one.
-                new_id = ins.get("_id") or seed.stable_id("variation", value)
-                if not isinstance(new_id, str) or any(v["_id"] == new_id for v in flag["variations"]):
-                    raise SandboxError(400, f"instruction {i}: addVariation _id must be a new string id")
-                flag["variations"].append(
-                    {"_id": new_id, "name": ins.get("name") or self.build_for_map(value),
-                     "description": ins.get("description", ""), "value": value}
-                )
+                self._add_variation(flag, i, ins)
             elif kind == "updateRuleVariationOrRollout":
-                rule = next((r for r in env["rules"] if r["_id"] == ins.get("ruleId")), None)
-                if rule is None:
-                    raise SandboxError(400, f"instruction {i}: unknown ruleId {ins.get('ruleId')!r}")
-                if "rolloutWeights" in ins and "variationId" not in ins:
-                    raise SandboxError(400, f"instruction {i}: percentage rollouts are not supported here")
-                index = next(
-                    (n for n, v in enumerate(flag["variations"]) if v["_id"] == ins.get("variationId")), None
-                )
-                if index is None:
-                    raise SandboxError(400, f"instruction {i}: unknown variationId {ins.get('variationId')!r}")
-                rule["variation"] = index
-                touched.append(rule["ref"])
+                touched.append(_update_rule(flag, i, ins))
             else:
                 raise SandboxError(400, f"instruction {i}: unsupported kind {kind!r}")
         if dry_run:
             return touched
-        after = {r["ref"]: flag["variations"][r["variation"]]["value"] for r in env["rules"]}
+        return self._commit_flag(flag, before, comment, request)
+
+    def _add_variation(self, flag: dict, i: int, ins: dict) -> None:
+        """`addVariation` on the flag copy: a new, non-empty value under a new id."""
+        value = ins.get("value")
+        if not isinstance(value, dict) or not value:
+            raise SandboxError(400, f"instruction {i}: addVariation needs an object value")
+        if any(v["value"] == value for v in flag["variations"]):
+            raise SandboxError(400, f"instruction {i}: a variation with this value already exists")
+        # `_id` may be chosen by the caller (so a later instruction of the same request can point a
+        # rule at it); without one the sandbox makes a stable one.
+        new_id = ins.get("_id") or seed.stable_id("variation", value)
+        if not isinstance(new_id, str) or any(v["_id"] == new_id for v in flag["variations"]):
+            raise SandboxError(400, f"instruction {i}: addVariation _id must be a new string id")
+        flag["variations"].append(
+            {"_id": new_id, "name": ins.get("name") or self.build_for_map(value),
+             "description": ins.get("description", ""), "value": value}
+        )
+
+    def _commit_flag(self, flag: dict, before: dict[str, dict], comment: str, request: dict | None) -> list[str]:
+        """Store the changed flag copy (new versions) and record a promotion per target whose map changed."""
+        env = flag["environments"][seed.ENVIRONMENT]
+        after = _served_maps(flag)
         changed = [t for t in seed.TARGET_NAMES if after[t] != before[t]]
         if changed or len(flag["variations"]) != len(self.flag["variations"]):
             now = time.time()

@@ -6,6 +6,7 @@ import copy
 
 from include.sandbox import seed
 from include.sandbox.core import Sandbox, SandboxError
+from include.sandbox.routing import ANY, Route, dispatch
 from include.sandbox.web import Request, Response, json_response
 
 SEMANTIC_PATCH = "domain-model=launchdarkly.semanticpatch"
@@ -52,55 +53,106 @@ def _check(project: str, flag: str, env: str | None = None) -> None:
 
 def _route(sb: Sandbox, req: Request) -> Response:
     segs = [s for s in req.path.split("/") if s]
-    if segs[:2] != ["api", "v2"]:
+    resp = dispatch(ROUTES, req.method, segs, sb, req)
+    if resp is None:
         raise SandboxError(404, "Unknown resource")
-    segs = segs[2:]
-    # /projects/{project}/environments/{env}
-    if len(segs) == 4 and segs[0] == "projects" and segs[2] == "environments" and req.method == "GET":
-        _check(segs[1], seed.FLAG_KEY, segs[3])
-        return json_response(sb.environment_json())
-    # /flags/{project}[/{flag}]
-    if segs[:1] == ["flags"] and len(segs) == 2 and req.method == "GET":
-        _check(segs[1], seed.FLAG_KEY)
-        return json_response({"items": [copy.deepcopy(sb.flag)], "totalCount": 1,
-                              "_links": {"self": {"href": f"/api/v2/flags/{seed.PROJECT}",
-                                                  "type": "application/json"}}})
-    if segs[:1] == ["flags"] and len(segs) == 3:
-        _check(segs[1], segs[2])
-        if req.method == "GET":
-            return json_response(copy.deepcopy(sb.flag))
-        if req.method == "PATCH":
-            return _patch(sb, req)
-        raise SandboxError(405, f"{req.method} not allowed")
-    # /projects/{project}/flags/{flag}/environments/{env}/approval-requests[/{id}[/reviews|/apply]]
-    if len(segs) >= 7 and segs[0] == "projects" and segs[2] == "flags" and segs[4] == "environments" \
-            and segs[6] == "approval-requests":
-        _check(segs[1], segs[3], segs[5])
-        rest = segs[7:]
-        if not rest:
-            if req.method == "GET":
-                live = _live(sb)
-                return json_response({"items": [_public(r) for r in reversed(live)], "totalCount": len(live),
-                                      "_links": {"self": {"href": req.path, "type": "application/json"}}})
-            if req.method == "POST":
-                body = req.json()
-                if "instructions" not in body:
-                    raise SandboxError(400, "instructions are required")
-                return json_response(_public(sb.create_approval(body)), 201)
-            raise SandboxError(405, f"{req.method} not allowed")
-        request = sb.approvals.get(rest[0])
-        if request is None or request["deleted"]:
-            raise SandboxError(404, f"Unknown approval request {rest[0]!r}")
-        if len(rest) == 1 and req.method == "GET":
-            return json_response(_public(request))
-        if len(rest) == 1 and req.method == "DELETE":
-            sb.delete_approval(request)
-            return Response(204)
-        if rest[1:] == ["reviews"] and req.method == "POST":
-            return json_response(_public(sb.review_approval(request, req.json())))
-        if rest[1:] == ["apply"] and req.method == "POST":
-            return json_response(_public(sb.apply_approval(request, req.json())))
+    return resp
+
+
+def _environment(sb: Sandbox, req: Request, project: str, env: str) -> Response:
+    _check(project, seed.FLAG_KEY, env)
+    return json_response(sb.environment_json())
+
+
+def _flag_list(sb: Sandbox, req: Request, project: str) -> Response:
+    _check(project, seed.FLAG_KEY)
+    return json_response({"items": [copy.deepcopy(sb.flag)], "totalCount": 1,
+                          "_links": {"self": {"href": f"/api/v2/flags/{seed.PROJECT}",
+                                              "type": "application/json"}}})
+
+
+def _flag(sb: Sandbox, req: Request, project: str, flag: str) -> Response:
+    _check(project, flag)
+    return json_response(copy.deepcopy(sb.flag))
+
+
+def _flag_patch(sb: Sandbox, req: Request, project: str, flag: str) -> Response:
+    _check(project, flag)
+    return _patch(sb, req)
+
+
+def _not_allowed(sb: Sandbox, req: Request, **where: str) -> Response:
+    """A known resource, another method: 404 for an unknown project/flag/environment first, as before."""
+    _check(**where)
+    raise SandboxError(405, f"{req.method} not allowed")
+
+
+def _approval_list(sb: Sandbox, req: Request, **where: str) -> Response:
+    _check(**where)
+    live = _live(sb)
+    return json_response({"items": [_public(r) for r in reversed(live)], "totalCount": len(live),
+                          "_links": {"self": {"href": req.path, "type": "application/json"}}})
+
+
+def _approval_create(sb: Sandbox, req: Request, **where: str) -> Response:
+    _check(**where)
+    body = req.json()
+    if "instructions" not in body:
+        raise SandboxError(400, "instructions are required")
+    return json_response(_public(sb.create_approval(body)), 201)
+
+
+def _approval(sb: Sandbox, project: str, flag: str, env: str, request_id: str) -> dict:
+    """The live approval request the path names (404 for an unknown or deleted one)."""
+    _check(project, flag, env)
+    request = sb.approvals.get(request_id)
+    if request is None or request["deleted"]:
+        raise SandboxError(404, f"Unknown approval request {request_id!r}")
+    return request
+
+
+def _approval_get(sb: Sandbox, req: Request, **where: str) -> Response:
+    return json_response(_public(_approval(sb, **where)))
+
+
+def _approval_delete(sb: Sandbox, req: Request, **where: str) -> Response:
+    sb.delete_approval(_approval(sb, **where))
+    return Response(204)
+
+
+def _approval_review(sb: Sandbox, req: Request, **where: str) -> Response:
+    return json_response(_public(sb.review_approval(_approval(sb, **where), req.json())))
+
+
+def _approval_apply(sb: Sandbox, req: Request, **where: str) -> Response:
+    return json_response(_public(sb.apply_approval(_approval(sb, **where), req.json())))
+
+
+def _approval_other(sb: Sandbox, req: Request, rest: list[str], **where: str) -> Response:
+    """Anything else below a request: 404 naming the request when it is unknown, else an unknown resource."""
+    _approval(sb, **where)
     raise SandboxError(404, "Unknown resource")
+
+
+_FLAG = "api/v2/flags/{project}/{flag}"
+_APPROVALS = "api/v2/projects/{project}/flags/{flag}/environments/{env}/approval-requests"
+_APPROVAL = _APPROVALS + "/{request_id}"
+#: LaunchDarkly's resources the sandbox serves, per path (API.md "LaunchDarkly / Razee flags").
+ROUTES: tuple[Route, ...] = (
+    ("GET", "api/v2/projects/{project}/environments/{env}", _environment),
+    ("GET", "api/v2/flags/{project}", _flag_list),
+    ("GET", _FLAG, _flag),
+    ("PATCH", _FLAG, _flag_patch),
+    (ANY, _FLAG, _not_allowed),
+    ("GET", _APPROVALS, _approval_list),
+    ("POST", _APPROVALS, _approval_create),
+    (ANY, _APPROVALS, _not_allowed),
+    ("GET", _APPROVAL, _approval_get),
+    ("DELETE", _APPROVAL, _approval_delete),
+    ("POST", _APPROVAL + "/reviews", _approval_review),
+    ("POST", _APPROVAL + "/apply", _approval_apply),
+    (ANY, _APPROVAL + "/{rest*}", _approval_other),
+)
 
 
 #: Semantic-patch instructions that change the flag itself, not an environment's targeting: LaunchDarkly's

@@ -9,6 +9,7 @@ from urllib.parse import quote, unquote
 
 from include.sandbox import seed
 from include.sandbox.core import Sandbox, SandboxError, blob_sha, iso
+from include.sandbox.routing import ANY, Route, dispatch
 from include.sandbox.web import Request, Response, json_response, text_response
 
 
@@ -218,56 +219,90 @@ def _find_commit(sb: Sandbox, ref: str) -> dict:
 
 
 def _api(sb: Sandbox, req: Request, rest: list[str]) -> Response:
-    web, api = _repo_base(req)
-    if not rest and req.method == "GET":
-        return json_response(_repo_json(sb, req))
-    if rest[:2] == ["git", "blobs"] and len(rest) == 3 and req.method == "GET":
-        data = next((d for c in reversed(sb.repo_commits) for d in c["tree"].values() if blob_sha(d) == rest[2]), None)
-        if data is None:
-            raise SandboxError(404, "Not Found")
-        return json_response({"sha": rest[2], "node_id": base64.b64encode(f"04:Blob4711:{rest[2]}".encode()).decode(),
-                              "size": len(data), "url": f"{api}/git/blobs/{rest[2]}", "content": _b64_lines(data),
-                              "encoding": "base64"})
-    if rest[:1] == ["branches"] and len(rest) == 2 and req.method == "GET":
-        if rest[1] != "master":
-            raise SandboxError(404, "Branch not found")
-        head = sb.repo_commits[-1]
-        return json_response({"name": "master", "protected": False, "commit": _commit_json(req, head)})
-    if rest[:1] == ["commits"] and req.method == "GET":
-        if len(rest) == 2:
-            return json_response(_commit_json(req, _find_commit(sb, rest[1])))
-        commits = list(reversed(sb.repo_commits))
-        path = req.arg("path")
-        if path:
-            commits = [c for c in commits if c["path"] == path.strip("/")]
-        ref = req.arg("sha")
-        if ref and ref != "master":
-            head = _find_commit(sb, ref)
-            commits = [c for c in commits if c["time"] <= head["time"]]
-        per_page = max(1, min(100, int(req.arg("per_page", "30") or 30)))
-        page = max(1, int(req.arg("page", "1") or 1))
-        return json_response([_commit_json(req, c) for c in commits[(page - 1) * per_page: page * per_page]])
-    if rest[:1] == ["contents"] and len(rest) >= 2:
-        path = "/".join(rest[1:])
-        if req.method == "GET":
-            ref = req.arg("ref") or "master"
-            data, _ = sb.file_at(path, ref)
-            if data is not None:
-                return json_response(_content_json(req, path, data, ref))
-            # A directory lists its files (without content), as GitHub does.
-            tree = sb.tree_at(ref)
-            entries = [_content_json(req, p, d, ref) for p, d in sorted(tree.items()) if p.startswith(path + "/")
-                       and "/" not in p[len(path) + 1:]]
-            if not entries:
-                raise SandboxError(404, "Not Found")
-            for entry in entries:
-                del entry["content"], entry["encoding"]
-                entry["type"] = "file"
-            return json_response(entries)
-        if req.method == "PUT":
-            return _put(sb, req, path)
-        raise SandboxError(405, f"{req.method} not allowed")
-    raise SandboxError(404, "Not Found")
+    resp = dispatch(API_ROUTES, req.method, rest, sb, req)
+    if resp is None:
+        raise SandboxError(404, "Not Found")
+    return resp
+
+
+def _repository(sb: Sandbox, req: Request) -> Response:
+    return json_response(_repo_json(sb, req))
+
+
+def _blob(sb: Sandbox, req: Request, sha: str) -> Response:
+    _, api = _repo_base(req)
+    data = next((d for c in reversed(sb.repo_commits) for d in c["tree"].values() if blob_sha(d) == sha), None)
+    if data is None:
+        raise SandboxError(404, "Not Found")
+    return json_response({"sha": sha, "node_id": base64.b64encode(f"04:Blob4711:{sha}".encode()).decode(),
+                          "size": len(data), "url": f"{api}/git/blobs/{sha}", "content": _b64_lines(data),
+                          "encoding": "base64"})
+
+
+def _branch(sb: Sandbox, req: Request, branch: str) -> Response:
+    if branch != "master":
+        raise SandboxError(404, "Branch not found")
+    head = sb.repo_commits[-1]
+    return json_response({"name": "master", "protected": False, "commit": _commit_json(req, head)})
+
+
+def _commit(sb: Sandbox, req: Request, ref: str) -> Response:
+    return json_response(_commit_json(req, _find_commit(sb, ref)))
+
+
+def _commits(sb: Sandbox, req: Request, ignored: list[str]) -> Response:
+    """Newest first, filtered by `path` and `sha` (a ref), paged by `per_page` and `page`."""
+    commits = list(reversed(sb.repo_commits))
+    path = req.arg("path")
+    if path:
+        commits = [c for c in commits if c["path"] == path.strip("/")]
+    ref = req.arg("sha")
+    if ref and ref != "master":
+        head = _find_commit(sb, ref)
+        commits = [c for c in commits if c["time"] <= head["time"]]
+    per_page = max(1, min(100, int(req.arg("per_page", "30") or 30)))
+    page = max(1, int(req.arg("page", "1") or 1))
+    return json_response([_commit_json(req, c) for c in commits[(page - 1) * per_page: page * per_page]])
+
+
+def _contents(sb: Sandbox, req: Request, parts: list[str]) -> Response:
+    """A file at `ref`, or a directory's files (without content), as GitHub does."""
+    path = "/".join(parts)
+    ref = req.arg("ref") or "master"
+    data, _ = sb.file_at(path, ref)
+    if data is not None:
+        return json_response(_content_json(req, path, data, ref))
+    tree = sb.tree_at(ref)
+    entries = [_content_json(req, p, d, ref) for p, d in sorted(tree.items()) if p.startswith(path + "/")
+               and "/" not in p[len(path) + 1:]]
+    if not entries:
+        raise SandboxError(404, "Not Found")
+    for entry in entries:
+        del entry["content"], entry["encoding"]
+        entry["type"] = "file"
+    return json_response(entries)
+
+
+def _contents_put(sb: Sandbox, req: Request, parts: list[str]) -> Response:
+    return _put(sb, req, "/".join(parts))
+
+
+def _not_allowed(sb: Sandbox, req: Request, **_: object) -> Response:
+    raise SandboxError(405, f"{req.method} not allowed")
+
+
+#: The repository's resources, per path below `/api/v3/repos/{owner}/{repo}` (API.md "GitHub Enterprise").
+API_ROUTES: tuple[Route, ...] = (
+    ("GET", "", _repository),
+    ("GET", "git/blobs/{sha}", _blob),
+    ("GET", "branches/{branch}", _branch),
+    ("GET", "commits/{ref}", _commit),
+    # `commits` and any deeper path but one ref list the commits, as the sandbox always has.
+    ("GET", "commits/{ignored*}", _commits),
+    ("GET", "contents/{parts+}", _contents),
+    ("PUT", "contents/{parts+}", _contents_put),
+    (ANY, "contents/{parts+}", _not_allowed),
+)
 
 
 def _put(sb: Sandbox, req: Request, path: str) -> Response:

@@ -44,6 +44,17 @@ def check_blocks(raw) -> tuple[list | None, list[str]]:
     """``blocks`` as Slack reads them (a JSON array, or its text in a form body): (blocks, errors)."""
     if raw in (None, ""):
         return None, []
+    blocks, errors = _decode_blocks(raw)
+    if blocks is None:
+        return None, errors
+    action_ids: set[str] = set()  # unique across the whole message, as Slack wants
+    for i, block in enumerate(blocks):
+        errors += _block_errors(block, f"[json-pointer:/blocks/{i}]", action_ids)
+    return (None, errors) if errors else (blocks, [])
+
+
+def _decode_blocks(raw) -> tuple[list | None, list[str]]:
+    """The block array, or the error that makes it no array of at most 50 blocks."""
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
@@ -51,40 +62,53 @@ def check_blocks(raw) -> tuple[list | None, list[str]]:
             return None, ["blocks is not valid JSON"]
     if not isinstance(raw, list) or len(raw) > 50:
         return None, ["blocks must be an array of at most 50 blocks"]
-    errors: list[str] = []
-    action_ids: set[str] = set()
-    for i, block in enumerate(raw):
-        where = f"[json-pointer:/blocks/{i}]"
-        if not isinstance(block, dict) or block.get("type") not in BLOCK_TYPES:
-            errors.append(f"unsupported type {where}")
-            continue
-        if len(str(block.get("block_id") or "")) > 255:
-            errors.append(f"must be less than 256 characters {where}/block_id")
-        if block["type"] == "section" and not (block.get("text") or block.get("fields")):
-            errors.append(f"must provide text or fields {where}")
-        if block["type"] in ("actions", "context"):
-            elements = block.get("elements")
-            if not isinstance(elements, list) or not elements or len(elements) > 25:
-                errors.append(f"must provide 1 to 25 elements {where}/elements")
-                continue
-            for j, element in enumerate(elements):
-                at = f"{where}/elements/{j}"
-                if not isinstance(element, dict):
-                    errors.append(f"must be an object {at}")
-                    continue
-                if block["type"] == "actions" and element.get("type") == "button":
-                    label = element.get("text") or {}
-                    if label.get("type") != "plain_text" or not 0 < len(str(label.get("text") or "")) <= 75:
-                        errors.append(f"must be plain_text of 1 to 75 characters {at}/text")
-                    action_id = str(element.get("action_id") or "")
-                    if len(action_id) > 255 or len(str(element.get("value") or "")) > 2000:
-                        errors.append(f"action_id or value too long {at}")
-                    if action_id and action_id in action_ids:
-                        errors.append(f"duplicate action_id {action_id} {at}")
-                    action_ids.add(action_id)
-                    if element.get("style") not in (None, "primary", "danger"):
-                        errors.append(f"must be primary or danger {at}/style")
-    return (None, errors) if errors else (raw, [])
+    return raw, []
+
+
+def _block_errors(block, where: str, action_ids: set[str]) -> list[str]:
+    """One block's errors: its type, block_id and section text, and its elements (actions, context)."""
+    if not isinstance(block, dict) or block.get("type") not in BLOCK_TYPES:
+        return [f"unsupported type {where}"]
+    errors = []
+    if len(str(block.get("block_id") or "")) > 255:
+        errors.append(f"must be less than 256 characters {where}/block_id")
+    if block["type"] == "section" and not (block.get("text") or block.get("fields")):
+        errors.append(f"must provide text or fields {where}")
+    if block["type"] in ("actions", "context"):
+        errors += _element_errors(block, where, action_ids)
+    return errors
+
+
+def _element_errors(block: dict, where: str, action_ids: set[str]) -> list[str]:
+    """1 to 25 elements, each an object; the buttons of an actions block checked as buttons."""
+    elements = block.get("elements")
+    if not isinstance(elements, list) or not elements or len(elements) > 25:
+        return [f"must provide 1 to 25 elements {where}/elements"]
+    errors = []
+    for j, element in enumerate(elements):
+        at = f"{where}/elements/{j}"
+        if not isinstance(element, dict):
+            errors.append(f"must be an object {at}")
+        elif block["type"] == "actions" and element.get("type") == "button":
+            errors += _button_errors(element, at, action_ids)
+    return errors
+
+
+def _button_errors(element: dict, at: str, action_ids: set[str]) -> list[str]:
+    """A button's label, action_id (unique in the message) and value lengths, and its style."""
+    errors = []
+    label = element.get("text") or {}
+    if label.get("type") != "plain_text" or not 0 < len(str(label.get("text") or "")) <= 75:
+        errors.append(f"must be plain_text of 1 to 75 characters {at}/text")
+    action_id = str(element.get("action_id") or "")
+    if len(action_id) > 255 or len(str(element.get("value") or "")) > 2000:
+        errors.append(f"action_id or value too long {at}")
+    if action_id and action_id in action_ids:
+        errors.append(f"duplicate action_id {action_id} {at}")
+    action_ids.add(action_id)
+    if element.get("style") not in (None, "primary", "danger"):
+        errors.append(f"must be primary or danger {at}/style")
+    return errors
 
 
 def _message(m: dict) -> dict:

@@ -7,7 +7,9 @@ Task ids and XCom shapes are the rollout DAG's (``image_rollout.rollout_dag`` an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
@@ -141,6 +143,46 @@ def evidence_url(known: list[dict], path: str | None, sha: str | None) -> str | 
 
 
 # -- assembly (pure) -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _RunRows:
+    """One run's task states and XComs, with what several sections read from them (the verified build,
+    the rollback's result), so each section builder takes the run as one argument."""
+
+    plan: RolloutPlan
+    states: TaskStates
+    xcoms: XComs
+    now: datetime
+    change_request_template: str = ""
+
+    def xcom(self, task_id: str, map_index: int = -1, key: str = "return_value") -> Any:
+        return self.xcoms.get((task_id, map_index, key))
+
+    def state(self, task_id: str, map_index: int = -1) -> str | None:
+        return _state(self.states, task_id, map_index)
+
+    @cached_property
+    def build(self) -> dict:
+        return _dict(self.xcom(VERIFY_TASK))
+
+    @cached_property
+    def images(self) -> dict:
+        return _dict(self.build.get("images"))
+
+    @cached_property
+    def baseline(self) -> dict:
+        return _dict(self.build.get("baseline"))
+
+    @cached_property
+    def rollback(self) -> dict:
+        return _dict(self.xcom(ROLLBACK_TASK))
+
+    @cached_property
+    def restored(self) -> dict:
+        """Target -> what the rollback restored it to: the run's last word on what that target serves."""
+        rolled_back = self.rollback.get("rolled_back") or []
+        return {r.get("target"): r.get("restored") for r in rolled_back if isinstance(r, dict)}
+
+
 def assemble_run(
     plan: RolloutPlan,
     run: dict,
@@ -150,267 +192,338 @@ def assemble_run(
     now: datetime,
     change_request_template: str = "",
 ) -> dict:
-    """The page's data for one run from its DagRun fields, task states and XComs."""
-
-    def xcom(task_id: str, map_index: int = -1, key: str = "return_value") -> Any:
-        return xcoms.get((task_id, map_index, key))
-
-    build = _dict(xcom(VERIFY_TASK))
+    """The page's data for one run from its DagRun fields, task states and XComs: one builder per section
+    of the page (and of the JSON API), composed here in the JSON's key order."""
+    rows = _RunRows(plan, states, xcoms, now, change_request_template)
     conf = _dict(run.get("conf"))
-    images = _dict(build.get("images"))
-    baseline = _dict(build.get("baseline"))
-    rollback = _dict(xcom(ROLLBACK_TASK))
-    restored = {
-        r.get("target"): r.get("restored") for r in rollback.get("rolled_back") or [] if isinstance(r, dict)
+    targets, promoted_at_by_stage = _targets(rows)
+    gates = _gates(rows, promoted_at_by_stage)
+    return jsonable(
+        {
+            **_run_fields(plan, run, conf, now),
+            "build": _build(rows, conf),
+            "summary": _summary(targets, gates, states),
+            "stages": [_stage_entry(stage, states) for stage in plan.stages],
+            "targets": targets,
+            "gates": gates,
+            "evidence": _evidence(rows),
+            "change_requests": [_change_request(t) for t in targets if t["request_id"]],
+            "adoption": _adoption(rows),
+            "rollback": _rollback(rows),
+            "fleet": _dict(rows.xcom(FLEET_TASK)) or None,
+            "hold": None,  # set from the hold Variable by the app (status_data.hold_of)
+            "noop": rows.build.get("noop"),  # a rerun of a finished rollout (issue 11 item 1)
+            "superseded_by": _superseded_by(xcoms),
+        }
+    )
+
+
+def _run_fields(plan: RolloutPlan, run: dict, conf: dict, now: datetime) -> dict:
+    """Which run this is, who started it and when: the page's header and the runs list's columns."""
+    return {
+        "dag_id": run.get("dag_id", DAG_ID),
+        "run_id": run.get("run_id"),
+        "state": run.get("state"),
+        "run_type": run.get("run_type"),
+        "triggered_by": run.get("triggering_user_name"),
+        "started_at": iso(run.get("start_date")),
+        "ended_at": iso(run.get("end_date")),
+        "run_after": iso(run.get("run_after")),
+        "generated_at": iso(now),
+        "plan": plan.name,
+        "conf": conf,
     }
 
-    targets: list[dict] = []
-    gates: list[dict] = []
-    evidence: list[dict] = []
-    change_requests: list[dict] = []
-    stages: list[dict] = []
-    promoted_at_by_stage: dict[str, datetime | None] = {}
 
-    for stage in plan.stages:
-        prefix = f"{stage.id}."
-        stage_states = [row["state"] for (task_id, _), row in states.items() if task_id.startswith(prefix)]
-        stage_entry = {
-            "id": stage.id,
-            "kind": stage.kind,
-            "state": _group_state(stage_states),
-            "targets": [t.target for t in stage.targets],
-        }
-        stages.append(stage_entry)
+def _build(rows: _RunRows, conf: dict) -> dict:
+    """The build being rolled out as its verification found it; before verification, the trigger's conf."""
+    build = rows.build
+    return {
+        "name": build.get("name") or conf.get("build_name"),
+        "number": build.get("number"),
+        "url": build.get("url"),
+        "console_url": build.get("console_url"),
+        "images": rows.images,
+        "verified_at": build.get("verified_at"),
+        "dry_run": build.get("dry_run", conf.get("dry_run")),
+        "state": rows.state(VERIFY_TASK) or "none",
+    }
 
-        if stage.kind == "promote":
-            mapped = len(stage.targets) > 1
-            promote_task = promotion_task_id(stage)
-            file_task = f"{stage.id}.file_change_request_{stage.id}" if stage.change_request else None
-            times = []
-            for index, plan_target in enumerate(stage.targets):
-                map_index = index if mapped else -1
-                promoted = _dict(xcom(promote_task, map_index))
-                filed = _dict(xcom(file_task, map_index)) if file_task else {}
-                name = plan_target.target
-                state = _state(states, promote_task, map_index)
-                previous = promoted.get("previous") or filed.get("previous") or baseline.get(name)
-                new = promoted.get("new") or images or None
-                if name in restored:
-                    serves, status = restored[name], "rolled back"
-                elif state == "success" and promoted:
-                    serves, status = (
-                        new,
-                        ("already serving" if promoted.get("changed") is False else "promoted"),
-                    )
-                else:
-                    serves = previous
-                    status = {"failed": "failed", "upstream_failed": "not reached", "skipped": "skipped"}.get(
-                        state or "", "waiting" if state in WAITING or state == "running" else "pending"
-                    )
-                request_id = promoted.get("request_id") or filed.get("request_id")
-                evidence_sha = promoted.get("evidence_sha") or filed.get("evidence_sha")
-                when = parse_time(promoted.get("promoted_at"))
-                if when and state == "success":
-                    times.append(when)
-                entry = {
-                    "stage": stage.id,
-                    "target": name,
-                    "image_key": plan_target.image_key,
-                    "state": state or "none",
-                    "file_state": _state(states, file_task, map_index) if file_task else None,
-                    "status": status,
-                    "serves": serves,
-                    "serves_new": bool(images) and serves == images,
-                    "image_id": (serves or {}).get(plan_target.image_key)
-                    if isinstance(serves, dict)
-                    else None,
-                    "previous": previous,
-                    "new": new,
-                    "changed": promoted.get("changed"),
-                    "promoted_at": iso(when),
-                    "via": "change request" if stage.change_request else "flag write",
-                    "request_id": request_id,
-                    "request_url": change_request_url(
-                        change_request_template or LAUNCHDARKLY_REQUEST_URL,
-                        request_id,
-                        target=name,
-                        project_key=plan.flag.project_key,
-                        environment_key=plan.flag.environment_key,
-                        flag_key=plan.flag.flag_key,
-                    ),
-                    **_recorded_status(state, filed, request_id),
-                    "evidence_sha": evidence_sha,
-                    "evidence_link": filed.get("evidence_link"),
-                }
-                targets.append(entry)
-                if request_id:
-                    change_requests.append(
-                        {
-                            key: entry[key]
-                            for key in (
-                                "stage",
-                                "target",
-                                "request_id",
-                                "request_url",
-                                "review_status",
-                                "request_status",
-                                "status_source",
-                                "evidence_sha",
-                                "evidence_link",
-                                "state",
-                            )
-                        }
-                    )
-            promoted_at_by_stage[stage.id] = max(times) if times else None
 
-            if stage.human_approval:
-                gates.append(_approval_gate(stage, states, xcom))
-            if stage.carrier:
-                gates.append(_reload_gate(plan, stage, states, xcom, promoted_at_by_stage[stage.id], now))
-        elif stage.kind in ("evidence_commit", "evidence_update"):
-            task_id = (
-                f"{stage.id}.commit_evidence"
-                if stage.kind == "evidence_commit"
-                else f"{stage.id}.update_evidence"
-            )
-            value = _dict(xcom(task_id))
-            evidence.append(
-                {
-                    "stage": stage.id,
-                    "task_id": task_id,
-                    "state": _state(states, task_id) or "none",
-                    "step": "first commit" if stage.kind == "evidence_commit" else "stage reloads added",
-                    "path": value.get("path"),
-                    "sha": value.get("sha"),
-                    "url": value.get("url"),
-                }
-            )
-        elif stage.kind == "bake":
-            gates.append(_bake_gate(stage, states, xcom, now))
-        elif stage.kind == "soak_gate":
-            region_stage = next(
-                (s for s in plan.stages if plan.soak.region in [t.target for t in s.targets]), None
-            )
-            started = promoted_at_by_stage.get(region_stage.id) if region_stage else None
-            gates.append(_soak_gate(plan, stage, states, xcom, started, now))
-
-    # Evidence records appended by later steps: the prod approval and a rollback.
-    for stage in plan.stages:
-        if stage.human_approval:
-            task_id = f"{stage.id}.record_approval_{stage.id}"
-            value = _dict(xcom(task_id))
-            if value or _state(states, task_id):
-                evidence.append(
-                    {
-                        "stage": stage.id,
-                        "task_id": task_id,
-                        "state": _state(states, task_id) or "none",
-                        "step": "prod approval recorded",
-                        "path": value.get("path"),
-                        "sha": value.get("sha"),
-                        "url": None,
-                    }
-                )
-    if rollback.get("evidence_sha"):
-        evidence.append(
-            {
-                "stage": "rollout_end",
-                "task_id": ROLLBACK_TASK,
-                "state": _state(states, ROLLBACK_TASK),
-                "step": "rollback recorded",
-                "path": plan.evidence_path(build.get("name", "")),
-                "sha": rollback["evidence_sha"],
-                "url": None,
-            }
-        )
-    for item in evidence:
-        if not item["url"]:
-            item["url"] = evidence_url(evidence, item["path"], item["sha"])
-
-    adoption_value = _dict(xcom(ADOPTION_TASK, key="adoption")) or _dict(xcom(ADOPTION_TASK))
-    adoption = None
-    if adoption_value or _state(states, ADOPTION_TASK):
-        carriers = [
-            {"name": name, **{k: _dict(v).get(k) for k in ("new", "total", "percent")}}
-            for name, v in sorted(_dict(adoption_value.get("carriers")).items())
-        ]
-        adoption = {
-            "state": _state(states, ADOPTION_TASK) or "none",
-            "percent": adoption_value.get("percent"),
-            "new": adoption_value.get("new"),
-            "total": adoption_value.get("total"),
-            "report_build": adoption_value.get("report_build"),
-            "threshold_percent": plan.adoption.threshold_percent,
-            "carriers": carriers,
-        }
-
-    rollback_state = _state(states, ROLLBACK_TASK)
-    rollback_info = None
-    if rollback or rollback_state in ("success", "failed", "running"):
-        rollback_info = {
-            "state": rollback_state,
-            "failed_gate": rollback.get("failed_gate"),
-            "reason": rollback.get("reason"),
-            "rolled_back": rollback.get("rolled_back") or [],
-            "failed_tasks": rollback.get("failed_tasks") or [],
-            "superseded_by": rollback.get("superseded_by"),
-            "evidence_sha": rollback.get("evidence_sha"),
-        }
-
+def _summary(targets: list[dict], gates: list[dict], states: TaskStates) -> dict:
+    """The counts the runs list and the page header show, from the other sections and the task states."""
     failed_tasks = sorted(
         f"{task_id}[{map_index}]" if map_index >= 0 else task_id
         for (task_id, map_index), row in states.items()
         if row["state"] == "failed"
     )
-    not_reached = sum(1 for row in states.values() if row["state"] == "upstream_failed")
-    return jsonable(
+    return {
+        "targets": len(targets),
+        "serving_new": sum(1 for t in targets if t["serves_new"]),
+        "rolled_back": sum(1 for t in targets if t["status"] == "rolled back"),
+        "gates": len(gates),
+        "gates_passed": sum(1 for g in gates if g["passed"] is True),
+        "gates_failed": sum(1 for g in gates if g["passed"] is False),
+        "failed_tasks": failed_tasks,
+        "not_reached": sum(1 for row in states.values() if row["state"] == "upstream_failed"),
+    }
+
+
+def _stage_entry(stage: StagePlan, states: TaskStates) -> dict:
+    """One step of the runbook with one word for where it stands (from all the tasks of its group)."""
+    prefix = f"{stage.id}."
+    return {
+        "id": stage.id,
+        "kind": stage.kind,
+        "state": _group_state([row["state"] for (task_id, _), row in states.items() if task_id.startswith(prefix)]),
+        "targets": [t.target for t in stage.targets],
+    }
+
+
+# -- targets and their change requests --
+def _targets(rows: _RunRows) -> tuple[list[dict], dict[str, datetime | None]]:
+    """Every target of the promote stages in plan order, and when each promote stage last promoted a
+    target successfully (None before): the reload and soak gates count their time from it."""
+    targets: list[dict] = []
+    promoted_at: dict[str, datetime | None] = {}
+    for stage in rows.plan.stages:
+        if stage.kind != "promote":
+            continue
+        entries = [_target_entry(rows, stage, index, target) for index, target in enumerate(stage.targets)]
+        targets += [entry for entry, _ in entries]
+        times = [when for _, when in entries if when]
+        promoted_at[stage.id] = max(times) if times else None
+    return targets, promoted_at
+
+
+def _target_entry(rows: _RunRows, stage: StagePlan, index: int, plan_target) -> tuple[dict, datetime | None]:
+    """One target of a promote stage (its task mapped when the stage has more than one): what its
+    promotion task and change request recorded, what it serves because of them, and when its
+    promotion succeeded (None until it did)."""
+    map_index = index if len(stage.targets) > 1 else -1
+    promote_task = promotion_task_id(stage)
+    file_task = f"{stage.id}.file_change_request_{stage.id}" if stage.change_request else None
+    promoted = _dict(rows.xcom(promote_task, map_index))
+    filed = _dict(rows.xcom(file_task, map_index)) if file_task else {}
+    name = plan_target.target
+    state = rows.state(promote_task, map_index)
+    previous = promoted.get("previous") or filed.get("previous") or rows.baseline.get(name)
+    new = promoted.get("new") or rows.images or None
+    serves, status = _serving(rows.restored, name, state, promoted, previous, new)
+    request_id = promoted.get("request_id") or filed.get("request_id")
+    when = parse_time(promoted.get("promoted_at"))
+    entry = {
+        "stage": stage.id,
+        "target": name,
+        "image_key": plan_target.image_key,
+        "state": state or "none",
+        "file_state": rows.state(file_task, map_index) if file_task else None,
+        "status": status,
+        "serves": serves,
+        "serves_new": bool(rows.images) and serves == rows.images,
+        "image_id": serves.get(plan_target.image_key) if isinstance(serves, dict) else None,
+        "previous": previous,
+        "new": new,
+        "changed": promoted.get("changed"),
+        "promoted_at": iso(when),
+        "via": "change request" if stage.change_request else "flag write",
+        "request_id": request_id,
+        "request_url": _request_url(rows, name, request_id),
+        **_recorded_status(state, filed, request_id),
+        "evidence_sha": promoted.get("evidence_sha") or filed.get("evidence_sha"),
+        "evidence_link": filed.get("evidence_link"),
+    }
+    return entry, (when if when and state == "success" else None)
+
+
+def _serving(restored: dict, name: str, state: str | None, promoted: dict, previous, new) -> tuple[Any, str]:
+    """What a target serves by the run's records, and in words why: a rollback's restore is the run's
+    last word, then a successful promotion; otherwise it still serves what it served before."""
+    if name in restored:
+        return restored[name], "rolled back"
+    if state == "success" and promoted:
+        return new, ("already serving" if promoted.get("changed") is False else "promoted")
+    status = {"failed": "failed", "upstream_failed": "not reached", "skipped": "skipped"}.get(
+        state or "", "waiting" if state in WAITING or state == "running" else "pending"
+    )
+    return previous, status
+
+
+def _request_url(rows: _RunRows, target: str, request_id: str | None) -> str | None:
+    """The change request's own page: the configured template's, else LaunchDarkly's."""
+    flag = rows.plan.flag
+    return change_request_url(
+        rows.change_request_template or LAUNCHDARKLY_REQUEST_URL,
+        request_id,
+        target=target,
+        project_key=flag.project_key,
+        environment_key=flag.environment_key,
+        flag_key=flag.flag_key,
+    )
+
+
+#: What the change requests table shows of a target's entry.
+_CHANGE_REQUEST_FIELDS = (
+    "stage",
+    "target",
+    "request_id",
+    "request_url",
+    "review_status",
+    "request_status",
+    "status_source",
+    "evidence_sha",
+    "evidence_link",
+    "state",
+)
+
+
+def _change_request(target: dict) -> dict:
+    """A target's change request as the change requests table lists it (from the target's entry, so the
+    two never disagree)."""
+    return {key: target[key] for key in _CHANGE_REQUEST_FIELDS}
+
+
+# -- gates --
+def _gates(rows: _RunRows, promoted_at: dict[str, datetime | None]) -> list[dict]:
+    """The run's gates in plan order. A gate counts its time from the promotions of the stages before it
+    only: a soak whose region is promoted later in the plan has no start yet."""
+    gates: list[dict] = []
+    earlier: dict[str, datetime | None] = {}
+    for stage in rows.plan.stages:
+        if stage.kind == "promote":
+            earlier[stage.id] = promoted_at[stage.id]
+        gates += _stage_gates(rows, stage, earlier)
+    return gates
+
+
+def _stage_gates(rows: _RunRows, stage: StagePlan, promoted_at: dict[str, datetime | None]) -> list[dict]:
+    """The gates one stage puts on the page: a promotion's prod approval and reload check, the bake, the
+    canary soak (none for evidence and monitoring stages)."""
+    if stage.kind == "promote":
+        gates = [_approval_gate(stage, rows.states, rows.xcom)] if stage.human_approval else []
+        if stage.carrier:
+            gates.append(_reload_gate(rows.plan, stage, rows.states, rows.xcom, promoted_at[stage.id], rows.now))
+        return gates
+    if stage.kind == "bake":
+        return [_bake_gate(stage, rows.states, rows.xcom, rows.now)]
+    if stage.kind == "soak_gate":
+        region = rows.plan.soak.region
+        region_stage = next((s for s in rows.plan.stages if region in [t.target for t in s.targets]), None)
+        started = promoted_at.get(region_stage.id) if region_stage else None
+        return [_soak_gate(rows.plan, stage, rows.states, rows.xcom, started, rows.now)]
+    return []
+
+
+# -- evidence --
+def _evidence(rows: _RunRows) -> list[dict]:
+    """The evidence file's commits in the order the run makes them: the evidence stages, then the records
+    appended later (the prod approval, a rollback). A commit recorded without a URL is linked through
+    another commit of the same file."""
+    evidence = [
+        *(_evidence_step(rows, s) for s in rows.plan.stages if s.kind in ("evidence_commit", "evidence_update")),
+        *(record for s in rows.plan.stages if s.human_approval and (record := _approval_record(rows, s))),
+        *_rollback_record(rows),
+    ]
+    for item in evidence:
+        if not item["url"]:
+            item["url"] = evidence_url(evidence, item["path"], item["sha"])
+    return evidence
+
+
+def _evidence_step(rows: _RunRows, stage: StagePlan) -> dict:
+    """An evidence stage's commit: the first commit of the file, or the update adding the stage reloads."""
+    first = stage.kind == "evidence_commit"
+    task_id = f"{stage.id}.commit_evidence" if first else f"{stage.id}.update_evidence"
+    value = _dict(rows.xcom(task_id))
+    return {
+        "stage": stage.id,
+        "task_id": task_id,
+        "state": rows.state(task_id) or "none",
+        "step": "first commit" if first else "stage reloads added",
+        "path": value.get("path"),
+        "sha": value.get("sha"),
+        "url": value.get("url"),
+    }
+
+
+def _approval_record(rows: _RunRows, stage: StagePlan) -> dict | None:
+    """The prod approval recorded in the evidence, once its task ran (None before)."""
+    task_id = f"{stage.id}.record_approval_{stage.id}"
+    value = _dict(rows.xcom(task_id))
+    if not (value or rows.state(task_id)):
+        return None
+    return {
+        "stage": stage.id,
+        "task_id": task_id,
+        "state": rows.state(task_id) or "none",
+        "step": "prod approval recorded",
+        "path": value.get("path"),
+        "sha": value.get("sha"),
+        "url": None,
+    }
+
+
+def _rollback_record(rows: _RunRows) -> list[dict]:
+    """The rollback's entry in the evidence, when it wrote one."""
+    if not rows.rollback.get("evidence_sha"):
+        return []
+    return [
         {
-            "dag_id": run.get("dag_id", DAG_ID),
-            "run_id": run.get("run_id"),
-            "state": run.get("state"),
-            "run_type": run.get("run_type"),
-            "triggered_by": run.get("triggering_user_name"),
-            "started_at": iso(run.get("start_date")),
-            "ended_at": iso(run.get("end_date")),
-            "run_after": iso(run.get("run_after")),
-            "generated_at": iso(now),
-            "plan": plan.name,
-            "conf": conf,
-            "build": {
-                "name": build.get("name") or conf.get("build_name"),
-                "number": build.get("number"),
-                "url": build.get("url"),
-                "console_url": build.get("console_url"),
-                "images": images,
-                "verified_at": build.get("verified_at"),
-                "dry_run": build.get("dry_run", conf.get("dry_run")),
-                "state": _state(states, VERIFY_TASK) or "none",
-            },
-            "summary": {
-                "targets": len(targets),
-                "serving_new": sum(1 for t in targets if t["serves_new"]),
-                "rolled_back": sum(1 for t in targets if t["status"] == "rolled back"),
-                "gates": len(gates),
-                "gates_passed": sum(1 for g in gates if g["passed"] is True),
-                "gates_failed": sum(1 for g in gates if g["passed"] is False),
-                "failed_tasks": failed_tasks,
-                "not_reached": not_reached,
-            },
-            "stages": stages,
-            "targets": targets,
-            "gates": gates,
-            "evidence": evidence,
-            "change_requests": change_requests,
-            "adoption": adoption,
-            "rollback": rollback_info,
-            "fleet": _dict(xcom(FLEET_TASK)) or None,
-            "hold": None,  # set from the hold Variable by the app (status_data.hold_of)
-            "noop": build.get("noop"),  # a rerun of a finished rollout (issue 11 item 1)
-            "superseded_by": next(
-                (str(v) for (_, _, key), v in sorted(xcoms.items(), key=str) if key == "superseded_by" and v),
-                None,
-            ),
+            "stage": "rollout_end",
+            "task_id": ROLLBACK_TASK,
+            "state": rows.state(ROLLBACK_TASK),
+            "step": "rollback recorded",
+            "path": rows.plan.evidence_path(rows.build.get("name", "")),
+            "sha": rows.rollback["evidence_sha"],
+            "url": None,
         }
+    ]
+
+
+# -- adoption, rollback, supersession --
+def _adoption(rows: _RunRows) -> dict | None:
+    """How much of the fleet runs the new image, per carrier, against the plan's threshold (None until
+    the monitoring task has a state or a reading)."""
+    value = _dict(rows.xcom(ADOPTION_TASK, key="adoption")) or _dict(rows.xcom(ADOPTION_TASK))
+    state = rows.state(ADOPTION_TASK)
+    if not (value or state):
+        return None
+    carriers = [
+        {"name": name, **{k: _dict(v).get(k) for k in ("new", "total", "percent")}}
+        for name, v in sorted(_dict(value.get("carriers")).items())
+    ]
+    return {
+        "state": state or "none",
+        "percent": value.get("percent"),
+        "new": value.get("new"),
+        "total": value.get("total"),
+        "report_build": value.get("report_build"),
+        "threshold_percent": rows.plan.adoption.threshold_percent,
+        "carriers": carriers,
+    }
+
+
+def _rollback(rows: _RunRows) -> dict | None:
+    """Why the run rolled back and what it restored (None when the rollback task did not run)."""
+    rollback, state = rows.rollback, rows.state(ROLLBACK_TASK)
+    if not (rollback or state in ("success", "failed", "running")):
+        return None
+    return {
+        "state": state,
+        "failed_gate": rollback.get("failed_gate"),
+        "reason": rollback.get("reason"),
+        "rolled_back": rollback.get("rolled_back") or [],
+        "failed_tasks": rollback.get("failed_tasks") or [],
+        "superseded_by": rollback.get("superseded_by"),
+        "evidence_sha": rollback.get("evidence_sha"),
+    }
+
+
+def _superseded_by(xcoms: XComs) -> str | None:
+    """The newer build that superseded this rollout, when a task of the run recorded one."""
+    return next(
+        (str(v) for (_, _, key), v in sorted(xcoms.items(), key=str) if key == "superseded_by" and v),
+        None,
     )
 
 

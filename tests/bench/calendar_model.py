@@ -49,39 +49,84 @@ def _nth(times: list[float], n: int) -> float | None:
 def mandated_windows(*, plan, state: dict, hitl: list[dict], adoption_report_time) -> list[tuple[str, float, float]]:
     """``(name, start, end)`` in epoch seconds for every mandated wait of the run."""
     new_build = state["builds"]["new"]
-    new_images = state["images"]["new"]
+    promoted = _first_promotions(state, new_build)
+    reloads = [r for r in state["reloads"] if r.get("status") == "succeeded" and r.get("finished_at")]
+    windows: list[tuple[str, float, float]] = []
+    for stage in plan.stages:
+        windows += _stage_windows(plan, stage, promoted, state["images"]["new"], reloads)
+    windows += _change_board_windows(state, new_build)
+    windows += [(f"approval {h['task_id']}", epoch(h["created_at"]), epoch(h["responded_at"]))
+                for h in hitl if h.get("created_at") and h.get("responded_at")]
+    if adoption_report_time is not None and promoted:
+        windows.append(("adoption report", max(promoted.values()), epoch(adoption_report_time)))
+    return windows
+
+
+def _first_promotions(state: dict, new_build: str) -> dict[str, float]:
+    """Target -> when the new build was first promoted to it: the start of the waits that follow."""
     promoted: dict[str, float] = {}
     for p in state["promotions"]:
         if p.get("build") == new_build and p["target"] not in promoted:
             promoted[p["target"]] = epoch(p["time"])
-    reloads = [r for r in state["reloads"] if r.get("status") == "succeeded" and r.get("finished_at")]
-    windows: list[tuple[str, float, float]] = []
-    for stage in plan.stages:
-        if stage.kind == "promote" and stage.carrier:
-            target = stage.targets[0]
-            start = promoted.get(target.target)
-            image = new_images[target.image_key]
-            done = [epoch(r["finished_at"]) for r in reloads if r["carrier"] == stage.carrier
-                    and r.get("image_id") == image and start is not None and epoch(r["finished_at"]) >= start]
-            end = _nth(done, plan.reloads.required)
-            if start is not None and end is not None:
-                windows.append((f"reloads {stage.carrier}", start, end))
-        elif stage.kind == "bake":
-            after = [promoted.get(t.target) for t in plan.stage(stage.after).targets]
-            if after and all(a is not None for a in after):
-                start = max(after)
-                windows.append(("bake", start, start + stage.wait))
-        elif stage.kind == "soak_gate":
-            region = plan.soak.region
-            start = promoted.get(region)
-            image = new_images[plan.image_key(region)]
-            if start is not None:
-                done = [epoch(r["finished_at"]) for r in reloads if r.get("region") == region
-                        and r.get("kind") == "autorecovery" and r.get("image_id") == image
-                        and epoch(r["finished_at"]) >= start]
-                nth = _nth(done, plan.soak.min_autorecovery_reloads)
-                end = max(start + plan.soak.min_duration, nth if nth is not None else start)
-                windows.append((f"soak {region}", start, end))
+    return promoted
+
+
+def _stage_windows(plan, stage, promoted: dict[str, float], new_images: dict,
+                   reloads: list[dict]) -> list[tuple[str, float, float]]:
+    """The wait one stage mandates: a test carrier's reload gate, the bake, the canary soak (none for the
+    other stages, or before the wait started)."""
+    if stage.kind == "promote" and stage.carrier:
+        return _reload_window(plan, stage, promoted, new_images, reloads)
+    if stage.kind == "bake":
+        return _bake_window(plan, stage, promoted)
+    if stage.kind == "soak_gate":
+        return _soak_window(plan, promoted, new_images, reloads)
+    return []
+
+
+def _bake_window(plan, stage, promoted: dict[str, float]) -> list[tuple[str, float, float]]:
+    """From the last promotion of the stage the bake follows until ``wait`` later."""
+    after = [promoted.get(t.target) for t in plan.stage(stage.after).targets]
+    if after and all(a is not None for a in after):
+        start = max(after)
+        return [("bake", start, start + stage.wait)]
+    return []
+
+
+def _reload_window(plan, stage, promoted: dict[str, float], new_images: dict,
+                   reloads: list[dict]) -> list[tuple[str, float, float]]:
+    """From the carrier's promotion until the plan's required reloads with the new image finished on it."""
+    target = stage.targets[0]
+    start = promoted.get(target.target)
+    image = new_images[target.image_key]
+    done = [epoch(r["finished_at"]) for r in reloads if r["carrier"] == stage.carrier
+            and r.get("image_id") == image and start is not None and epoch(r["finished_at"]) >= start]
+    end = _nth(done, plan.reloads.required)
+    if start is not None and end is not None:
+        return [(f"reloads {stage.carrier}", start, end)]
+    return []
+
+
+def _soak_window(plan, promoted: dict[str, float], new_images: dict,
+                 reloads: list[dict]) -> list[tuple[str, float, float]]:
+    """From the canary region's promotion until both ``min_duration`` passed and its required
+    autorecovery reloads with the new image finished."""
+    region = plan.soak.region
+    start = promoted.get(region)
+    image = new_images[plan.image_key(region)]
+    if start is None:
+        return []
+    done = [epoch(r["finished_at"]) for r in reloads if r.get("region") == region
+            and r.get("kind") == "autorecovery" and r.get("image_id") == image
+            and epoch(r["finished_at"]) >= start]
+    nth = _nth(done, plan.soak.min_autorecovery_reloads)
+    end = max(start + plan.soak.min_duration, nth if nth is not None else start)
+    return [(f"soak {region}", start, end)]
+
+
+def _change_board_windows(state: dict, new_build: str) -> list[tuple[str, float, float]]:
+    """Each prod change request of the new build, from filed until the change board's first review."""
+    windows = []
     for request in state.get("approval_requests", []):
         if request.get("train") != "prod" or new_build not in (request.get("description") or ""):
             continue
@@ -89,11 +134,6 @@ def mandated_windows(*, plan, state: dict, hitl: list[dict], adoption_report_tim
         if reviews:
             windows.append((f"change board {','.join(request.get('targets', []))}",
                             epoch(request["creationDate"]), min(reviews)))
-    for h in hitl:
-        if h.get("created_at") and h.get("responded_at"):
-            windows.append((f"approval {h['task_id']}", epoch(h["created_at"]), epoch(h["responded_at"])))
-    if adoption_report_time is not None and promoted:
-        windows.append(("adoption report", max(promoted.values()), epoch(adoption_report_time)))
     return windows
 
 

@@ -160,52 +160,84 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with SandboxProcess() as sandbox:
         _setup_airflow(sandbox.url)
-        from airflow.models.variable import Variable
+        real_run, shape_run = _runners(sandbox)
+        measured = _measure(real_run, shape_run, args.rounds)
+        if measured is None:
+            return 1
+        real_runs, shape_runs = measured
+        profile_top = _profile(real_run, args.profile) if args.profile else None
+    result = _figures(real_runs, shape_runs, args.rounds)
+    if profile_top:
+        (BUILD / "overhead-profile.txt").write_text(profile_top)
+        result["rollout_profile"] = str(BUILD / "overhead-profile.txt")
+    emit(result)
+    return 0
 
-        from image_rollout.operators.base import ACTIVE_BUILD_VARIABLE
 
-        real = _real_dag()
-        shape = _shape_dag(real)
+def _runners(sandbox):
+    """One real rollout (the sandbox reset to zero timing, no build claimed) and one same-shape baseline
+    run: what each round times."""
+    from airflow.models.variable import Variable
 
-        def real_run() -> dict:
-            sandbox.reset(ZERO_TIMING)
-            Variable.delete(ACTIVE_BUILD_VARIABLE)
-            conf = {"build_name": sandbox.state()["builds"]["new"]}
-            run = _run(real, conf)
-            state = sandbox.state()
-            new = state["images"]["new"]
-            run["promoted"] = sum(1 for v in state["flag"]["rules"].values() if v == new)
-            return run
+    from image_rollout.operators.base import ACTIVE_BUILD_VARIABLE
 
-        def shape_run() -> dict:
-            return _run(shape, None)
+    real = _real_dag()
+    shape = _shape_dag(real)
 
-        warm = {"real": real_run(), "shape": shape_run()}
-        for kind, run in warm.items():
+    def real_run() -> dict:
+        sandbox.reset(ZERO_TIMING)
+        Variable.delete(ACTIVE_BUILD_VARIABLE)
+        conf = {"build_name": sandbox.state()["builds"]["new"]}
+        run = _run(real, conf)
+        state = sandbox.state()
+        new = state["images"]["new"]
+        run["promoted"] = sum(1 for v in state["flag"]["rules"].values() if v == new)
+        return run
+
+    def shape_run() -> dict:
+        return _run(shape, None)
+
+    return real_run, shape_run
+
+
+def _measure(real_run, shape_run, rounds: int) -> tuple[list[dict], list[dict]] | None:
+    """One untimed warm-up run of each, then ``rounds`` pairs alternating which goes first (so neither
+    always runs on a warmer process). None, with the error emitted, when any run did not succeed: a
+    failed rollout's time is not the overhead."""
+    warm = {"real": real_run(), "shape": shape_run()}
+    for kind, run in warm.items():
+        if not _ok(run):
+            emit({"error": f"warm-up {kind} run did not succeed: {run['state']} {run['tasks']}"})
+            return None
+    real_runs, shape_runs = [], []
+    for i in range(rounds):
+        pair = [("real", real_run), ("shape", shape_run)]
+        if i % 2:
+            pair.reverse()
+        for kind, fn in pair:
+            run = fn()
             if not _ok(run):
-                emit({"error": f"warm-up {kind} run did not succeed: {run['state']} {run['tasks']}"})
-                return 1
-        real_runs, shape_runs = [], []
-        for i in range(args.rounds):
-            pair = [("real", real_run), ("shape", shape_run)]
-            if i % 2:
-                pair.reverse()
-            for kind, fn in pair:
-                run = fn()
-                if not _ok(run):
-                    emit({"error": f"{kind} run {i} did not succeed: {run['state']} {run['tasks']}"})
-                    return 1
-                (real_runs if kind == "real" else shape_runs).append(run)
-        profile_top = None
-        if args.profile:
-            profiler = cProfile.Profile()
-            profiler.enable()
-            real_run()
-            profiler.disable()
-            profiler.dump_stats(str(args.profile))
-            out = io.StringIO()
-            pstats.Stats(str(args.profile), stream=out).sort_stats("cumulative").print_stats(40)
-            profile_top = out.getvalue()
+                emit({"error": f"{kind} run {i} did not succeed: {run['state']} {run['tasks']}"})
+                return None
+            (real_runs if kind == "real" else shape_runs).append(run)
+    return real_runs, shape_runs
+
+
+def _profile(real_run, path: Path) -> str:
+    """cProfile one more real run into ``path``; its top 40 functions by cumulative time, as text."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    real_run()
+    profiler.disable()
+    profiler.dump_stats(str(path))
+    out = io.StringIO()
+    pstats.Stats(str(path), stream=out).sort_stats("cumulative").print_stats(40)
+    return out.getvalue()
+
+
+def _figures(real_runs: list[dict], shape_runs: list[dict], rounds: int) -> dict:
+    """The bench's figures from the timed runs: medians, the ratio with and without the waits inside the
+    run, and the slowest tasks of the real rollout."""
     real_s = [r["seconds"] for r in real_runs]
     shape_s = [r["seconds"] for r in shape_runs]
     slowest = {}
@@ -215,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     net_s = [r["seconds"] - r["wait_seconds"] for r in real_runs]
     shape_net = [r["seconds"] - r["wait_seconds"] for r in shape_runs]
     top = sorted(((t, median(v)) for t, v in slowest.items()), key=lambda x: -x[1])[:8]
-    result = {
+    return {
         "rollout_overhead_ratio": round(median(real_s) / median(shape_s), 3),
         "rollout_seconds": round(median(real_s), 2),
         "rollout_shape_seconds": round(median(shape_s), 2),
@@ -228,14 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         "rollout_task_instances": {"real": real_runs[0]["task_instances"], "shape": shape_runs[0]["task_instances"]},
         "rollout_targets_promoted": real_runs[-1]["promoted"],
         "rollout_slowest_tasks": [[t, round(s, 3)] for t, s in top],
-        "rollout_rounds": args.rounds,
+        "rollout_rounds": rounds,
     }
-    if profile_top:
-        (BUILD / "overhead-profile.txt").write_text(profile_top)
-        result["rollout_profile"] = str(BUILD / "overhead-profile.txt")
-    emit(result)
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -241,6 +241,55 @@ def wall_times(install: float | None, setup: float, rollout: float, demo: float)
     return "wall time: " + "; ".join(parts) + f"; total {fmt_seconds(total)}"
 
 
+def start_airflow(stack, args, home: Path, started: float) -> None:
+    """Start Airflow's components and unpause the rollout DAG, saying what runs where (the demo's first
+    lines), so a person watching knows where to log in and where the logs are."""
+    if args.approve == "manual":
+        print("DEMO_APPROVE=manual: you give the prod start in the UI; the demo waits for you "
+              f"(log in as sre-approver / {stack.passwords['sre-approver']})")
+    print(f"Airflow home {home} (SQLite, LocalExecutor as `airflow standalone` runs it); "
+          f"component logs in {stack.logs}")
+    print("starting: airflow db migrate, pools set worker_image_flag 1, scheduler, dag-processor, triggerer, "
+          f"api-server on :{args.api_port} ...")
+    stack.start()
+    print(f"  components up after {fmt_seconds(time.monotonic() - started)}: "
+          + ", ".join(f"{n} pid {p.pid}" for n, p in stack.procs.items()))
+    stack.wait_dag(DAG_ID)
+    stack.unpause(DAG_ID)
+    print(f"  {DAG_ID} parsed and unpaused ({WATCHER_DAG_ID} stays paused: this demo is the webhook path)")
+
+
+def trigger_as_jenkins(stack, build: str) -> float:
+    """Trigger the rollout the way the Jenkins job does (the curl shown), then POST it again to show one
+    rollout per build. Returns when it was triggered (monotonic), where the rollout's time starts."""
+    print(f"\nThe Jenkins job triggers the rollout of build {build} (as user 'jenkins'):\n")
+    print(stack.curl_trigger(build))
+    print()
+    triggered = time.monotonic()
+    run = stack.trigger_rollout(build)
+    print(f"  -> dag run {run.dag_run_id}, state {getattr(run.state, 'value', run.state)}")
+    try:
+        stack.trigger_rollout(build)
+        print("  !! a second POST for the same build was accepted: the run id does not guard the build")
+    except ApiException as exc:
+        print(f"  -> the same POST again: HTTP {exc.status} (one rollout per build)\n")
+    return triggered
+
+
+def bake_detail(stack, run_id: str):
+    """The progress line's detail for a task: the bake's end time while it waits, nothing for the rest."""
+
+    def detail(key: str, state: str) -> str:
+        if key == "bake.wait_bake":
+            try:
+                return f"until {stack.xcom(run_id, 'bake.bake_until')}"
+            except Exception:
+                return ""
+        return ""
+
+    return detail
+
+
 def run_demo(args) -> int:
     started = time.monotonic()
     install = install_seconds(time.time())
@@ -262,41 +311,10 @@ def run_demo(args) -> int:
                          passwords={**DEMO_PASSWORDS, "jenkins": os.urandom(9).hex(),
                                     "sre-approver": os.urandom(9).hex()})
     try:
-        if args.approve == "manual":
-            print("DEMO_APPROVE=manual: you give the prod start in the UI; the demo waits for you "
-                  f"(log in as sre-approver / {stack.passwords['sre-approver']})")
-        print(f"Airflow home {home} (SQLite, LocalExecutor as `airflow standalone` runs it); "
-              f"component logs in {stack.logs}")
-        print("starting: airflow db migrate, pools set worker_image_flag 1, scheduler, dag-processor, triggerer, "
-              f"api-server on :{args.api_port} ...")
-        stack.start()
-        print(f"  components up after {fmt_seconds(time.monotonic() - started)}: "
-              + ", ".join(f"{n} pid {p.pid}" for n, p in stack.procs.items()))
-        stack.wait_dag(DAG_ID)
-        stack.unpause(DAG_ID)
-        print(f"  {DAG_ID} parsed and unpaused ({WATCHER_DAG_ID} stays paused: this demo is the webhook path)")
+        start_airflow(stack, args, home, started)
         run_id = run_id_for(build)
-        print(f"\nThe Jenkins job triggers the rollout of build {build} (as user 'jenkins'):\n")
-        print(stack.curl_trigger(build))
-        print()
-        triggered = time.monotonic()
-        run = stack.trigger_rollout(build)
-        print(f"  -> dag run {run.dag_run_id}, state {getattr(run.state, 'value', run.state)}")
-        try:
-            stack.trigger_rollout(build)
-            print("  !! a second POST for the same build was accepted: the run id does not guard the build")
-        except ApiException as exc:
-            print(f"  -> the same POST again: HTTP {exc.status} (one rollout per build)\n")
-
-        def detail(key: str, state: str) -> str:
-            if key == "bake.wait_bake":
-                try:
-                    return f"until {stack.xcom(run_id, 'bake.bake_until')}"
-                except Exception:
-                    return ""
-            return ""
-
-        progress = Progress(args.plan, triggered, detail=detail)
+        triggered = trigger_as_jenkins(stack, build)
+        progress = Progress(args.plan, triggered, detail=bake_detail(stack, run_id))
         final, _approvals = follow_rollout(stack, run_id, progress, approve=args.approve, timeout=args.timeout)
         progress.update(stack.task_instances(run_id))
         rollout_seconds = time.monotonic() - triggered

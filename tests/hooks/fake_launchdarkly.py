@@ -15,11 +15,22 @@ import copy
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
+
+from include.sandbox.routing import ANY, Route, dispatch
 
 PROJECT, ENV, FLAG = "default", "production", "worker-image"
 SEMANTIC_PATCH = "domain-model=launchdarkly.semanticpatch"
+
+
+class _Call(NamedTuple):
+    """One request as the route handlers read it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    payload: Any
 
 
 class FakeLaunchDarkly:
@@ -107,69 +118,98 @@ class FakeLaunchDarkly:
         return status, {"Content-Type": "application/json"}, data
 
     def _route(self, method: str, path: str, headers: dict[str, str], payload: Any):
-        flag_path = f"/api/v2/flags/{PROJECT}/{FLAG}"
-        env_path = f"/api/v2/projects/{PROJECT}/environments/{ENV}"
-        approvals = f"/api/v2/projects/{PROJECT}/flags/{FLAG}/environments/{ENV}/approval-requests"
-        if path == env_path and method == "GET":
-            return 200, {"_id": "env-1", "key": ENV, "name": "Production", "approvalSettings": self.settings}
-        if path == flag_path and method == "GET":
-            return 200, self._flag()
-        if path == flag_path and method == "PATCH":
-            if SEMANTIC_PATCH not in headers.get("Content-Type", ""):
-                return 400, {"code": "invalid_request", "message": "semantic patch only"}
-            if self.settings["required"]:
-                return 405, {
-                    "code": "method_not_allowed",
-                    "message": "This environment requires approval for changes",
-                }
-            self._apply(payload["instructions"])
-            return 200, self._flag()
-        if path == approvals and method == "GET":
-            items = [_public(r) for r in self.requests.values()]
-            return 200, {"items": items, "totalCount": len(items), "_links": {}}
-        if path == approvals and method == "POST":
-            try:
-                self._apply(payload["instructions"], dry_run=True)
-            except (ValueError, StopIteration, KeyError) as exc:
-                return 400, {"code": "invalid_request", "message": str(exc)}
-            request_id = uuid.uuid4().hex[:24]
-            self.sent_configs[request_id] = payload.get("integrationConfig")
-            self.requests[request_id] = {
-                "_id": request_id,
-                "_version": 1,
-                "creationDate": _ms(),
-                "serviceKind": "launchdarkly",
-                "requestorId": "sandbox-rollout",
-                "description": payload.get("description", ""),
-                "kind": "approval",
-                "status": "pending",
-                "reviewStatus": "pending",
-                "allReviews": [],
-                "notifyMemberIds": payload.get("notifyMemberIds", []),
-                "appliedDate": None,
-                "appliedByMemberId": None,
-                "instructions": payload["instructions"],
-                "conflicts": [],
-                "_links": {},
+        # Split as is (no empty segment dropped): a path the table does not spell exactly is a 404.
+        answer = dispatch(ROUTES, method, path.split("/"), self, _Call(method, path, headers, payload))
+        return answer or (404, {"code": "not_found", "message": path})
+
+    def _environment(self, call: _Call):
+        return 200, {"_id": "env-1", "key": ENV, "name": "Production", "approvalSettings": self.settings}
+
+    def _get_flag(self, call: _Call):
+        return 200, self._flag()
+
+    def _patch_flag(self, call: _Call):
+        if SEMANTIC_PATCH not in call.headers.get("Content-Type", ""):
+            return 400, {"code": "invalid_request", "message": "semantic patch only"}
+        if self.settings["required"]:
+            return 405, {
+                "code": "method_not_allowed",
+                "message": "This environment requires approval for changes",
             }
-            return 201, _public(self.requests[request_id])
-        if path.startswith(approvals + "/"):
-            request_id, _, action = path[len(approvals) + 1 :].partition("/")
-            request = self.requests.get(request_id)
-            if request is None:
-                return 404, {"code": "not_found", "message": "Unknown approval request"}
-            if method == "GET" and not action:
-                return 200, _public(request)
-            if method == "DELETE" and not action:
-                del self.requests[request_id]
-                return 204, None
-            if method == "POST" and action == "apply":
-                if request["reviewStatus"] != "approved":
-                    return 400, {"code": "invalid_request", "message": "not approved"}
-                self._apply(request["instructions"])
-                request.update(status="completed", appliedDate=_ms(), appliedByMemberId="sandbox-rollout")
-                return 200, _public(request)
-        return 404, {"code": "not_found", "message": path}
+        self._apply(call.payload["instructions"])
+        return 200, self._flag()
+
+    def _list_requests(self, call: _Call):
+        items = [_public(r) for r in self.requests.values()]
+        return 200, {"items": items, "totalCount": len(items), "_links": {}}
+
+    def _create_request(self, call: _Call):
+        try:
+            self._apply(call.payload["instructions"], dry_run=True)
+        except (ValueError, StopIteration, KeyError) as exc:
+            return 400, {"code": "invalid_request", "message": str(exc)}
+        request_id = uuid.uuid4().hex[:24]
+        self.sent_configs[request_id] = call.payload.get("integrationConfig")
+        self.requests[request_id] = {
+            "_id": request_id,
+            "_version": 1,
+            "creationDate": _ms(),
+            "serviceKind": "launchdarkly",
+            "requestorId": "sandbox-rollout",
+            "description": call.payload.get("description", ""),
+            "kind": "approval",
+            "status": "pending",
+            "reviewStatus": "pending",
+            "allReviews": [],
+            "notifyMemberIds": call.payload.get("notifyMemberIds", []),
+            "appliedDate": None,
+            "appliedByMemberId": None,
+            "instructions": call.payload["instructions"],
+            "conflicts": [],
+            "_links": {},
+        }
+        return 201, _public(self.requests[request_id])
+
+    def _request_action(self, call: _Call, request_id: str, action: list[str]):
+        """One request: read, delete or apply it; 404 when it is unknown, whatever the action."""
+        request = self.requests.get(request_id)
+        if request is None:
+            return 404, {"code": "not_found", "message": "Unknown approval request"}
+        tail = "/".join(action)  # what follows the id, as the path spells it ("" for nothing, even "ID/")
+        return dispatch(REQUEST_ROUTES, call.method, tail.split("/") if tail else [], self, request_id, request)
+
+    def _get_request(self, request_id: str, request: dict[str, Any]):
+        return 200, _public(request)
+
+    def _delete_request(self, request_id: str, request: dict[str, Any]):
+        del self.requests[request_id]
+        return 204, None
+
+    def _apply_request(self, request_id: str, request: dict[str, Any]):
+        if request["reviewStatus"] != "approved":
+            return 400, {"code": "invalid_request", "message": "not approved"}
+        self._apply(request["instructions"])
+        request.update(status="completed", appliedDate=_ms(), appliedByMemberId="sandbox-rollout")
+        return 200, _public(request)
+
+
+_FLAG = f"/api/v2/flags/{PROJECT}/{FLAG}"
+_APPROVALS = f"/api/v2/projects/{PROJECT}/flags/{FLAG}/environments/{ENV}/approval-requests"
+#: What the fake serves, per path (the strict subset of LaunchDarkly the hook tests need).
+ROUTES: tuple[Route, ...] = (
+    ("GET", f"/api/v2/projects/{PROJECT}/environments/{ENV}", FakeLaunchDarkly._environment),
+    ("GET", _FLAG, FakeLaunchDarkly._get_flag),
+    ("PATCH", _FLAG, FakeLaunchDarkly._patch_flag),
+    ("GET", _APPROVALS, FakeLaunchDarkly._list_requests),
+    ("POST", _APPROVALS, FakeLaunchDarkly._create_request),
+    (ANY, _APPROVALS + "/{request_id}/{action*}", FakeLaunchDarkly._request_action),
+)
+#: Below one approval request (no reviews: the fake's change board is ``approve``).
+REQUEST_ROUTES: tuple[Route, ...] = (
+    ("GET", "", FakeLaunchDarkly._get_request),
+    ("DELETE", "", FakeLaunchDarkly._delete_request),
+    ("POST", "apply", FakeLaunchDarkly._apply_request),
+)
 
 
 def _public(request: dict[str, Any]) -> dict[str, Any]:

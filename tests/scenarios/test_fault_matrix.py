@@ -1,6 +1,7 @@
 """The fault matrix: every sandbox fault, alone and in the combinations that matter, through a whole
 compressed rollout (``dag.test`` against the sandbox). Each case ends either with every target on
-the new image and exactly one promotion per target, or stopped safely (DESIGN.md section 5).
+the new image and exactly one promotion per target, or stopped safely (README.md, "What happens
+when something fails").
 
 The whole matrix runs under both LaunchDarkly configurations (the module-scoped ``ld`` fixture, so
 pytest runs every case of one configuration, then every case of the other): approvals not required,

@@ -1,5 +1,6 @@
-"""Safety rules end to end (DESIGN.md section 5): dry run, refused input, freeze, one writer,
-idempotent reruns, and no secret anywhere a person or a log could see it."""
+"""Safety rules end to end (README.md: "How a rollout starts", "What happens when something fails",
+"Pointing at the real systems"): dry run, refused input, freeze, one writer, idempotent reruns, and no
+secret anywhere a person or a log could see it."""
 
 from __future__ import annotations
 
