@@ -14,9 +14,11 @@ import json
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout import preconditions as pc
+from image_rollout import lazy_module
 from image_rollout.operators.base import iso, utcnow
 from image_rollout.plan import RolloutPlan
+
+pc = lazy_module("image_rollout.preconditions")
 
 #: How often a claim that lost a race to another run's write is decided again.
 CLAIM_ATTEMPTS = 4
