@@ -6,7 +6,7 @@ import importlib
 from typing import Any
 
 
-class lazy_module:  # noqa: N801  used like a module
+class lazy_module:  # lower case: it stands in for a module
     """A module imported at its first attribute use, for what only a running task needs.
 
     Every DAG file is parsed in a fresh process, which imports everything the DAG's operator modules
