@@ -14,8 +14,10 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from image_rollout import preconditions as pc
+from image_rollout import lazy_module
 from image_rollout.inputs import is_build_name, is_image_id
+
+pc = lazy_module("image_rollout.preconditions")
 
 ALL = "all"
 

@@ -28,7 +28,9 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
-from image_rollout import gates
+from image_rollout import lazy_module
+
+gates = lazy_module("image_rollout.gates")
 
 _MODULE = "image_rollout.triggers"
 PERMANENT_ERRORS = (AirflowFailException, ValueError, TypeError, KeyError)

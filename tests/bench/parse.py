@@ -70,10 +70,10 @@ def _guarded_parse(path: Path) -> dict:
         return real_get(*args, **kwargs)
 
     airflow.sdk.Variable.get = var_get  # type: ignore[method-assign]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     bag = DagBag(dag_folder=str(path), safe_mode=False)
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "dags": sorted(bag.dags), "tasks": sum(len(d.tasks) for d in bag.dags.values()),
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return {"seconds": seconds, "cpu_seconds": cpu, "dags": sorted(bag.dags), "tasks": sum(len(d.tasks) for d in bag.dags.values()),
             "import_errors": {str(k): v[-300:] for k, v in bag.import_errors.items()}, **touched}
 
 
@@ -140,11 +140,16 @@ def _write_shape() -> dict:
             "shape_import_errors": list(shape_bag.import_errors) + list(params_bag.import_errors)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    args = parser.parse_args(argv)
-    _setup_env()
+def _prepare_parent() -> None:
+    """What the dag-processor's manager holds, and how, before it forks a parser for a file.
+
+    Its DagBag machinery, imported at start; then ``gc.freeze()`` (``DagFileProcessorManager.before_run``,
+    so that a parser's collections do not walk the manager's heap); then, file by file, every
+    ``airflow.*`` module a DAG file names (``parsing_pre_import_modules``), long since aged into the
+    oldest generation in a manager that has been running (``gc.collect()`` here).
+    """
+    import gc
+
     sys.dont_write_bytecode = False  # a deployment caches bytecode; PYTHONDONTWRITEBYTECODE would not
     import airflow.dag_processing.dagbag  # noqa: F401  the dag-processor has this before it forks
     import airflow.sdk  # noqa: F401
@@ -152,59 +157,113 @@ def main(argv: list[str] | None = None) -> int:
     import structlog
     from airflow.dag_processing.processor import _pre_import_airflow_modules
 
-    assert not any(m.startswith("image_rollout") for m in sys.modules), "parent must not import the project"
-    shape = in_child(_write_shape)
+    gc.freeze()
+    for folder in (ROOT / "dags", SHAPE_DIR, PARAMS_DIR):
+        for path in sorted(folder.glob("*.py")):
+            _pre_import_airflow_modules(str(path), structlog.get_logger())
+    gc.collect()
+
+
+def _parse_round(kind: str, paths: list[Path], samples: dict, per_file: dict, touched: dict, info: dict) -> str | None:
+    """One parse of every file of one side, each in a process of its own; an error, or None."""
+    seconds, cpu, dags, tasks = 0.0, 0.0, [], 0
+    for path in paths:
+        r = in_child(lambda path=path: _guarded_parse(path))
+        if "error" in r or r.get("import_errors"):
+            return f"{kind} parse of {path.name} failed: {r}"
+        seconds += r["seconds"]
+        cpu += r["cpu_seconds"]
+        dags += r["dags"]
+        tasks += r["tasks"]
+        per_file.setdefault(path.name, []).append(r["seconds"])
+        per_file.setdefault(f"{path.name} cpu", []).append(r["cpu_seconds"])
+        if kind == "real":
+            for key in touched:
+                touched[key] += r[key]
+    samples[kind].append(seconds)
+    samples[f"{kind}_cpu"].append(cpu)
+    info[kind] = {"dags": sorted(dags), "tasks": tasks}
+    return None
+
+
+def _per_file_ratios(real: list[Path], per_file: dict[str, list[float]], suffix: str = "") -> dict[str, float]:
+    """Each DAG file against its own same-Params baseline (``<dag_id>_shape_params.py``; here dag id = file stem)."""
+    ratios = {}
+    for path in real:
+        base = per_file.get(f"{path.stem}_shape_params.py{suffix}")
+        if base:
+            ratios[f"dags/{path.name}"] = round(median(per_file[path.name + suffix]) / median(base), 3)
+    return ratios
+
+
+def _what_if_preimport(modules: list[str]) -> None:
+    """Import ``modules`` in the parent (after the heap is frozen, so only their own cost is taken away)."""
+    import gc
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+    if modules:
+        gc.collect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--what-if-preimported", nargs="*", default=[], metavar="MODULE",
+                        help="a what-if, not the figure: import these project modules in the parent, so the "
+                             "parses do not pay for them (e.g. image_rollout.plan)")
+    args = parser.parse_args(argv)
+    _setup_env()
+    shape = in_child(_write_shape)  # before the parent imports anything: the child starts clean
     if "error" in shape or not shape.get("same_shape"):
         emit({"error": f"could not build the baseline: {shape}"})
         return 1
+    _prepare_parent()
+    assert not any(m.startswith("image_rollout") for m in sys.modules), "parent must not import the project"
+    _what_if_preimport(args.what_if_preimported)
     folders = {"real": ROOT / "dags", "shape": SHAPE_DIR, "shape_params": PARAMS_DIR}
-    for folder in folders.values():  # what the dag-processor does before forking a parser
-        for path in sorted(folder.glob("*.py")):
-            _pre_import_airflow_modules(str(path), structlog.get_logger())
-    samples: dict[str, list[float]] = {kind: [] for kind in folders}
-    touched = {"socket_connects": 0, "sql_statements": 0, "variable_gets": 0}
-    info = {}
     files = {kind: sorted(folder.glob("*.py")) for kind, folder in folders.items()}
+    samples: dict[str, list[float]] = {k: [] for kind in folders for k in (kind, f"{kind}_cpu")}
+    touched = {"socket_connects": 0, "sql_statements": 0, "variable_gets": 0}
+    info: dict = {}
+    per_file: dict[str, list[float]] = {}
     for paths in files.values():  # warm-up: bytecode (and the plan cache) written, page cache warm
         for path in paths:
             in_child(lambda path=path: _guarded_parse(path))
-    per_file: dict[str, list[float]] = {str(path.relative_to(ROOT)): [] for path in files["real"]}
     for i in range(args.rounds):
         order = list(files.items())
         if i % 2:  # alternate the order, so neither side always parses on a warmer machine
             order.reverse()
         for kind, paths in order:
-            seconds, dags, tasks = 0.0, [], 0
-            for path in paths:  # one process per file, as the dag-processor parses
-                r = in_child(lambda path=path: _guarded_parse(path))
-                if "error" in r or r.get("import_errors"):
-                    emit({"error": f"{kind} parse of {path.name} failed: {r}"})
-                    return 1
-                seconds += r["seconds"]
-                dags += r["dags"]
-                tasks += r["tasks"]
-                if kind == "real":
-                    per_file[str(path.relative_to(ROOT))].append(r["seconds"])
-                    for key in touched:
-                        touched[key] += r[key]
-            samples[kind].append(seconds)
-            info[kind] = {"dags": sorted(dags), "tasks": tasks}
+            error = _parse_round(kind, paths, samples, per_file, touched, info)
+            if error:
+                emit({"error": error})
+                return 1
     real, base, same_params = samples["real"], samples["shape"], samples["shape_params"]
-    result = {
+    real_cpu, same_params_cpu = samples["real_cpu"], samples["shape_params_cpu"]
+    emit({
         "dag_parse_seconds": round(median(real), 4),
         "dag_parse_shape_seconds": round(median(base), 4),
         "dag_parse_shape_params_seconds": round(median(same_params), 4),
         "dag_parse_ratio": round(median(real) / median(base), 3),
         "dag_parse_ratio_same_params": round(median(real) / median(same_params), 3),
+        # CPU time of the parsing process: what a parse costs, without the waits for a CPU that a busy
+        # machine adds to the wall-clock figures above.
+        "dag_parse_cpu_seconds": round(median(real_cpu), 4),
+        "dag_parse_cpu_ratio": round(median(real_cpu) / median(samples["shape_cpu"]), 3),
+        "dag_parse_cpu_ratio_same_params": round(median(real_cpu) / median(same_params_cpu), 3),
         "dag_parse_rounds": args.rounds,
+        "dag_parse_what_if_preimported": args.what_if_preimported,
         "dag_parse_samples": {kind: [round(x, 4) for x in xs] for kind, xs in samples.items()},
         "dag_parse_access": touched,
         "dag_parse_dags": info,
-        "dag_parse_seconds_per_file": {name: round(median(xs), 4) for name, xs in per_file.items()},
+        "dag_parse_seconds_per_file": {f"dags/{p.name}": round(median(per_file[p.name]), 4) for p in files["real"]},
+        "dag_parse_ratio_same_params_per_file": _per_file_ratios(files["real"], per_file),
+        "dag_parse_cpu_ratio_same_params_per_file": _per_file_ratios(files["real"], per_file, " cpu"),
         "shape_file": shape["file"],
         "dag_parse_import_costs_ms": _import_costs(ROOT / "dags"),
-    }
-    emit(result)
+    })
     return 0
 
 

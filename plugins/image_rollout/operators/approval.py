@@ -21,9 +21,11 @@ from airflow.providers.standard.exceptions import HITLTriggerEventError
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout import preconditions as pc
+from image_rollout import lazy_module
 from image_rollout.slack import escape_mrkdwn, notify
 from image_rollout.triggers import ChangeRequestTrigger
+
+pc = lazy_module("image_rollout.preconditions")
 
 log = logging.getLogger(__name__)
 

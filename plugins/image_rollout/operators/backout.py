@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from image_rollout import backout as bo
-from image_rollout import preconditions as pc
+from image_rollout import lazy_module
 from image_rollout.inputs import is_build_name
 from image_rollout.operators.approval import ProdChangeApprovalOperator
 from image_rollout.operators.base import (
@@ -29,6 +28,9 @@ from image_rollout.operators.base import (
 from image_rollout.operators.promote import _WriteOperator
 from image_rollout.operators.rollback import promotion_task_ids
 from image_rollout.slack import escape_mrkdwn
+
+bo = lazy_module("image_rollout.backout")
+pc = lazy_module("image_rollout.preconditions")
 
 ROLLOUT_DAG_ID = "immutable_image_rollout"
 RESOLVE_TASK = "resolve_backout"

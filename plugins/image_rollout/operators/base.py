@@ -17,10 +17,12 @@ from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator, Variable
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from image_rollout import gates
-from image_rollout import preconditions as pc
+from image_rollout import lazy_module
 from image_rollout.plan import RolloutPlan, load_plan
 from image_rollout.slack import escape_mrkdwn, notify
+
+gates = lazy_module("image_rollout.gates")
+pc = lazy_module("image_rollout.preconditions")
 
 log = logging.getLogger(__name__)
 

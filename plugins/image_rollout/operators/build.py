@@ -11,8 +11,7 @@ from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import Variable
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from image_rollout import gates
-from image_rollout.evidence import Evidence, Reload, console_excerpt, render
+from image_rollout import lazy_module
 from image_rollout.inputs import BUILD_NUMBER, is_build_name, is_image_id
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
@@ -26,6 +25,9 @@ from image_rollout.operators.base import (
 )
 from image_rollout.plan import IMAGE_KEYS
 from image_rollout.slack import escape_mrkdwn
+
+ev = lazy_module("image_rollout.evidence")
+gates = lazy_module("image_rollout.gates")
 
 TIMEOUT_MARKER = re.compile(r"Build timed out \(after \d+ minutes\)")
 
@@ -159,7 +161,7 @@ class VerifyBuildOperator(RolloutOperator):
             "job": job,
             "url": jenkins.build_url(job, number),
             "console_url": console_url,
-            "console_text": console_excerpt(console),
+            "console_text": ev.console_excerpt(console),
             "images": images,
             "dry_run": request["dry_run"],
             "verified_at": iso(utcnow()),
@@ -278,8 +280,8 @@ class PlanRolloutOperator(RolloutOperator):
                     "action": "none (already serving)" if now == build["images"] else "promote",
                     "via": "change request" if stage.change_request else "flag write",
                 })
-        placeholder = [Reload(change_id="CHG0000000", worker="to-be-reloaded")]
-        preview = render(Evidence(
+        placeholder = [ev.Reload(change_id="CHG0000000", worker="to-be-reloaded")]
+        preview = ev.render(ev.Evidence(
             build_name=build["name"], image_ids=build["images"], console_url=build["console_url"],
             console_output=build["console_text"], razee_link=self.plan.evidence.razee_link,
             concept_doc=self.plan.evidence.concept_doc, dev_reloads=placeholder, prestage_reloads=placeholder,

@@ -19,10 +19,13 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout import gates, reports
+from image_rollout import lazy_module
 from image_rollout.operators.base import RolloutOperator, chlorine_hook, iso, jenkins_hook, utcnow
 from image_rollout.slack import escape_mrkdwn
 from image_rollout.triggers import ReloadsTrigger, ReportBuildTrigger, SoakTrigger, is_permanent
+
+gates = lazy_module("image_rollout.gates")
+reports = lazy_module("image_rollout.reports")
 
 ROLL_BACK = "Roll back"
 KEEP_WAITING = "Keep waiting"

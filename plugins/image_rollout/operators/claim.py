@@ -14,10 +14,11 @@ import json
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout import preconditions as pc
-from image_rollout.hooks._http import ExternalSystemError
+from image_rollout import lazy_module
 from image_rollout.operators.base import iso, utcnow
 from image_rollout.plan import RolloutPlan
+
+pc = lazy_module("image_rollout.preconditions")
 
 #: How often a claim that lost a race to another run's write is decided again.
 CLAIM_ATTEMPTS = 4
@@ -61,6 +62,9 @@ def _text(record: dict) -> str:
 
 def claim(ti, github, plan: RolloutPlan, build_name: str, run_id: str) -> tuple[pc.Claim, str, dict | None]:
     """Decide, and when the build is free take it: a write that lost the race to another run decides again."""
+    # Imported here, not at the top: the hooks (requests, aiohttp) would weigh on every DAG parse.
+    from image_rollout.hooks._http import ExternalSystemError
+
     path = plan.rollout_record_path(build_name)
     for _ in range(CLAIM_ATTEMPTS):
         decision, why, record, sha = decide(ti, github, plan, build_name, run_id)

@@ -10,14 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from image_rollout import preconditions as pc
-from image_rollout.evidence import Evidence, Record, escape_markdown, reloads_from, render
+from image_rollout import lazy_module
 from image_rollout.operators.base import RolloutOperator, github_hook, iso
 from image_rollout.plan import RolloutPlan
+
+ev = lazy_module("image_rollout.evidence")
+pc = lazy_module("image_rollout.preconditions")
 
 Mode = Literal["initial", "stage_reloads"]
 
 if TYPE_CHECKING:
+    from image_rollout.evidence import Evidence, Record
     from image_rollout.hooks.github import GitHubEvidenceHook
 
 
@@ -31,8 +34,8 @@ def evidence_for(plan: RolloutPlan, context, build: dict, sections: tuple[str, .
     for stage in plan.stages:
         if stage.evidence_section in sections:
             result = context["ti"].xcom_pull(task_ids=reload_task_id(stage.id)) or {}
-            found[stage.evidence_section] = reloads_from(result.get("reloads", []))
-    return Evidence(
+            found[stage.evidence_section] = ev.reloads_from(result.get("reloads", []))
+    return ev.Evidence(
         build_name=build["name"], image_ids=build["images"], console_url=build["console_url"],
         console_output=build["console_text"], razee_link=plan.evidence.razee_link,
         concept_doc=plan.evidence.concept_doc, dev_reloads=found["dev"], prestage_reloads=found["prestage"],
@@ -75,8 +78,8 @@ def commit_once(github: GitHubEvidenceHook, path: str, text: str, message: str, 
 
 
 def record_text(record: Record) -> str:
-    lines = "".join(f"- {escape_markdown(line)}\n" for line in record.lines)
-    return f"### {escape_markdown(record.title)}\n\n{lines}"
+    lines = "".join(f"- {ev.escape_markdown(line)}\n" for line in record.lines)
+    return f"### {ev.escape_markdown(record.title)}\n\n{lines}"
 
 
 def append_record(github: GitHubEvidenceHook, path: str, record: Record, message: str,
@@ -95,7 +98,7 @@ def append_record(github: GitHubEvidenceHook, path: str, record: Record, message
         base = current[0]
     else:
         fallback.checks_passed = False
-        base = render(fallback)
+        base = ev.render(fallback)
     text = f"{base.rstrip(chr(10))}\n\n{section}"
     return github.put_file(path, text, _message(message, key))
 
@@ -120,7 +123,7 @@ class CommitEvidenceOperator(RolloutOperator):
                    else f"Add stage reloads to evidence for immutable image build {build['name']}")
         github = github_hook()
         step = "evidence" if self.mode == "initial" else "evidence-stage-reloads"
-        text = render(evidence)
+        text = ev.render(evidence)
         identity = [line for line in text.splitlines() if build["name"] in line
                     or any(image_id in line for image_id in build["images"].values())]
         sha = commit_once(github, path, text, message, key=pc.rollout_key(build["name"], step), identity=identity)
@@ -168,7 +171,7 @@ class RecordApprovalOperator(RolloutOperator):
         path = self.plan.evidence_path(build["name"])
         message = f"Record prod start decision for immutable image build {build['name']} on {self.target}"
         github = github_hook()
-        sha = append_record(github, path, Record("Prod change approval", lines), message,
+        sha = append_record(github, path, ev.Record("Prod change approval", lines), message,
                             evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
                             key=pc.rollout_key(build["name"], f"approval-{self.target}"))
         return {"path": path, "sha": sha, "approver": who, "approved_at": when, "choice": choice,

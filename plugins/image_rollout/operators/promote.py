@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout import preconditions as pc
+from image_rollout import lazy_module
 from image_rollout.operators.base import (
     FLAG_POOL,
     RolloutOperator,
@@ -34,6 +34,8 @@ from image_rollout.operators.base import (
 from image_rollout.plan import RolloutPlan
 from image_rollout.slack import escape_mrkdwn
 from image_rollout.triggers import ChangeRequestTrigger
+
+pc = lazy_module("image_rollout.preconditions")
 
 SOAK_TASK = "canary_soak.soak_gate"
 ROLLBACK_TASK = "rollout_end.rollback"

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from image_rollout import preconditions as pc
-from image_rollout.evidence import Record
+from image_rollout import lazy_module
 from image_rollout.operators.base import FLAG_POOL, RolloutOperator, flags_hook, github_hook, iso, utcnow
 from image_rollout.operators.evidence import append_record, evidence_for
 from image_rollout.plan import RolloutPlan, StagePlan
 from image_rollout.slack import escape_mrkdwn
+
+ev = lazy_module("image_rollout.evidence")
+pc = lazy_module("image_rollout.preconditions")
 
 
 def gate_task_id(stage: StagePlan) -> str | None:
@@ -142,7 +144,7 @@ class RollbackOperator(RolloutOperator):
         path = self.plan.evidence_path(build["name"])
         github = github_hook()
         sha = append_record(
-            github, path, Record("Rollback", tuple(lines)),
+            github, path, ev.Record("Rollback", tuple(lines)),
             f"Record rollback of immutable image build {build['name']} after gate {failed_gate.id}",
             evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
             key=pc.rollout_key(build["name"], f"rollback-{failed_gate.id}"),
