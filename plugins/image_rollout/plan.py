@@ -32,7 +32,6 @@ PLANS_DIR = Path(__file__).resolve().parents[2] / "include" / "plans"
 PLAN_ENV = "ROLLOUT_PLAN"
 #: Validated plans, beside this module's bytecode (see the module docstring).
 CACHE_DIR = Path(__file__).resolve().parent / "__pycache__"
-IMAGE_KEYS = ("dev", "prod", "prodfr2", "stage")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 

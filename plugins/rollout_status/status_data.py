@@ -11,13 +11,26 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+from image_rollout.contracts import (
+    BACKOUT_DAG_ID,
+    END_GROUP,
+    FLEET_TASK,
+    ROLLBACK_TASK,
+    VERIFY_TASK,
+    adoption_task_id,
+    approve_task_id,
+    bake_until_task_id,
+    evidence_task_id,
+    file_request_task_id,
+    promotion_task_id,
+    record_approval_task_id,
+    reload_check_task_id,
+    soak_gate_task_id,
+    wait_bake_task_id,
+)
+from image_rollout.contracts import ROLLOUT_DAG_ID as DAG_ID
 from image_rollout.plan import RolloutPlan, StagePlan
 
-DAG_ID = "immutable_image_rollout"
-VERIFY_TASK = "build_verification.verify_build"
-ADOPTION_TASK = "rollout_monitoring.monitor_adoption"
-ROLLBACK_TASK = "rollout_end.rollback"
-FLEET_TASK = "rollout_end.verify_flag_state"
 FINISHED = {"success", "failed", "skipped", "upstream_failed", "removed"}
 WAITING = {"deferred", "awaiting_input", "up_for_reschedule"}
 
@@ -99,13 +112,6 @@ def _group_state(states: list[str | None]) -> str:
     return "running" if present and any(s == "success" for s in present) else "none"
 
 
-def promotion_task_id(stage: StagePlan) -> str:
-    """Same rule as ``image_rollout.rollout_dag.promotion_task_id``: the task recording the promotion."""
-    if stage.change_request:
-        return f"{stage.id}.apply_change_request_{stage.id}"
-    return f"{stage.id}.promote_{stage.id}"
-
-
 #: LaunchDarkly's own page of one approval request (its UI path beside the flag's, as the runbook links
 #: ``app.launchdarkly.com/default/production/features/worker-image/variations``).
 LAUNCHDARKLY_REQUEST_URL = (
@@ -185,7 +191,7 @@ def assemble_run(
         if stage.kind == "promote":
             mapped = len(stage.targets) > 1
             promote_task = promotion_task_id(stage)
-            file_task = f"{stage.id}.file_change_request_{stage.id}" if stage.change_request else None
+            file_task = file_request_task_id(stage) if stage.change_request else None
             times = []
             for index, plan_target in enumerate(stage.targets):
                 map_index = index if mapped else -1
@@ -268,11 +274,7 @@ def assemble_run(
             if stage.carrier:
                 gates.append(_reload_gate(plan, stage, states, xcom, promoted_at_by_stage[stage.id], now))
         elif stage.kind in ("evidence_commit", "evidence_update"):
-            task_id = (
-                f"{stage.id}.commit_evidence"
-                if stage.kind == "evidence_commit"
-                else f"{stage.id}.update_evidence"
-            )
+            task_id = evidence_task_id(stage)
             value = _dict(xcom(task_id))
             evidence.append(
                 {
@@ -297,7 +299,7 @@ def assemble_run(
     # Evidence records appended by later steps: the prod approval and a rollback.
     for stage in plan.stages:
         if stage.human_approval:
-            task_id = f"{stage.id}.record_approval_{stage.id}"
+            task_id = record_approval_task_id(stage)
             value = _dict(xcom(task_id))
             if value or _state(states, task_id):
                 evidence.append(
@@ -314,7 +316,7 @@ def assemble_run(
     if rollback.get("evidence_sha"):
         evidence.append(
             {
-                "stage": "rollout_end",
+                "stage": END_GROUP,
                 "task_id": ROLLBACK_TASK,
                 "state": _state(states, ROLLBACK_TASK),
                 "step": "rollback recorded",
@@ -327,15 +329,16 @@ def assemble_run(
         if not item["url"]:
             item["url"] = evidence_url(evidence, item["path"], item["sha"])
 
-    adoption_value = _dict(xcom(ADOPTION_TASK, key="adoption")) or _dict(xcom(ADOPTION_TASK))
+    adoption_task = adoption_task_id(plan)
+    adoption_value = _dict(xcom(adoption_task, key="adoption")) or _dict(xcom(adoption_task))
     adoption = None
-    if adoption_value or _state(states, ADOPTION_TASK):
+    if adoption_value or _state(states, adoption_task):
         carriers = [
             {"name": name, **{k: _dict(v).get(k) for k in ("new", "total", "percent")}}
             for name, v in sorted(_dict(adoption_value.get("carriers")).items())
         ]
         adoption = {
-            "state": _state(states, ADOPTION_TASK) or "none",
+            "state": _state(states, adoption_task) or "none",
             "percent": adoption_value.get("percent"),
             "new": adoption_value.get("new"),
             "total": adoption_value.get("total"),
@@ -473,7 +476,7 @@ def _passed(state: str | None) -> bool | None:
 
 
 def _reload_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, promoted_at, now) -> dict:
-    task_id = f"{stage.id}.reload_check_{stage.id}"
+    task_id = reload_check_task_id(stage)
     state = _state(states, task_id)
     result = _dict(xcom(task_id))
     decision = _dict(xcom(task_id, key="decision"))
@@ -502,7 +505,7 @@ def _reload_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, 
 
 
 def _bake_gate(stage: StagePlan, states: TaskStates, xcom, now) -> dict:
-    until_task, wait_task = f"{stage.id}.bake_until", f"{stage.id}.wait_bake"
+    until_task, wait_task = bake_until_task_id(stage), wait_bake_task_id(stage)
     until = parse_time(xcom(until_task))
     state = _state(states, wait_task)
     return {
@@ -520,7 +523,7 @@ def _bake_gate(stage: StagePlan, states: TaskStates, xcom, now) -> dict:
 
 
 def _soak_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, started, now) -> dict:
-    task_id = f"{stage.id}.soak_gate"
+    task_id = soak_gate_task_id(stage)
     state = _state(states, task_id)
     result = _dict(xcom(task_id))
     decision = _dict(xcom(task_id, key="decision"))
@@ -551,8 +554,8 @@ def _soak_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, st
 
 
 def _approval_gate(stage: StagePlan, states: TaskStates, xcom) -> dict:
-    approve_task = f"{stage.id}.approve_{stage.id}"
-    record_task = f"{stage.id}.record_approval_{stage.id}"
+    approve_task = approve_task_id(stage)
+    record_task = record_approval_task_id(stage)
     answer = _dict(xcom(approve_task))
     record = _dict(xcom(record_task))
     user = _dict(answer.get("responded_by_user"))
@@ -753,7 +756,6 @@ def load_runs(
 
 
 # -- backouts (issue 11 item 2): runs of immutable_image_backout for one build -----------------------
-BACKOUT_DAG_ID = "immutable_image_backout"
 
 
 def assemble_backout(run: dict, states: TaskStates, xcoms: XComs) -> dict:

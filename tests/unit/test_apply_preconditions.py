@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
+from image_rollout import contracts
 from image_rollout.operators import base
 from image_rollout.operators.promote import ApplyChangeRequestOperator
 
@@ -75,7 +76,7 @@ class FakeEvidence:
 
 
 def _run(monkeypatch, *, decision=APPROVED, bake_left=0.0, override=None, trigger="jenkins", stopped=False):
-    now = base.utcnow()
+    now = contracts.utcnow()
     stage_applied = now - timedelta(seconds=86400) + timedelta(seconds=bake_left)
     flags = FakeFlags({"ap-south": OLD, "stage-south": NEW}, int(stage_applied.timestamp() * 1000))
     variables = {"image_rollout_override": json.dumps(override) if override else None}

@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
+from image_rollout import contracts
 from image_rollout import preconditions as pc
 from image_rollout.hooks._http import ExternalSystemError
 from image_rollout.operators import base, claim
@@ -75,7 +76,7 @@ class FakeTI:
         self.dag_id = "immutable_image_rollout"
 
     def xcom_pull(self, task_ids, key="return_value", map_indexes=None):
-        if key == "return_value" and task_ids == base.VERIFY_TASK:
+        if key == "return_value" and task_ids == contracts.VERIFY_TASK:
             return {"name": BUILD, "images": NEW, "baseline": {"dev-south": OLD}}
         return self.pushed.get(key)
 

@@ -22,15 +22,11 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import preconditions as pc
+from image_rollout.contracts import approver_name, iso, utcnow
 from image_rollout.slack import escape_mrkdwn, notify
 from image_rollout.triggers import ChangeRequestTrigger
 
 log = logging.getLogger(__name__)
-
-
-def _who(user) -> str:
-    user = user or {}
-    return str(user.get("name") or user.get("id") or "unknown")
 
 
 class ProdChangeApprovalOperator(ApprovalOperator):
@@ -167,7 +163,7 @@ class ProdChangeApprovalOperator(ApprovalOperator):
         """Withdraw the train and say so; returns who rejected."""
         from image_rollout.hooks.flags import FlagsHook
 
-        who = _who(event.get("responded_by_user"))
+        who = str(approver_name(event.get("responded_by_user")))
         done = []
         for item in self.filed_requests(context):
             request_id = item["request_id"]
@@ -193,6 +189,4 @@ class ProdChangeApprovalOperator(ApprovalOperator):
 
 
 def _iso_in(seconds: float) -> str:
-    from image_rollout.operators.base import iso, utcnow
-
     return iso(utcnow() + timedelta(seconds=seconds))

@@ -14,27 +14,27 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import backout as bo
 from image_rollout import preconditions as pc
+from image_rollout.contracts import (
+    BACKOUT_APPROVE_TASK,
+    BACKOUT_FILE_TASK,
+    BACKOUT_RESOLVE_TASK,
+    ROLLOUT_DAG_ID,
+    VERIFY_TASK,
+    iso,
+    promotion_task_ids,
+    utcnow,
+)
 from image_rollout.inputs import is_build_name
 from image_rollout.operators.approval import ProdChangeApprovalOperator
 from image_rollout.operators.base import (
     FLAG_POOL,
-    VERIFY_TASK,
     RolloutOperator,
     find_request,
     flags_hook,
     github_hook,
-    iso,
-    utcnow,
 )
 from image_rollout.operators.promote import _WriteOperator
-from image_rollout.operators.rollback import promotion_task_ids
 from image_rollout.slack import escape_mrkdwn
-
-ROLLOUT_DAG_ID = "immutable_image_rollout"
-RESOLVE_TASK = "resolve_backout"
-FILE_TASK = "file_backout_requests"
-APPROVE_TASK = "approve_backout"
-RESTORE_TASK = "restore_targets"
 
 
 def owner(build_name: str) -> str:
@@ -142,7 +142,7 @@ class ResolveBackoutOperator(RolloutOperator):
 class _BackoutWriter(_WriteOperator):
     """The promotions' write path for the backout: its build comes from ``resolve_backout``."""
 
-    build_task_id = RESOLVE_TASK
+    build_task_id = BACKOUT_RESOLVE_TASK
     build_key = "build"
     target = "the backout's targets"
 
@@ -152,7 +152,7 @@ class _BackoutWriter(_WriteOperator):
         self.hold_if_frozen(context)
 
     def resolved(self, context) -> dict:
-        return self.pull(context, RESOLVE_TASK) or {}
+        return self.pull(context, BACKOUT_RESOLVE_TASK) or {}
 
     def restores(self, context) -> list[dict]:
         return [d for d in self.resolved(context).get("decisions", []) if d["action"] == "restore"]
@@ -239,7 +239,7 @@ class RestoreTargetsOperator(_BackoutWriter):
         resolved = self.resolved(context)
         restores = self.restores(context)
         if any(d.get("start_decision") for d in restores):
-            decision = self.pull(context, APPROVE_TASK)
+            decision = self.pull(context, BACKOUT_APPROVE_TASK)
             refused = pc.check_start_decision(decision, approvers=self.plan.approvers.users,
                                               triggering_user=self.triggering_user(context))
             if refused:
@@ -248,7 +248,7 @@ class RestoreTargetsOperator(_BackoutWriter):
         done: list[dict] = ti.xcom_pull(task_ids=self.task_id, key="restored") or []
         left = [{"target": d["target"], "why": d["why"]} for d in resolved.get("decisions", [])
                 if d["action"] == "left"]
-        filed = {r["target"]: r for r in (self.pull(context, FILE_TASK) or {}).get("requests", [])}
+        filed = {r["target"]: r for r in (self.pull(context, BACKOUT_FILE_TASK) or {}).get("requests", [])}
         for d in restores:
             if any(r["target"] == d["target"] for r in done):
                 continue

@@ -9,7 +9,7 @@ does a run whose build another run has taken over (issue 11 item 1).
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -19,12 +19,12 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import gates
 from image_rollout import preconditions as pc
+from image_rollout.contracts import VERIFY_TASK, approver_name, iso, utcnow
 from image_rollout.plan import RolloutPlan, load_plan
 from image_rollout.slack import escape_mrkdwn, notify
 
 log = logging.getLogger(__name__)
 
-VERIFY_TASK = "build_verification.verify_build"
 DRIFT_OPTIONS = ["Overwrite", "Skip target", "Stop"]
 ACTIVE_BUILD_VARIABLE = "image_rollout_active_build"
 FLAG_POOL = "worker_image_flag"
@@ -54,14 +54,6 @@ def chlorine_hook():
     from image_rollout.hooks.chlorine import ChlorineHook
 
     return ChlorineHook()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class RolloutOperator(BaseOperator):
@@ -393,7 +385,7 @@ class RolloutOperator(BaseOperator):
         event = event or {}
         choice = (event.get("chosen_options") or [None])[0]
         user = event.get("responded_by_user") or {}
-        who = user.get("name") or user.get("id") or "unknown"
+        who = approver_name(user)
         if choice not in DRIFT_OPTIONS:
             raise AirflowFailException(f"drift decision {event!r} is not one of {DRIFT_OPTIONS}")
         if who in (self.triggering_user(context), None) or (

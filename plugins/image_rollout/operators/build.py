@@ -12,19 +12,16 @@ from airflow.sdk import Variable
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import gates
+from image_rollout.contracts import IMAGE_KEYS, VERIFY_TASK, NoopRerun, VerifiedBuild, iso, utcnow
 from image_rollout.evidence import Evidence, Reload, console_excerpt, render
 from image_rollout.inputs import BUILD_NUMBER, is_build_name, is_image_id
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
-    VERIFY_TASK,
     RolloutOperator,
     flags_hook,
     github_hook,
-    iso,
     jenkins_hook,
-    utcnow,
 )
-from image_rollout.plan import IMAGE_KEYS
 from image_rollout.slack import escape_mrkdwn
 
 TIMEOUT_MARKER = re.compile(r"Build timed out \(after \d+ minutes\)")
@@ -113,7 +110,7 @@ class VerifyBuildOperator(RolloutOperator):
     rollout. Waiting for a running build is deferred.
     """
 
-    def execute(self, context, event: dict | None = None) -> dict:
+    def execute(self, context, event: dict | None = None) -> VerifiedBuild | NoopRerun:
         request = validate_request(dict(context["params"]), dict(context["dag_run"].conf or {}))
         name = request["build_name"]
         noop = self._one_rollout_per_build(context, name, dry_run=request["dry_run"])
@@ -153,7 +150,7 @@ class VerifyBuildOperator(RolloutOperator):
         images = parse_image_ids(jenkins.get_artifact_text(job, number, "image_ids.json"))
         images = self._check_images(images, request["image_ids"])
         console_url = f"{jenkins.build_url(job, number)}console"
-        result = {
+        result: VerifiedBuild = {
             "name": name,
             "number": number,
             "job": job,
@@ -209,7 +206,7 @@ class VerifyBuildOperator(RolloutOperator):
         self.log.info("Rollout of %s: %s (%s)", name, decision, why)
         return self._act_on(context, name, decision, why, record)
 
-    def _act_on(self, context, name: str, decision: str, why: str, record: dict | None) -> dict | None:
+    def _act_on(self, context, name: str, decision: str, why: str, record: dict | None) -> NoopRerun | None:
         run_id = context["run_id"]
         if decision == "refuse":
             raise AirflowFailException(

@@ -20,14 +20,22 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import gates, reports
-from image_rollout.operators.base import RolloutOperator, chlorine_hook, iso, jenkins_hook, utcnow
+from image_rollout.contracts import (
+    ROLLBACK_TASK,
+    GateDecision,
+    SoakVerdict,
+    approver_name,
+    iso,
+    parse_time,
+    utcnow,
+)
+from image_rollout.operators.base import RolloutOperator, chlorine_hook, jenkins_hook
 from image_rollout.slack import escape_mrkdwn
 from image_rollout.triggers import ReloadsTrigger, ReportBuildTrigger, SoakTrigger, is_permanent
 
 ROLL_BACK = "Roll back"
 KEEP_WAITING = "Keep waiting"
 INCONCLUSIVE_OPTIONS = [ROLL_BACK, KEEP_WAITING]
-ROLLBACK_TASK = "rollout_end.rollback"
 
 
 def _promoted_at(operator: RolloutOperator, context, task_id: str) -> str:
@@ -54,7 +62,7 @@ class _GateOperator(RolloutOperator):
     def where(self) -> str:  # pragma: no cover - overridden
         return self.task_id
 
-    def _fail(self, context, where: str, decision: dict) -> None:
+    def _fail(self, context, where: str, decision: GateDecision) -> None:
         context["ti"].xcom_push(key="decision", value=decision)
         self.say(f"Gate failed at {where}: {escape_mrkdwn(decision['reason'])}", escalate=True)
         raise AirflowFailException(f"gate failed at {where}: {decision['reason']}")
@@ -102,7 +110,7 @@ class _GateOperator(RolloutOperator):
 
     def _escalate_unreadable(self, context, event: dict) -> None:
         timeout = self.plan.gates.inconclusive_timeout
-        ask_at = iso(gates.parse_time(event["unreadable_since"]) + timedelta(seconds=timeout))
+        ask_at = iso(parse_time(event["unreadable_since"]) + timedelta(seconds=timeout))
         context["ti"].xcom_push(key="inconclusive", value={
             "unreadable_since": event["unreadable_since"], "reason": event["reason"], "ask_at": ask_at,
         })
@@ -158,8 +166,7 @@ class _GateOperator(RolloutOperator):
     def execute_decision(self, context, event: dict, resume: dict, unreadable: dict | None = None) -> Any:
         unreadable = unreadable or {}
         chosen = list(event.get("chosen_options") or [])
-        user = event.get("responded_by_user") or {}
-        who = user.get("name") or user.get("id") or "unknown"
+        who = approver_name(event.get("responded_by_user"))
         at = event.get("responded_at")
         answer = {"chosen": chosen[0] if chosen else None, "by": who,
                   "at": at.isoformat() if hasattr(at, "isoformat") else at}
@@ -208,7 +215,7 @@ class ReloadCheckOperator(_GateOperator):
     def _defer(self, context, since: str, phase: str, seconds: float, *, unreadable_since: str | None = None,
                escalated: bool = False) -> None:
         build = self.build(context)
-        deadline = gates.parse_time(since) + timedelta(seconds=seconds)
+        deadline = parse_time(since) + timedelta(seconds=seconds)
         self.defer(
             trigger=ReloadsTrigger(
                 poll=self.plan.reloads.poll, deadline=iso(max(deadline, utcnow())), carrier=self.carrier,
@@ -333,7 +340,7 @@ class SoakGateOperator(_GateOperator):
     def execute(self, context) -> None:
         self._start(context)
 
-    def execute_complete(self, context, event: dict, holding: bool = False) -> dict:
+    def execute_complete(self, context, event: dict, holding: bool = False) -> SoakVerdict | dict:
         self._handle_non_verdict(context, event, {"holding": holding})
         build = self.build(context)
         verdict = event["verdict"]
@@ -354,9 +361,10 @@ class SoakGateOperator(_GateOperator):
                      f"(promoted {event['since']}); the soak counts from there.", escalate=True)
             self._start(context)
         if verdict == "pass":
-            result = {"region": self.region, "build": build["name"], "image_map": build["images"],
-                      "verdict": "pass", "reason": event["reason"], "since": event["since"],
-                      "decided_at": event.get("decided_at") or iso(utcnow()), "figures": event["figures"]}
+            result: SoakVerdict = {
+                "region": self.region, "build": build["name"], "image_map": build["images"], "verdict": "pass",
+                "reason": event["reason"], "since": event["since"],
+                "decided_at": event.get("decided_at") or iso(utcnow()), "figures": event["figures"]}
             context["ti"].xcom_push(key="decision", value=result)
             self.say(f"Canary soak in {self.region} passed: {escape_mrkdwn(event['reason'])} "
                      f"(since the promotion at {event['since']})")
@@ -399,7 +407,7 @@ class MonitorAdoptionOperator(RolloutOperator):
         if figures["percent"] >= self.plan.adoption.threshold_percent:
             self.say(self._summary(build["name"], figures, done=True))
             return figures
-        deadline = gates.parse_time(started) + timedelta(seconds=self.plan.adoption.timeout)
+        deadline = parse_time(started) + timedelta(seconds=self.plan.adoption.timeout)
         if utcnow() >= deadline:
             self.say(self._summary(build["name"], figures, done=False), escalate=True)
             raise AirflowFailException(

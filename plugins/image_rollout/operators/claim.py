@@ -15,8 +15,8 @@ import json
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import preconditions as pc
+from image_rollout.contracts import iso, utcnow
 from image_rollout.hooks._http import ExternalSystemError
-from image_rollout.operators.base import iso, utcnow
 from image_rollout.plan import RolloutPlan
 
 #: How often a claim that lost a race to another run's write is decided again.

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from image_rollout import preconditions as pc
+from image_rollout.contracts import EvidenceCommit, approver_name, iso, reload_check_task_id
 from image_rollout.evidence import Evidence, Record, escape_markdown, reloads_from, render
-from image_rollout.operators.base import RolloutOperator, github_hook, iso
+from image_rollout.operators.base import RolloutOperator, github_hook
 from image_rollout.plan import RolloutPlan
 
 Mode = Literal["initial", "stage_reloads"]
@@ -21,16 +22,12 @@ if TYPE_CHECKING:
     from image_rollout.hooks.github import GitHubEvidenceHook
 
 
-def reload_task_id(stage_id: str) -> str:
-    return f"{stage_id}.reload_check_{stage_id}"
-
-
 def evidence_for(plan: RolloutPlan, context, build: dict, sections: tuple[str, ...]) -> Evidence:
     """The evidence for the reload sections that have passed so far."""
     found: dict[str, list] = {"dev": [], "prestage": [], "stage": []}
     for stage in plan.stages:
         if stage.evidence_section in sections:
-            result = context["ti"].xcom_pull(task_ids=reload_task_id(stage.id)) or {}
+            result = context["ti"].xcom_pull(task_ids=reload_check_task_id(stage)) or {}
             found[stage.evidence_section] = reloads_from(result.get("reloads", []))
     return Evidence(
         build_name=build["name"], image_ids=build["images"], console_url=build["console_url"],
@@ -110,7 +107,7 @@ class CommitEvidenceOperator(RolloutOperator):
         super().__init__(**kwargs)
         self.mode = mode
 
-    def execute(self, context, event: dict | None = None) -> dict:
+    def execute(self, context, event: dict | None = None) -> EvidenceCommit:
         build = self.build(context)
         self.guard_build(context, build["name"])
         sections = ("dev", "prestage") if self.mode == "initial" else ("dev", "prestage", "stage")
@@ -149,8 +146,7 @@ class RecordApprovalOperator(RolloutOperator):
         filed = self.pull(context, self.file_task_id) or {}
         if approval.get("already_serving"):
             return {"already_recorded": True, **{k: approval.get(k) for k in ("approver", "approved_at", "choice")}}
-        user = approval.get("responded_by_user") or {}
-        who = user.get("name") or user.get("id")
+        who = approver_name(approval.get("responded_by_user"), default=None)
         when = approval.get("responded_at")
         when = iso(when) if hasattr(when, "astimezone") else (str(when) if when else None)
         choice = (approval.get("chosen_options") or [None])[0]

@@ -12,30 +12,12 @@ from __future__ import annotations
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import preconditions as pc
+from image_rollout.contracts import gate_task_id, iso, promotion_task_ids, stage_of, utcnow
 from image_rollout.evidence import Record
-from image_rollout.operators.base import FLAG_POOL, RolloutOperator, flags_hook, github_hook, iso, utcnow
+from image_rollout.operators.base import FLAG_POOL, RolloutOperator, flags_hook, github_hook
 from image_rollout.operators.evidence import append_record, evidence_for
 from image_rollout.plan import RolloutPlan, StagePlan
 from image_rollout.slack import escape_mrkdwn
-
-
-def gate_task_id(stage: StagePlan) -> str | None:
-    if stage.carrier:
-        return f"{stage.id}.reload_check_{stage.id}"
-    if stage.kind == "bake":
-        return f"{stage.id}.wait_bake"
-    if stage.kind == "soak_gate":
-        return f"{stage.id}.soak_gate"
-    return None
-
-
-def promotion_task_ids(stage: StagePlan) -> list[str]:
-    """Tasks whose XCom records a promotion of the stage's targets."""
-    if stage.kind != "promote":
-        return []
-    if stage.change_request:
-        return [f"{stage.id}.apply_change_request_{stage.id}", f"{stage.id}.file_change_request_{stage.id}"]
-    return [f"{stage.id}.promote_{stage.id}"]
 
 
 def targets_to_restore(plan: RolloutPlan, states: dict[str, str]) -> tuple[StagePlan | None, list[str]]:
@@ -106,8 +88,7 @@ class RollbackOperator(RolloutOperator):
         current = flags.rule_values()
         previous = {}
         for target in targets:
-            stage = next(s for s in self.plan.stages if target in [t.target for t in s.targets])
-            previous[target] = self._previous(context, stage, target, build)
+            previous[target] = self._previous(context, stage_of(self.plan, target), target, build)
         decisions = pc.rollback_decisions(targets, current=current, build_map=build["images"],
                                           previous=previous, newer_build=newer)
         # The targets outside the failed gate's reach are named too, so the record accounts for every one.

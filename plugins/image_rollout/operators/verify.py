@@ -9,18 +9,12 @@ from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from image_rollout.operators.base import VERIFY_TASK, RolloutOperator, flags_hook, github_hook
+from image_rollout.contracts import END_GROUP, SUPERSEDED_TASK, VERIFY_TASK, adoption_task_id, gate_task_ids
+from image_rollout.operators.base import RolloutOperator, flags_hook, github_hook
 from image_rollout.operators.claim import mark_finished
 from image_rollout.slack import escape_mrkdwn
 
-ADOPTION_TASK = "rollout_monitoring.monitor_adoption"
 SUPERSEDED_PREFIX = "SUPERSEDED"
-
-
-def gate_task_ids(plan) -> list[str]:
-    from image_rollout.operators.rollback import gate_task_id
-
-    return [t for t in (gate_task_id(s) for s in plan.stages) if t]
 
 
 class VerifyFleetOperator(RolloutOperator):
@@ -40,7 +34,7 @@ class VerifyFleetOperator(RolloutOperator):
             raise AirflowSkipException("dry run: nothing was rolled out")
         newer = self.superseded_by(build["name"])
         if newer:
-            raise AirflowSkipException(f"superseded by {newer}: see rollout_end.superseded")
+            raise AirflowSkipException(f"superseded by {newer}: see {SUPERSEDED_TASK}")
         rules = flags_hook().rule_values()
         behind = [t.target for t in self.plan.targets if rules.get(t.target) != build["images"]]
         ti = context["ti"]
@@ -48,7 +42,7 @@ class VerifyFleetOperator(RolloutOperator):
         states = states.get(context["run_id"], states)
         if behind:
             text = f"targets not serving build {build['name']}: {', '.join(behind)}"
-            if not any(str(v) == "failed" for k, v in states.items() if not k.startswith("rollout_end.")):
+            if not any(str(v) == "failed" for k, v in states.items() if not k.startswith(f"{END_GROUP}.")):
                 # Nothing else failed (e.g. a target skipped after drift): this is the one escalation.
                 self.say(f"Rollout of {escape_mrkdwn(build['name'])} is not complete: {escape_mrkdwn(text)}",
                          escalate=True)
@@ -56,7 +50,8 @@ class VerifyFleetOperator(RolloutOperator):
         not_passed = [g for g in gate_task_ids(self.plan) if str(states.get(g)) != "success"]
         if not_passed:
             raise AirflowFailException(f"gates that did not pass: {', '.join(not_passed)}")
-        adoption = ti.xcom_pull(task_ids=ADOPTION_TASK) or {}
+        adoption_task = adoption_task_id(self.plan)
+        adoption = (ti.xcom_pull(task_ids=adoption_task) if adoption_task else None) or {}
         threshold = self.plan.adoption.threshold_percent
         if adoption.get("percent") is None or float(adoption["percent"]) < threshold:
             raise AirflowFailException(
