@@ -20,6 +20,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from image_rollout import gates
 from image_rollout import preconditions as pc
 from image_rollout.contracts import VERIFY_TASK, approver_name, iso, utcnow
+from image_rollout.evidence import Record
+from image_rollout.evidence_commits import append_to_evidence
 from image_rollout.plan import RolloutPlan, load_plan
 from image_rollout.slack import escape_mrkdwn, notify
 
@@ -183,20 +185,14 @@ class RolloutOperator(BaseOperator):
 
     def _record_supersession(self, context, build_name: str, newer: str) -> None:
         """Say so in the evidence file, if this rollout has one yet (once)."""
-        from image_rollout.evidence import Record
-        from image_rollout.operators.evidence import append_record, evidence_for
-
         github = github_hook()
-        path = self.plan.evidence_path(build_name)
-        if github.get_file(path) is None:
+        if github.get_file(self.plan.evidence_path(build_name)) is None:
             return
-        build = self.build(context)
-        append_record(
-            github, path,
+        append_to_evidence(
+            github, self.plan, context, self.build(context),
             Record("Superseded", (f"Rollout stopped at {iso(utcnow())}: superseded by newer build {newer}; "
                                   "the worker-image flag was not touched again",)),
             f"Record that immutable image build {build_name} was superseded by {newer}",
-            evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
             key=pc.rollout_key(build_name, "superseded"),
         )
 
@@ -280,16 +276,10 @@ class RolloutOperator(BaseOperator):
 
     def _record(self, context, title: str, lines: tuple[str, ...], step: str) -> str | None:
         """Append a record to this build's evidence file (keyed, so a rerun does not append it twice)."""
-        from image_rollout.evidence import Record
-        from image_rollout.operators.evidence import append_record, evidence_for
-
         build = self.build(context)
-        github = github_hook()
-        path = self.plan.evidence_path(build["name"])
-        return append_record(github, path, Record(title, lines),
-                             f"Record {title.lower()} for immutable image build {build['name']}",
-                             evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
-                             key=pc.rollout_key(build["name"], step))
+        return append_to_evidence(github_hook(), self.plan, context, build, Record(title, lines),
+                                  f"Record {title.lower()} for immutable image build {build['name']}",
+                                  key=pc.rollout_key(build["name"], step))
 
     def ours_applied(self, flags, target: str, build: dict, image_map: dict | None = None) -> dict | None:
         """Our own applied request for this target and build (key AND content), from LaunchDarkly."""

@@ -14,8 +14,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from image_rollout import preconditions as pc
 from image_rollout.contracts import gate_task_id, iso, promotion_task_ids, stage_of, utcnow
 from image_rollout.evidence import Record
+from image_rollout.evidence_commits import append_to_evidence
 from image_rollout.operators.base import FLAG_POOL, RolloutOperator, flags_hook, github_hook
-from image_rollout.operators.evidence import append_record, evidence_for
 from image_rollout.plan import RolloutPlan, StagePlan
 from image_rollout.slack import escape_mrkdwn
 
@@ -122,10 +122,9 @@ class RollbackOperator(RolloutOperator):
             lines.append("No target served the failing build: nothing restored")
         path = self.plan.evidence_path(build["name"])
         github = github_hook()
-        sha = append_record(
-            github, path, Record("Rollback", tuple(lines)),
+        sha = append_to_evidence(
+            github, self.plan, context, build, Record("Rollback", tuple(lines)),
             f"Record rollback of immutable image build {build['name']} after gate {failed_gate.id}",
-            evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
             key=pc.rollout_key(build["name"], f"rollback-{failed_gate.id}"),
         )
         restored_text = ", ".join(r["target"] for r in done) or "none"
