@@ -20,7 +20,6 @@ import math
 import os
 import re
 import sys
-from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -268,11 +267,6 @@ class StagePlan(_Strict):
             raise ValueError(f"stage {self.id}: a bake needs 'after' (a stage id) and 'wait'")
         return self
 
-    @property
-    def is_gate(self) -> bool:
-        """A gate vouches for the targets promoted before it; a failed one rolls them back."""
-        return self.kind in ("bake", "soak_gate") or bool(self.carrier)
-
 
 class RolloutPlan(_Strict):
     name: str
@@ -346,9 +340,6 @@ class RolloutPlan(_Strict):
         directory, not in it, so the train evidence stays the runbook's files only."""
         parent, _, leaf = self.evidence.directory.rstrip("/").rpartition("/")
         return f"{parent + '/' if parent else ''}rollouts/{leaf}/immutableimage_{build_name}_rollout.json"
-
-    def as_timedelta(self, seconds: float) -> timedelta:
-        return timedelta(seconds=seconds)
 
 
 def _format_errors(path: Path, err: ValidationError) -> str:

@@ -43,7 +43,6 @@ from image_rollout.contracts import (
     record_approval_task_id,
     reload_check_task_id,
     soak_gate_task_id,
-    stage_of,
     wait_bake_task_id,
 )
 from image_rollout.contracts import ROLLOUT_DAG_ID as DAG_ID
@@ -79,62 +78,119 @@ def _proceed(**context) -> bool:
     return not bool(context["params"].get("dry_run"))
 
 
-def _promote_stage(plan: RolloutPlan, stage: StagePlan, evidence_task: str | None, previous_cr: str | None):
-    """Tasks of a promote stage; returns the last task (what the next stage waits for)."""
-    targets = [t.target for t in stage.targets]
-    mapped = len(targets) > 1
-    if not stage.change_request:
-        if mapped:
-            last = PromoteTargetOperator.partial(task_id=local_id(promote_task_id(stage)), plan=plan.name).expand(
-                target=targets
-            )
-        else:
-            last = PromoteTargetOperator(task_id=local_id(promote_task_id(stage)), target=targets[0], plan=plan.name)
+def _earlier(plan: RolloutPlan, stage: StagePlan) -> tuple[StagePlan, ...]:
+    return plan.stages[: plan.stages.index(stage)]
+
+
+def _direct_promotion(plan: RolloutPlan, stage: StagePlan, targets: list[str]):
+    """Flag writes: one task, mapped over the stage's targets when it has several."""
+    task_id = local_id(promote_task_id(stage))
+    if len(targets) > 1:
+        return PromoteTargetOperator.partial(task_id=task_id, plan_name=plan.name).expand(target=targets)
+    return PromoteTargetOperator(task_id=task_id, target=targets[0], plan_name=plan.name)
+
+
+def _waits_before_apply(plan: RolloutPlan, stage: StagePlan) -> dict:
+    """What an apply re-proves besides the rule: the canary's bake, the soak for the regions after it."""
+    waits: dict = {}
+    if any(s.kind == "soak_gate" for s in _earlier(plan, stage)):
+        waits["soak_region"] = plan.soak.region
+    bake = next((s for s in plan.stages if s.kind == "bake"), None)
+    if stage.human_approval and bake is not None:
+        waits["bake_target"] = plan.stage(bake.after).targets[0].target
+        waits["bake_seconds"] = bake.wait
+    return waits
+
+
+def _change_request_promotion(plan: RolloutPlan, stage: StagePlan, targets: list[str]):
+    """Trains: file (with the evidence hash and the previous train), the prod start decision when the
+    stage needs one (recorded in the evidence), then apply once the change board approved."""
+    earlier = _earlier(plan, stage)
+    file_kwargs = dict(
+        task_id=local_id(file_request_task_id(stage)), evidence_hash=stage.evidence_hash, plan_name=plan.name,
+        evidence_task_id=next((evidence_task_id(s) for s in reversed(earlier) if s.kind == "evidence_commit"), None),
+        previous_deployment_task_id=next(
+            (promotion_task_id(s) for s in reversed(earlier) if s.kind == "promote" and s.change_request), None),
+    )
+    apply_kwargs = dict(task_id=local_id(apply_request_task_id(stage)), file_task_id=file_request_task_id(stage),
+                        plan_name=plan.name, execution_timeout=None, **_waits_before_apply(plan, stage))
+    if len(targets) > 1:
+        filed = FileChangeRequestOperator.partial(**file_kwargs).expand(target=targets)
+        applied = ApplyChangeRequestOperator.partial(**apply_kwargs).expand(target=targets)
     else:
-        file_kwargs = dict(task_id=local_id(file_request_task_id(stage)), evidence_hash=stage.evidence_hash,
-                           evidence_task_id=evidence_task, previous_deployment_task_id=previous_cr,
-                           plan=plan.name)
-        apply_kwargs = dict(task_id=local_id(apply_request_task_id(stage)),
-                            file_task_id=file_request_task_id(stage), plan=plan.name,
-                            execution_timeout=None)
-        if _after_soak(plan, stage):
-            apply_kwargs["soak_region"] = plan.soak.region
+        filed = FileChangeRequestOperator(target=targets[0], **file_kwargs)
         if stage.human_approval:
-            bake = next((s for s in plan.stages if s.kind == "bake"), None)
-            if bake is not None:
-                apply_kwargs["bake_target"] = plan.stage(bake.after).targets[0].target
-                apply_kwargs["bake_seconds"] = bake.wait
-        if mapped:
-            filed = FileChangeRequestOperator.partial(**file_kwargs).expand(target=targets)
-            last = ApplyChangeRequestOperator.partial(**apply_kwargs).expand(target=targets)
-        else:
-            filed = FileChangeRequestOperator(target=targets[0], **file_kwargs)
-            if stage.human_approval:
-                apply_kwargs["approval_task_id"] = approve_task_id(stage)
-            last = ApplyChangeRequestOperator(target=targets[0], **apply_kwargs)
-        if stage.human_approval:
-            approve = _approval(plan, stage, targets[0])
-            record = RecordApprovalOperator(
-                task_id=local_id(record_approval_task_id(stage)), approval_task_id=approve_task_id(stage),
-                file_task_id=file_request_task_id(stage), target=targets[0], plan=plan.name,
-            )
-            filed >> approve >> record >> last
-        else:
-            filed >> last
+            apply_kwargs["approval_task_id"] = approve_task_id(stage)
+        applied = ApplyChangeRequestOperator(target=targets[0], **apply_kwargs)
+    if not stage.human_approval:
+        filed >> applied
+        return applied
+    approve = _approval(plan, stage, targets[0])
+    record = RecordApprovalOperator(
+        task_id=local_id(record_approval_task_id(stage)), approval_task_id=approve_task_id(stage),
+        file_task_id=file_request_task_id(stage), target=targets[0], plan_name=plan.name,
+    )
+    filed >> approve >> record >> applied
+    return applied
+
+
+def _promote_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    """Promote the stage's targets (a flag write or a train), then check the reloads on its carrier."""
+    targets = [t.target for t in stage.targets]
+    promote = _change_request_promotion if stage.change_request else _direct_promotion
+    promoted = promote(plan, stage, targets)
     if stage.carrier:
-        check = ReloadCheckOperator(
-            task_id=local_id(reload_check_task_id(stage)), carrier=stage.carrier, image_key=stage.targets[0].image_key,
-            promote_task_id=promotion_task_id(stage), plan=plan.name, execution_timeout=None,
+        promoted >> ReloadCheckOperator(
+            task_id=local_id(reload_check_task_id(stage)), carrier=stage.carrier,
+            image_key=stage.targets[0].image_key, promote_task_id=promotion_task_id(stage), plan_name=plan.name,
+            execution_timeout=None,
         )
-        last >> check
-        last = check
-    return last
 
 
-def _after_soak(plan: RolloutPlan, stage: StagePlan) -> bool:
-    """Whether a promote stage comes after the canary soak (its writes need the soak to hold)."""
-    kinds = [s.kind for s in plan.stages[: plan.stages.index(stage)]]
-    return "soak_gate" in kinds
+def _evidence_commit_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    CommitEvidenceOperator(task_id=local_id(evidence_task_id(stage)), mode="initial", plan_name=plan.name)
+
+
+def _evidence_update_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    CommitEvidenceOperator(task_id=local_id(evidence_task_id(stage)), mode="stage_reloads", plan_name=plan.name)
+
+
+def _bake_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    """When the bake ends (recorded, so retries keep it), then a deferred wait until then."""
+    until = PythonOperator(
+        task_id=local_id(bake_until_task_id(stage)), python_callable=_bake_until,
+        op_kwargs={"after_task_id": promotion_task_id(plan.stage(stage.after)), "wait_seconds": stage.wait},
+    )
+    until >> DateTimeSensorAsync(
+        task_id=local_id(wait_bake_task_id(stage)),
+        target_time=f"{{{{ ti.xcom_pull(task_ids='{bake_until_task_id(stage)}') }}}}",
+        timeout=timedelta(seconds=stage.wait * 2 + 3600).total_seconds(),
+        execution_timeout=None,
+    )
+
+
+def _soak_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    region = plan.soak.region
+    SoakGateOperator(
+        task_id=local_id(soak_gate_task_id(stage)), region=region, image_key=plan.image_key(region),
+        promote_task_id=promotion_task_id(plan, region), plan_name=plan.name, execution_timeout=None,
+    )
+
+
+def _adoption_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    MonitorAdoptionOperator(task_id=local_id(monitor_adoption_task_id(stage)), plan_name=plan.name,
+                            execution_timeout=None)
+
+
+#: One builder per kind of stage: it creates the stage's tasks inside the stage's TaskGroup.
+STAGE_BUILDERS = {
+    "promote": _promote_stage,
+    "evidence_commit": _evidence_commit_stage,
+    "evidence_update": _evidence_update_stage,
+    "bake": _bake_stage,
+    "soak_gate": _soak_stage,
+    "adoption": _adoption_stage,
+}
 
 
 def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ProdChangeApprovalOperator:
@@ -214,49 +270,15 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
         },
     ) as dag:
         with TaskGroup(BUILD_GROUP, tooltip="Verify the Jenkins immutable_image build") as first:
-            verify = VerifyBuildOperator(task_id=local_id(VERIFY_TASK), plan=plan.name, execution_timeout=None)
-            show = PlanRolloutOperator(task_id=local_id(PLAN_TASK), plan=plan.name)
+            verify = VerifyBuildOperator(task_id=local_id(VERIFY_TASK), plan_name=plan.name, execution_timeout=None)
+            show = PlanRolloutOperator(task_id=local_id(PLAN_TASK), plan_name=plan.name)
             proceed = ShortCircuitOperator(task_id=local_id(PROCEED_TASK), python_callable=_proceed)
             verify >> show >> proceed
         previous = first
         gates_tasks = []
-        evidence_task = None
-        previous_cr = None
-        last = proceed
         for stage in plan.stages:
             with TaskGroup(stage.id, tooltip=f"{stage.kind}: {', '.join(t.target for t in stage.targets)}") as group:
-                if stage.kind == "promote":
-                    last = _promote_stage(plan, stage, evidence_task, previous_cr)
-                    if stage.change_request:
-                        previous_cr = promotion_task_id(stage)
-                elif stage.kind == "evidence_commit":
-                    evidence_task = evidence_task_id(stage)
-                    last = CommitEvidenceOperator(task_id=local_id(evidence_task), mode="initial", plan=plan.name)
-                elif stage.kind == "evidence_update":
-                    last = CommitEvidenceOperator(task_id=local_id(evidence_task_id(stage)), mode="stage_reloads",
-                                                  plan=plan.name)
-                elif stage.kind == "bake":
-                    until = PythonOperator(
-                        task_id=local_id(bake_until_task_id(stage)), python_callable=_bake_until,
-                        op_kwargs={"after_task_id": promotion_task_id(plan.stage(stage.after)),
-                                   "wait_seconds": stage.wait},
-                    )
-                    last = DateTimeSensorAsync(
-                        task_id=local_id(wait_bake_task_id(stage)),
-                        target_time=f"{{{{ ti.xcom_pull(task_ids='{bake_until_task_id(stage)}') }}}}",
-                        timeout=timedelta(seconds=stage.wait * 2 + 3600).total_seconds(),
-                        execution_timeout=None,
-                    )
-                    until >> last
-                elif stage.kind == "soak_gate":
-                    last = SoakGateOperator(
-                        task_id=local_id(soak_gate_task_id(stage)), region=plan.soak.region,
-                        image_key=plan.image_key(plan.soak.region),
-                        promote_task_id=promotion_task_id(stage_of(plan, plan.soak.region)), plan=plan.name, execution_timeout=None,
-                    )
-                elif stage.kind == "adoption":
-                    last = MonitorAdoptionOperator(task_id=local_id(monitor_adoption_task_id(stage)), plan=plan.name,
-                                                   execution_timeout=None)
+                STAGE_BUILDERS[stage.kind](plan, stage)
             previous >> group
             previous = group
             if gate_task_id(stage):
@@ -266,10 +288,11 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
             # run is green only when every target does.
             # Both report for themselves: the failed task that stopped the run has escalated already,
             # so their own failure must not post a second, misleading alarm.
-            verify_fleet = VerifyFleetOperator(task_id=local_id(FLEET_TASK), plan=plan.name,
+            verify_fleet = VerifyFleetOperator(task_id=local_id(FLEET_TASK), plan_name=plan.name,
                                                trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
-            rollback = RollbackOperator(task_id=local_id(ROLLBACK_TASK), plan=plan.name, trigger_rule=TriggerRule.ONE_FAILED)
-            superseded = SupersededCheckOperator(task_id=local_id(SUPERSEDED_TASK), plan=plan.name,
+            rollback = RollbackOperator(task_id=local_id(ROLLBACK_TASK), plan_name=plan.name,
+                                        trigger_rule=TriggerRule.ONE_FAILED)
+            superseded = SupersededCheckOperator(task_id=local_id(SUPERSEDED_TASK), plan_name=plan.name,
                                                  trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
             done = EmptyOperator(task_id=local_id(COMPLETE_TASK))
             verify_fleet >> done

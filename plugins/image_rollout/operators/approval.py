@@ -62,9 +62,9 @@ class ProdChangeApprovalOperator(ApprovalOperator):
 
     def execute(self, context, event: dict | None = None):
         filed = context["ti"].xcom_pull(task_ids=self.file_task_id) or {}
-        build = context["params"].get("build_name", "?")
+        build_name = context["params"].get("build_name", "?")
         if filed.get("already_serving"):
-            recorded = self._recorded_decision(build)
+            recorded = self._recorded_decision(build_name)
             if recorded:
                 # A rerun of this run after its own approved promotion: the decision is in the evidence.
                 self.log.info("%s serves this build from our own request and the decision is recorded", self.target)
@@ -151,12 +151,12 @@ class ProdChangeApprovalOperator(ApprovalOperator):
         """What a No stops, in messages."""
         return f"rollout of {context['params'].get('build_name', '?')}"
 
-    def _recorded_decision(self, build: str) -> str | None:
+    def _recorded_decision(self, build_name: str) -> str | None:
         if not self.evidence_path:
             return None
         from image_rollout.hooks.github import GitHubEvidenceHook
 
-        commits = GitHubEvidenceHook().find_commit(self.evidence_path, pc.rollout_key(build, f"approval-{self.target}"))
+        commits = GitHubEvidenceHook().find_commit(self.evidence_path, pc.rollout_key(build_name, f"approval-{self.target}"))
         return commits[0]["sha"] if commits else None
 
     def _rejected(self, context, event: dict) -> str:
@@ -165,13 +165,14 @@ class ProdChangeApprovalOperator(ApprovalOperator):
 
         who = str(approver_name(event.get("responded_by_user")))
         done = []
+        hook = None  # one per answer, made inside the try: a hook that cannot be made is said, not raised
         for item in self.filed_requests(context):
             request_id = item["request_id"]
             what = "left unapplied"
             try:
                 # Withdraw the train (the requester may delete its own request until it is applied), so an
                 # approved train nobody is going to start cannot be applied by mistake later.
-                hook = FlagsHook()
+                hook = hook or FlagsHook()
                 if hook.get_change_request(request_id).get("status") != "completed":
                     hook.delete_change_request(request_id)
                     what = "withdrawn (deleted)"

@@ -20,6 +20,7 @@ from image_rollout.contracts import (
     BACKOUT_RESOLVE_TASK,
     ROLLOUT_DAG_ID,
     VERIFY_TASK,
+    BuildRecord,
     iso,
     promotion_task_ids,
     utcnow,
@@ -30,8 +31,6 @@ from image_rollout.operators.base import (
     FLAG_POOL,
     RolloutOperator,
     find_request,
-    flags_hook,
-    github_hook,
 )
 from image_rollout.operators.promote import _WriteOperator
 from image_rollout.slack import escape_mrkdwn
@@ -68,8 +67,8 @@ class ResolveBackoutOperator(RolloutOperator):
         if to_build is not None and (not is_build_name(to_build) or to_build == name):
             raise bo.BackoutRefused(f"to_build {to_build!r} must be another build's name, not the one backed out")
         runs = self.rollout_records(context, name)
-        build = self._build_record(name, runs)
-        flags = flags_hook()
+        build = self._build_record(context, name, runs)
+        flags = self.flags(context)
         settings = self.approval_settings(flags)
         flag = flags.get_flag()
         names = bo.build_names(flag.get("variations") or [])
@@ -108,12 +107,12 @@ class ResolveBackoutOperator(RolloutOperator):
                         "promotions": promotions})
         return out
 
-    def _build_record(self, name: str, runs: list[dict]) -> dict:
+    def _build_record(self, context, name: str, runs: list[dict]) -> BuildRecord:
         """The build as its rollout verified it, else as its evidence file states it; else refused."""
         if runs:
             v = runs[-1]["verified"]
             return {k: v.get(k) for k in ("name", "images", "console_url", "console_text", "number", "url")}
-        github = github_hook()
+        github = self.github(context)
         path = self.plan.evidence_path(name)
         found = github.get_file(path)
         images = bo.image_ids_from_evidence(found[0] if found else None)
@@ -131,7 +130,7 @@ class ResolveBackoutOperator(RolloutOperator):
         runs = self.rollout_records(context, build_name)
         if runs:
             return dict(runs[-1]["verified"]["images"])
-        found = github_hook().get_file(self.plan.evidence_path(build_name))
+        found = self.github(context).get_file(self.plan.evidence_path(build_name))
         images = bo.image_ids_from_evidence(found[0] if found else None)
         if images is None:
             raise bo.BackoutRefused(f"unknown to_build {build_name}: no flag variation, rollout or evidence file "
@@ -298,7 +297,7 @@ class RestoreTargetsOperator(_BackoutWriter):
         if not done:
             lines.append(f"No target served build {build['name']}: nothing restored")
         sha = self._record(context, "Backout", tuple(lines), f"backout-{context['run_id']}")
-        github = github_hook()
+        github = self.github(context)
         path = self.plan.evidence_path(build["name"])
         url = github.blob_url(path, sha)
         restored_text = ", ".join(r["target"] for r in done) or "none"

@@ -18,9 +18,6 @@ from image_rollout.inputs import BUILD_NUMBER, is_build_name, is_image_id
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
     RolloutOperator,
-    flags_hook,
-    github_hook,
-    jenkins_hook,
 )
 from image_rollout.slack import escape_mrkdwn
 
@@ -116,7 +113,7 @@ class VerifyBuildOperator(RolloutOperator):
         noop = self._one_rollout_per_build(context, name, dry_run=request["dry_run"])
         if noop is not None:
             return noop
-        jenkins = jenkins_hook()
+        jenkins = self.jenkins(context)
         job = self.plan.jenkins.image_job
         state = context["ti"].xcom_pull(task_ids=self.task_id, key="follow") or {}
         number = state.get("number") or request["build_number"]
@@ -125,17 +122,17 @@ class VerifyBuildOperator(RolloutOperator):
             if found is None:
                 raise AirflowFailException(f"Jenkins has no {job} build named {name}")
             number = found["number"]
-        build = jenkins.get_build(job, number)
-        if build.get("displayName") != name:
+        jenkins_build = jenkins.get_build(job, number)
+        if jenkins_build.get("displayName") != name:
             raise AirflowFailException(
-                f"Jenkins {job} #{number} is build {build.get('displayName')!r}, not {name!r}"
+                f"Jenkins {job} #{number} is build {jenkins_build.get('displayName')!r}, not {name!r}"
             )
-        if build.get("building") or build.get("result") is None:
+        if jenkins_build.get("building") or jenkins_build.get("result") is None:
             self.log.info("Jenkins %s #%s is still running; checking again later", job, number)
             context["ti"].xcom_push(key="follow", value={**state, "number": number})
             self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.plan.jenkins.poll)), method_name="execute")
         console = jenkins.get_console_text(job, number)
-        if build["result"] != "SUCCESS":
+        if jenkins_build["result"] != "SUCCESS":
             rebuilds = int(state.get("rebuilds", 0))
             if TIMEOUT_MARKER.search(console) and rebuilds < self.plan.jenkins.rebuilds_on_timeout:
                 new_number = self._rebuild_once(jenkins, job, name, number)
@@ -144,7 +141,7 @@ class VerifyBuildOperator(RolloutOperator):
                 self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.plan.jenkins.poll)),
                            method_name="execute")
             raise AirflowFailException(
-                f"Jenkins {job} #{number} ({name}) ended {build['result']}; not rolling out. "
+                f"Jenkins {job} #{number} ({name}) ended {jenkins_build['result']}; not rolling out. "
                 f"Console: {jenkins.build_url(job, number)}console"
             )
         images = parse_image_ids(jenkins.get_artifact_text(job, number, "image_ids.json"))
@@ -161,7 +158,7 @@ class VerifyBuildOperator(RolloutOperator):
             "dry_run": request["dry_run"],
             "verified_at": iso(utcnow()),
         }
-        flags = flags_hook()
+        flags = self.flags(context)
         # A LaunchDarkly approval setting the rollout cannot work with stops it here, before any write;
         # every write reads the settings again (operators/base.py).
         result["approval_settings"] = self.approval_settings(flags)
@@ -190,7 +187,7 @@ class VerifyBuildOperator(RolloutOperator):
 
         if dry_run:
             return None
-        decision, why, record, _ = decide(context["ti"], github_hook(), self.plan, name, context["run_id"])
+        decision, why, record, _ = decide(context["ti"], self.github(context), self.plan, name, context["run_id"])
         self.log.info("One rollout per build: %s (%s)", decision, why)
         return self._act_on(context, name, decision, why, record)
 
@@ -202,7 +199,7 @@ class VerifyBuildOperator(RolloutOperator):
             # Superseded: it stops at its first write and writes nothing; it takes no claim either.
             self.log.info("Build %s is superseded: not claiming its rollout", name)
             return None
-        decision, why, record = claim(context["ti"], github_hook(), self.plan, name, context["run_id"])
+        decision, why, record = claim(context["ti"], self.github(context), self.plan, name, context["run_id"])
         self.log.info("Rollout of %s: %s (%s)", name, decision, why)
         return self._act_on(context, name, decision, why, record)
 
@@ -261,8 +258,8 @@ class PlanRolloutOperator(RolloutOperator):
         verified = context["ti"].xcom_pull(task_ids=VERIFY_TASK) or {}
         if verified.get("noop"):
             raise AirflowSkipException(f"no-op rerun: {verified['noop']['why']}")
-        build = self.build(context)
-        current = flags_hook().rule_values()
+        build = self.build_record(context)
+        current = self.flags(context).rule_values()
         rows = []
         for stage in self.plan.stages:
             for t in stage.targets:

@@ -29,7 +29,7 @@ from image_rollout.contracts import (
     parse_time,
     utcnow,
 )
-from image_rollout.operators.base import RolloutOperator, chlorine_hook, jenkins_hook
+from image_rollout.operators.base import RolloutOperator
 from image_rollout.slack import escape_mrkdwn
 from image_rollout.triggers import ReloadsTrigger, ReportBuildTrigger, SoakTrigger, is_permanent
 
@@ -38,7 +38,8 @@ KEEP_WAITING = "Keep waiting"
 INCONCLUSIVE_OPTIONS = [ROLL_BACK, KEEP_WAITING]
 
 
-def _promoted_at(operator: RolloutOperator, context, task_id: str) -> str:
+def _recorded_promotion_time(operator: RolloutOperator, context, task_id: str) -> str:
+    """The ``promoted_at`` the promotion task recorded: the reload count starts there."""
     promoted = operator.pull(context, task_id)
     if not promoted or not promoted.get("promoted_at"):
         raise RuntimeError(f"no promotion time in XCom of {task_id}")
@@ -201,8 +202,6 @@ class ReloadCheckOperator(_GateOperator):
     :param promote_task_id: the task that promoted the carrier's target (its time starts the count).
     """
 
-    template_fields = ("carrier",)
-
     def __init__(self, *, carrier: str, image_key: str, promote_task_id: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.carrier = carrier
@@ -214,7 +213,7 @@ class ReloadCheckOperator(_GateOperator):
 
     def _defer(self, context, since: str, phase: str, seconds: float, *, unreadable_since: str | None = None,
                escalated: bool = False) -> None:
-        build = self.build(context)
+        build = self.build_record(context)
         deadline = parse_time(since) + timedelta(seconds=seconds)
         self.defer(
             trigger=ReloadsTrigger(
@@ -231,26 +230,26 @@ class ReloadCheckOperator(_GateOperator):
     def _redefer(self, context, resume: dict, *, unreadable_since: str | None = None,
                  escalated: bool = False) -> None:
         phase = resume.get("phase", "grace")
-        since = _promoted_at(self, context, self.promote_task_id)
+        since = _recorded_promotion_time(self, context, self.promote_task_id)
         seconds = self.plan.reloads.grace if phase == "grace" else self.plan.reloads.timeout
         self._defer(context, since, phase, seconds, unreadable_since=unreadable_since, escalated=escalated)
 
     def execute(self, context) -> None:
-        since = _promoted_at(self, context, self.promote_task_id)
+        since = _recorded_promotion_time(self, context, self.promote_task_id)
         self._defer(context, since, "grace", self.plan.reloads.grace)
 
     def execute_complete(self, context, event: dict, phase: str = "grace") -> dict:
         self._handle_non_verdict(context, event, {"phase": phase})
-        build = self.build(context)
+        build = self.build_record(context)
         image_id = build["images"][self.image_key]
-        since = _promoted_at(self, context, self.promote_task_id)
+        since = _recorded_promotion_time(self, context, self.promote_task_id)
         if event["verdict"] == "pass":
             figures = event["figures"]
             self.say(f"{self.carrier}: {figures['succeeded_with_new_image']} workers reloaded with image {image_id}")
             return {"carrier": self.carrier, "image_id": image_id, **figures}
         if event["verdict"] == "fail":
             self._fail(context, self.carrier, event)
-        chlorine = chlorine_hook()
+        chlorine = self.chlorine(context)
         try:
             reloads = chlorine.list_reloads(carrier=self.carrier, since=since)
             decision = gates.evaluate_reloads(reloads, image_id=image_id, required=self.plan.reloads.required,
@@ -316,7 +315,7 @@ class SoakGateOperator(_GateOperator):
 
     def _start(self, context, *, unreadable_since: str | None = None, escalated: bool = False,
                holding: bool = False) -> None:
-        build = self.build(context)
+        build = self.build_record(context)
         soak = self.plan.soak
         self.defer(
             trigger=SoakTrigger(
@@ -342,7 +341,7 @@ class SoakGateOperator(_GateOperator):
 
     def execute_complete(self, context, event: dict, holding: bool = False) -> SoakVerdict | dict:
         self._handle_non_verdict(context, event, {"holding": holding})
-        build = self.build(context)
+        build = self.build_record(context)
         verdict = event["verdict"]
         if verdict == "not_serving":
             serves = event.get("serves")
@@ -386,11 +385,11 @@ class MonitorAdoptionOperator(RolloutOperator):
     prod carrier run the new image, until the plan's threshold or its time limit."""
 
     def execute(self, context, event: dict | None = None) -> dict:
-        build = self.build(context)
+        build = self.build_record(context)
         ti = context["ti"]
         started = ti.xcom_pull(task_ids=self.task_id, key="started") or iso(utcnow())
         ti.xcom_push(key="started", value=started)
-        jenkins = jenkins_hook()
+        jenkins = self.jenkins(context)
         job = self.plan.jenkins.report_job
         report = jenkins.get_build(job, "lastSuccessfulBuild")
         number = int(report["number"])

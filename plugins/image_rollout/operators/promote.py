@@ -37,8 +37,6 @@ from image_rollout.operators.base import (
     FLAG_POOL,
     RolloutOperator,
     find_request,
-    flags_hook,
-    github_hook,
 )
 from image_rollout.plan import RolloutPlan
 from image_rollout.slack import escape_mrkdwn
@@ -54,7 +52,7 @@ def check_approval_settings(settings: dict | None, plan: RolloutPlan | None = No
     pc.check_approval_settings(settings)
 
 
-def _promoted_at(request: dict) -> str:
+def _applied_time(request: dict) -> str:
     """The promotion time is the system's own (LaunchDarkly's ``appliedDate``), so a bake measured
     from it survives reruns of the task that applied it."""
     applied = from_ms(request.get("appliedDate")) if request else None
@@ -84,9 +82,9 @@ class _WriteOperator(RolloutOperator):
 
     def guard(self, context) -> tuple[dict, Any, dict | None]:
         """Freeze, ownership, approval settings: read now, before anything is written."""
-        build = self.build(context)
+        build = self.build_record(context)
         self.guard_write(context, build["name"])
-        flags = flags_hook()
+        flags = self.flags(context)
         settings = self.approval_settings(flags)
         return build, flags, settings
 
@@ -96,7 +94,7 @@ class _WriteOperator(RolloutOperator):
         if review == "declined":
             self.say(
                 f"Change request {escape_mrkdwn(str(request['_id']))} for {self.target} was declined by the change "
-                f"board: rollout of {self.build(context)['name']} stopped before {self.target} changed",
+                f"board: rollout of {self.build_record(context)['name']} stopped before {self.target} changed",
                 escalate=True,
             )
             raise AirflowFailException(f"change request {request['_id']} for {self.target} was declined")
@@ -130,7 +128,7 @@ class _WriteOperator(RolloutOperator):
     def done(self, flags, build: dict, **optional: str | None) -> Promotion:
         """Already serving the build from our own write: keep the system's promotion time."""
         ours = self.ours_applied(flags, self.target, build) or {}
-        return promotion(self.target, build, changed=False, promoted_at=_promoted_at(ours),
+        return promotion(self.target, build, changed=False, promoted_at=_applied_time(ours),
                          request_id=ours.get("_id"), **optional)
 
 
@@ -140,8 +138,6 @@ class PromoteTargetOperator(_WriteOperator):
 
     :param target: the rule's target name (``dev-south``).
     """
-
-    template_fields = ("target",)
 
     def __init__(self, *, target: str, **kwargs) -> None:
         kwargs.setdefault("pool", FLAG_POOL)
@@ -181,7 +177,7 @@ class PromoteTargetOperator(_WriteOperator):
         applied = self.apply(context, flags, request, build)
         self.say(f"Promoted immutable image build {build['name']} to {self.target} "
                  f"(change request {escape_mrkdwn(str(request['_id']))})")
-        return promotion(self.target, build, changed=True, promoted_at=_promoted_at(applied),
+        return promotion(self.target, build, changed=True, promoted_at=_applied_time(applied),
                          request_id=request["_id"])
 
 
@@ -199,8 +195,6 @@ class FileChangeRequestOperator(_WriteOperator):
         the "Previous Deployment" a prod train must name (runbook: the stage-south promotion).
     """
 
-    template_fields = ("target",)
-
     def __init__(self, *, target: str, evidence_hash: str, evidence_task_id: str | None,
                  previous_deployment_task_id: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -215,7 +209,7 @@ class FileChangeRequestOperator(_WriteOperator):
             ours = self.ours_applied(flags, self.target, build) or {}
             return {"target": self.target, "already_serving": True, "previous": build["baseline"].get(self.target),
                     "request_id": ours.get("_id")}
-        github = github_hook()
+        github = self.github(context)
         path = self.plan.evidence_path(build["name"])
         if self.evidence_hash == "first":
             sha = (self.pull(context, self.evidence_task_id) or {}).get("sha") if self.evidence_task_id else None
@@ -264,8 +258,6 @@ class ApplyChangeRequestOperator(_WriteOperator):
     :param soak_region: for the remaining prod regions: the canary region whose soak must hold.
     """
 
-    template_fields = ("target",)
-
     def __init__(self, *, target: str, file_task_id: str, approval_task_id: str | None = None,
                  bake_target: str | None = None, bake_seconds: float | None = None,
                  soak_region: str | None = None, **kwargs) -> None:
@@ -311,7 +303,7 @@ class ApplyChangeRequestOperator(_WriteOperator):
         applied = self.apply(context, flags, request, build)
         self.say(f"Promoted immutable image build {build['name']} to {self.target} "
                  f"(change request {escape_mrkdwn(str(request['_id']))})")
-        return promotion(self.target, build, changed=True, promoted_at=_promoted_at(applied),
+        return promotion(self.target, build, changed=True, promoted_at=_applied_time(applied),
                          request_id=request["_id"], evidence_sha=filed.get("evidence_sha"))
 
     # Resumed from the old trigger path (a run deferred before this version): re-prove everything.

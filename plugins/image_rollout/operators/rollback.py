@@ -15,7 +15,7 @@ from image_rollout import preconditions as pc
 from image_rollout.contracts import gate_task_id, iso, promotion_task_ids, stage_of, utcnow
 from image_rollout.evidence import Record
 from image_rollout.evidence_commits import append_to_evidence
-from image_rollout.operators.base import FLAG_POOL, RolloutOperator, flags_hook, github_hook
+from image_rollout.operators.base import FLAG_POOL, RolloutOperator
 from image_rollout.plan import RolloutPlan, StagePlan
 from image_rollout.slack import escape_mrkdwn
 
@@ -79,11 +79,11 @@ class RollbackOperator(RolloutOperator):
         if failed_gate is None:
             # The failed task already escalated; a second message from here would only mislead.
             raise AirflowSkipException("no gate failed: nothing to roll back (the failed task has escalated)")
-        build = self.build(context)
+        build = self.build_record(context)
         self.hold_if_frozen(context)
         newer = self.superseded_by(build["name"])
         decision = self.pull_decision(context, gate_task_id(failed_gate))
-        flags = flags_hook()
+        flags = self.flags(context)
         settings = self.approval_settings(flags)
         current = flags.rule_values()
         previous = {}
@@ -121,7 +121,7 @@ class RollbackOperator(RolloutOperator):
         if not done:
             lines.append("No target served the failing build: nothing restored")
         path = self.plan.evidence_path(build["name"])
-        github = github_hook()
+        github = self.github(context)
         sha = append_to_evidence(
             github, self.plan, context, build, Record("Rollback", tuple(lines)),
             f"Record rollback of immutable image build {build['name']} after gate {failed_gate.id}",

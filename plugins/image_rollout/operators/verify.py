@@ -10,7 +10,7 @@ from __future__ import annotations
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout.contracts import END_GROUP, SUPERSEDED_TASK, VERIFY_TASK, adoption_task_id, gate_task_ids
-from image_rollout.operators.base import RolloutOperator, flags_hook, github_hook
+from image_rollout.operators.base import RolloutOperator
 from image_rollout.operators.claim import mark_finished
 from image_rollout.slack import escape_mrkdwn
 
@@ -29,13 +29,13 @@ class VerifyFleetOperator(RolloutOperator):
             # Red, not skipped: a run whose build never passed verification rolled nothing out. The task
             # that stopped it has escalated; this one only keeps the run from ending green.
             raise AirflowFailException("the build did not pass verification: nothing was rolled out")
-        build = self.build(context)
+        build = self.build_record(context)
         if build.get("dry_run"):
             raise AirflowSkipException("dry run: nothing was rolled out")
         newer = self.superseded_by(build["name"])
         if newer:
             raise AirflowSkipException(f"superseded by {newer}: see {SUPERSEDED_TASK}")
-        rules = flags_hook().rule_values()
+        rules = self.flags(context).rule_values()
         behind = [t.target for t in self.plan.targets if rules.get(t.target) != build["images"]]
         ti = context["ti"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[context["run_id"]])
@@ -59,7 +59,7 @@ class VerifyFleetOperator(RolloutOperator):
         # The build's rollout record says it finished (GitHub), so a later run of it is a no-op rerun.
         self.hold_if_held(context, build["name"])
         self.stop_if_taken_over(context, build["name"])
-        mark_finished(github_hook(), self.plan, build["name"], context["run_id"])
+        mark_finished(self.github(context), self.plan, build["name"], context["run_id"])
         self.say(
             f":white_check_mark: Rollout of immutable image build {build['name']} complete: all "
             f"{len(self.plan.targets)} targets serve it, every gate passed; {adoption.get('percent')}% of prod "
@@ -72,15 +72,15 @@ class SupersededCheckOperator(RolloutOperator):
     """Fail, with a clear label, when a newer build took the flag from this run."""
 
     def execute(self, context) -> dict:
-        build = context["ti"].xcom_pull(task_ids=VERIFY_TASK)
-        if not build:
+        verified = context["ti"].xcom_pull(task_ids=VERIFY_TASK)
+        if not verified:
             raise AirflowSkipException("no verified build")
-        if build.get("noop"):
+        if verified.get("noop"):
             raise AirflowSkipException("no-op rerun of a finished rollout")
-        newer = self.superseded_by(build["name"])
+        newer = self.superseded_by(verified["name"])
         if not newer:
             return {"superseded_by": None}
-        text = (f"{SUPERSEDED_PREFIX}: rollout of {build['name']} was superseded by newer build {newer}; "
+        text = (f"{SUPERSEDED_PREFIX}: rollout of {verified['name']} was superseded by newer build {newer}; "
                 "it is not a success. See the rollback, if any, for the targets it restored or left alone")
         self.say(escape_mrkdwn(text), escalate=True)
         raise AirflowFailException(text)
