@@ -1,7 +1,8 @@
 """Slack notifiers for callbacks and the approval request, posting through the slack provider's hook.
 
-Built on ``airflow.sdk.BaseNotifier`` rather than the provider's ``SlackNotifier`` for two reasons
-from DESIGN.md: a Slack outage never fails the rollout (the stock notifier re-raises), and text that
+Built on ``airflow.sdk.BaseNotifier`` rather than the provider's ``SlackNotifier`` for two reasons: a
+Slack outage never fails the rollout (README, "What happens when something fails": "Slack is down ...
+notifications are best effort"; the stock notifier re-raises), and text that
 comes from outside (exception messages, build names) is escaped for Slack's mrkdwn. Posting goes
 through :func:`image_rollout.slack.notify`, which uses the provider's ``SlackHook`` and imports it
 only when a message is sent, so parsing the DAG stays light.

@@ -1,6 +1,7 @@
 """What every rollout task shares: the plan, the verified build, and the guards before a flag write.
 
-The guards are the safety rules of DESIGN.md section 5 that apply to any write: the freeze
+The guards are the safety rules that apply to any write (README, "What happens when something
+fails": "Stop the line", "Hold one rollout", a newer build's rollout; "One rollout per build"): the freeze
 switch holds the write (deferred, no worker slot), so does a hold on this one build (issue 11
 item 3), a rollout superseded by a newer build stops without touching the flag again, and so
 does a run whose build another run has taken over (issue 11 item 1).

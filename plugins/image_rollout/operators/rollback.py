@@ -1,7 +1,7 @@
 """Rollback: the runbook's backout plan ("Rollback to previous version") when a gate fails.
 
-DESIGN.md section 5: a failed gate restores its target and every target promoted after the
-last passed gate to the image map it served before; earlier environments keep the new image.
+README, "What happens when something fails": a failed gate restores its target and every target
+promoted after the last passed gate to the image map it served before; earlier environments keep the new image.
 The map to restore is the one read just before the promotion (its task's XCom), else the
 snapshot taken at build verification. What a rule serves now is read back from the flag,
 so running this twice writes nothing the second time.
