@@ -12,7 +12,10 @@ from typing import Any
 from urllib.parse import quote
 
 from image_rollout.contracts import (
+    BACKOUT_APPROVE_TASK,
     BACKOUT_DAG_ID,
+    BACKOUT_RESOLVE_TASK,
+    BACKOUT_RESTORE_TASK,
     END_GROUP,
     FLEET_TASK,
     ROLLBACK_TASK,
@@ -26,6 +29,7 @@ from image_rollout.contracts import (
     record_approval_task_id,
     reload_check_task_id,
     soak_gate_task_id,
+    stage_of,
     wait_bake_task_id,
 )
 from image_rollout.contracts import ROLLOUT_DAG_ID as DAG_ID
@@ -290,10 +294,7 @@ def assemble_run(
         elif stage.kind == "bake":
             gates.append(_bake_gate(stage, states, xcom, now))
         elif stage.kind == "soak_gate":
-            region_stage = next(
-                (s for s in plan.stages if plan.soak.region in [t.target for t in s.targets]), None
-            )
-            started = promoted_at_by_stage.get(region_stage.id) if region_stage else None
+            started = promoted_at_by_stage.get(stage_of(plan, plan.soak.region).id)
             gates.append(_soak_gate(plan, stage, states, xcom, started, now))
 
     # Evidence records appended by later steps: the prod approval and a rollback.
@@ -760,9 +761,9 @@ def load_runs(
 
 def assemble_backout(run: dict, states: TaskStates, xcoms: XComs) -> dict:
     """One backout run as the run page shows it (no I/O); task ids and shapes of ``operators/backout.py``."""
-    resolved = _dict(xcoms.get(("resolve_backout", -1, "return_value")))
-    result = _dict(xcoms.get(("restore_targets", -1, "return_value")))
-    restored = result.get("restored") or xcoms.get(("restore_targets", -1, "restored")) or []
+    resolved = _dict(xcoms.get((BACKOUT_RESOLVE_TASK, -1, "return_value")))
+    result = _dict(xcoms.get((BACKOUT_RESTORE_TASK, -1, "return_value")))
+    restored = result.get("restored") or xcoms.get((BACKOUT_RESTORE_TASK, -1, "restored")) or []
     conf = run.get("conf") or {}
     return {
         "run_id": run["run_id"],
@@ -776,7 +777,7 @@ def assemble_backout(run: dict, states: TaskStates, xcoms: XComs) -> dict:
         "restored": [{k: r.get(k) for k in ("target", "restored", "to_build", "request_id", "at")} for r in restored],
         "left_alone": list(result.get("left_alone") or []),
         "evidence_url": result.get("evidence_url"),
-        "approval": _state(states, "approve_backout"),
+        "approval": _state(states, BACKOUT_APPROVE_TASK),
         "started_at": iso(run.get("start_date")),
     }
 
