@@ -117,11 +117,6 @@ SUPERSEDED_TASK = _in(END_GROUP, "superseded")
 COMPLETE_TASK = _in(END_GROUP, "rollout_complete")
 
 
-def verify_task() -> str:
-    """The task whose XCom holds the :class:`VerifiedBuild`."""
-    return VERIFY_TASK
-
-
 # A promote stage's tasks.
 def promote_task_id(stage: StagePlan) -> str:
     """A direct flag write (or a change request when the environment requires approvals)."""

@@ -146,23 +146,24 @@ class VerifyBuildOperator(RolloutOperator):
             )
         images = parse_image_ids(jenkins.get_artifact_text(job, number, "image_ids.json"))
         images = self._check_images(images, request["image_ids"])
-        console_url = f"{jenkins.build_url(job, number)}console"
+        verified_at = iso(utcnow())
+        flags = self.flags(context)
+        # A LaunchDarkly approval setting the rollout cannot work with stops it here, before any write;
+        # every write reads the settings again (operators/base.py).
+        approval_settings = self.approval_settings(flags)
         result: VerifiedBuild = {
             "name": name,
             "number": number,
             "job": job,
             "url": jenkins.build_url(job, number),
-            "console_url": console_url,
+            "console_url": f"{jenkins.build_url(job, number)}console",
             "console_text": console_excerpt(console),
             "images": images,
             "dry_run": request["dry_run"],
-            "verified_at": iso(utcnow()),
+            "verified_at": verified_at,
+            "approval_settings": approval_settings,
+            "baseline": flags.rule_values(),
         }
-        flags = self.flags(context)
-        # A LaunchDarkly approval setting the rollout cannot work with stops it here, before any write;
-        # every write reads the settings again (operators/base.py).
-        result["approval_settings"] = self.approval_settings(flags)
-        result["baseline"] = flags.rule_values()
         if not request["dry_run"]:
             self.hold_if_held(context, name)
             noop = self._claim_build(context, name)
