@@ -6,7 +6,8 @@ instead of committing again.
 
 Kept apart from the operators (``operators.evidence``) so the guards every write runs
 (``operators.base``: a supersession, an override, a drift decision) can record in the evidence
-without importing the operators that import them.
+without importing the operators that import them. Only a running task needs it: the operators
+import it where they write, so parsing a DAG file does not.
 """
 
 from __future__ import annotations
@@ -101,9 +102,9 @@ def append_record(github: GitHubEvidenceHook, path: str, record: Record, message
     return github.put_file(path, text, _message(message, key))
 
 
-def append_to_evidence(github: GitHubEvidenceHook, plan: RolloutPlan, context, build: BuildRecord, record: Record,
-                       message: str, *, key: str) -> str:
-    """Append ``record`` to the build's evidence file once per key (created, if missing, from the
-    reloads recorded so far)."""
-    return append_record(github, plan.evidence_path(build["name"]), record, message,
+def append_to_evidence(github: GitHubEvidenceHook, plan: RolloutPlan, context, build: BuildRecord, title: str,
+                       lines: Sequence[str], message: str, *, key: str) -> str:
+    """Append a ``title`` section of ``lines`` to the build's evidence file once per key (created, if
+    missing, from the reloads recorded so far). What the guards and the rollback call."""
+    return append_record(github, plan.evidence_path(build["name"]), Record(title, tuple(lines)), message,
                          evidence_for(plan, context, build, ALL_SECTIONS), key=key)

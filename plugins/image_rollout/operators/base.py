@@ -21,8 +21,6 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from image_rollout import gates
 from image_rollout import preconditions as pc
 from image_rollout.contracts import VERIFY_TASK, BuildRecord, approver_name, iso, utcnow
-from image_rollout.evidence import Record
-from image_rollout.evidence_commits import append_to_evidence
 from image_rollout.plan import RolloutPlan, load_plan
 from image_rollout.slack import escape_mrkdwn, notify
 
@@ -222,13 +220,15 @@ class RolloutOperator(BaseOperator):
 
     def _record_supersession(self, context, build_name: str, newer: str) -> None:
         """Say so in the evidence file, if this rollout has one yet (once)."""
+        from image_rollout.evidence_commits import append_to_evidence
+
         github = self.github(context)
         if github.get_file(self.plan.evidence_path(build_name)) is None:
             return
         append_to_evidence(
-            github, self.plan, context, self.build_record(context),
-            Record("Superseded", (f"Rollout stopped at {iso(utcnow())}: superseded by newer build {newer}; "
-                                  "the worker-image flag was not touched again",)),
+            github, self.plan, context, self.build_record(context), "Superseded",
+            (f"Rollout stopped at {iso(utcnow())}: superseded by newer build {newer}; "
+             "the worker-image flag was not touched again",),
             f"Record that immutable image build {build_name} was superseded by {newer}",
             key=pc.rollout_key(build_name, "superseded"),
         )
@@ -313,8 +313,10 @@ class RolloutOperator(BaseOperator):
 
     def _record(self, context, title: str, lines: tuple[str, ...], step: str) -> str | None:
         """Append a record to this build's evidence file (keyed, so a rerun does not append it twice)."""
+        from image_rollout.evidence_commits import append_to_evidence
+
         build = self.build_record(context)
-        return append_to_evidence(self.github(context), self.plan, context, build, Record(title, lines),
+        return append_to_evidence(self.github(context), self.plan, context, build, title, lines,
                                   f"Record {title.lower()} for immutable image build {build['name']}",
                                   key=pc.rollout_key(build["name"], step))
 

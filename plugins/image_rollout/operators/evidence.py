@@ -8,8 +8,6 @@ from typing import Literal
 
 from image_rollout import preconditions as pc
 from image_rollout.contracts import EvidenceCommit, approver_name, iso
-from image_rollout.evidence import Record, render
-from image_rollout.evidence_commits import append_to_evidence, commit_once, evidence_for
 from image_rollout.operators.base import RolloutOperator
 
 Mode = Literal["initial", "stage_reloads"]
@@ -26,6 +24,9 @@ class CommitEvidenceOperator(RolloutOperator):
         self.mode = mode
 
     def execute(self, context, event: dict | None = None) -> EvidenceCommit:
+        from image_rollout.evidence import render
+        from image_rollout.evidence_commits import commit_once, evidence_for
+
         build = self.build_record(context)
         self.guard_build(context, build["name"])
         sections = ("dev", "prestage") if self.mode == "initial" else ("dev", "prestage", "stage")
@@ -58,6 +59,8 @@ class RecordApprovalOperator(RolloutOperator):
         self.target = target
 
     def execute(self, context, event: dict | None = None) -> dict:
+        from image_rollout.evidence_commits import append_to_evidence
+
         build = self.build_record(context)
         self.hold_if_held(context, build["name"])
         approval = self.pull(context, self.approval_task_id) or {}
@@ -81,7 +84,7 @@ class RecordApprovalOperator(RolloutOperator):
         )
         path = self.plan.evidence_path(build["name"])
         message = f"Record prod start decision for immutable image build {build['name']} on {self.target}"
-        sha = append_to_evidence(self.github(context), self.plan, context, build, Record("Prod change approval", lines),
+        sha = append_to_evidence(self.github(context), self.plan, context, build, "Prod change approval", lines,
                                  message, key=pc.rollout_key(build["name"], f"approval-{self.target}"))
         return {"path": path, "sha": sha, "approver": who, "approved_at": when, "choice": choice,
                 "valid": refused is None, "refused": None if refused is None else refused.reason}

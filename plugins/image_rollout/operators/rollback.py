@@ -13,8 +13,6 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import preconditions as pc
 from image_rollout.contracts import gate_task_id, iso, promotion_task_ids, stage_of, utcnow
-from image_rollout.evidence import Record
-from image_rollout.evidence_commits import append_to_evidence
 from image_rollout.operators.base import FLAG_POOL, RolloutOperator
 from image_rollout.plan import RolloutPlan, StagePlan
 from image_rollout.slack import escape_mrkdwn
@@ -70,6 +68,8 @@ class RollbackOperator(RolloutOperator):
         return build["baseline"].get(target)
 
     def execute(self, context, event: dict | None = None) -> dict:
+        from image_rollout.evidence_commits import append_to_evidence
+
         if event and event.get("verdict") == "declined":
             self.say(f"The change board declined a rollback request ({event.get('request', {}).get('_id')}): "
                      "restore by hand now", escalate=True)
@@ -123,7 +123,7 @@ class RollbackOperator(RolloutOperator):
         path = self.plan.evidence_path(build["name"])
         github = self.github(context)
         sha = append_to_evidence(
-            github, self.plan, context, build, Record("Rollback", tuple(lines)),
+            github, self.plan, context, build, "Rollback", lines,
             f"Record rollback of immutable image build {build['name']} after gate {failed_gate.id}",
             key=pc.rollout_key(build["name"], f"rollback-{failed_gate.id}"),
         )
