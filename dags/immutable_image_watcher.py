@@ -15,7 +15,7 @@ import airflow.sdk.definitions.decorators  # noqa: F401  what `task` loads: pre-
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
-from image_rollout.inputs import DAG_ID, run_id_for
+from image_rollout.contracts import ROLLOUT_DAG_ID, run_id_for
 
 
 @dag(
@@ -39,7 +39,7 @@ def immutable_image_watcher():
         return [{"trigger_run_id": run_id_for(found["build_name"]), "conf": found}]
 
     TriggerDagRunOperator.partial(
-        task_id="trigger_rollout", trigger_dag_id=DAG_ID, skip_when_already_exists=True,
+        task_id="trigger_rollout", trigger_dag_id=ROLLOUT_DAG_ID, skip_when_already_exists=True,
     ).expand_kwargs(find_new_build())
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from image_rollout import lazy_module
+from image_rollout.contracts import IMAGE_KEYS
 from image_rollout.inputs import is_build_name, is_image_id
 
 pc = lazy_module("image_rollout.preconditions")
@@ -87,7 +88,7 @@ def image_ids_from_evidence(text: str | None) -> dict | None:
         images = json.loads(found.group(1))
     except ValueError:
         return None
-    if not isinstance(images, dict) or set(images) != set(pc.IMAGE_KEYS):
+    if not isinstance(images, dict) or set(images) != set(IMAGE_KEYS):
         return None
     if not all(is_image_id(v) and isinstance(v, str) for v in images.values()):
         return None

@@ -12,13 +12,17 @@ from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param
 from airflow.task.trigger_rule import TriggerRule
 
-from image_rollout.inputs import BUILD_NAME_SCHEMA_PATTERN
+from image_rollout.contracts import (
+    BACKOUT_APPROVE_TASK,
+    BACKOUT_DAG_ID,
+    BACKOUT_FILE_TASK,
+    BACKOUT_PROCEED_TASK,
+    BACKOUT_RESOLVE_TASK,
+    BACKOUT_RESTORE_TASK,
+    BUILD_NAME_SCHEMA_PATTERN,
+)
 from image_rollout.notifications import SafeSlackNotifier
 from image_rollout.operators.backout import (
-    APPROVE_TASK,
-    FILE_TASK,
-    RESOLVE_TASK,
-    RESTORE_TASK,
     BackoutApprovalOperator,
     FileBackoutRequestsOperator,
     ResolveBackoutOperator,
@@ -27,13 +31,11 @@ from image_rollout.operators.backout import (
 from image_rollout.plan import RolloutPlan
 from image_rollout.rollout_dag import _proceed, task_defaults
 
-DAG_ID = "immutable_image_backout"
 
-
-def build_backout_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = None) -> DAG:
+def build_backout_dag(plan: RolloutPlan, *, dag_id: str = BACKOUT_DAG_ID, doc_md: str | None = None) -> DAG:
     """The backout DAG for ``plan``."""
     targets = [t.target for t in plan.targets]
-    link = (f"{plan.airflow_base_url}/dags/{dag_id}/runs/{{{{ run_id }}}}/tasks/{APPROVE_TASK}"
+    link = (f"{plan.airflow_base_url}/dags/{dag_id}/runs/{{{{ run_id }}}}/tasks/{BACKOUT_APPROVE_TASK}"
             "/required_actions")
     with DAG(
         dag_id=dag_id,
@@ -65,12 +67,12 @@ def build_backout_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | 
                              description="Show the plan (task log, Slack); write nothing."),
         },
     ) as dag:
-        resolve = ResolveBackoutOperator(task_id=RESOLVE_TASK, plan=plan.name)
-        proceed = ShortCircuitOperator(task_id="proceed_unless_dry_run", python_callable=_proceed)
-        file = FileBackoutRequestsOperator(task_id=FILE_TASK, plan=plan.name)
+        resolve = ResolveBackoutOperator(task_id=BACKOUT_RESOLVE_TASK, plan_name=plan.name)
+        proceed = ShortCircuitOperator(task_id=BACKOUT_PROCEED_TASK, python_callable=_proceed)
+        file = FileBackoutRequestsOperator(task_id=BACKOUT_FILE_TASK, plan_name=plan.name)
         approve = BackoutApprovalOperator(
-            task_id=APPROVE_TASK,
-            file_task_id=FILE_TASK,
+            task_id=BACKOUT_APPROVE_TASK,
+            file_task_id=BACKOUT_FILE_TASK,
             target="the backout's prod targets",
             patching_channel=plan.slack.patching_channel,
             approvers=list(plan.approvers.users),
@@ -79,7 +81,7 @@ def build_backout_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | 
             subject="Approve the prod backout of immutable image build {{ params.build_name }}",
             body=(
                 "Backout of build **{{ params.build_name }}**: {{ params.reason }}\n\n"
-                f"Prod trains approved by the change board: {{{{ ti.xcom_pull(task_ids='{FILE_TASK}')"
+                f"Prod trains approved by the change board: {{{{ ti.xcom_pull(task_ids='{BACKOUT_FILE_TASK}')"
                 ".get('requests') | selectattr('start_decision') | map(attribute='target') | join(', ') }}\n\n"
                 "Approve to restore them; Reject stops the backout before they change."
             ),
@@ -91,7 +93,7 @@ def build_backout_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | 
             )],
             retries=2,  # the machinery only: a decision is never retried (see ProdChangeApprovalOperator)
         )
-        restore = RestoreTargetsOperator(task_id=RESTORE_TASK, plan=plan.name, execution_timeout=None,
+        restore = RestoreTargetsOperator(task_id=BACKOUT_RESTORE_TASK, plan_name=plan.name, execution_timeout=None,
                                          trigger_rule=TriggerRule.NONE_FAILED)
         resolve >> proceed >> file >> approve >> restore
     return dag

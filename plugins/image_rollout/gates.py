@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
+
+from image_rollout.contracts import from_ms, parse_time
 
 Verdict = Literal["pass", "fail", "wait"]
 
@@ -24,12 +26,6 @@ class Decision:
 
     def as_event(self) -> dict:
         return {"verdict": self.verdict, "reason": self.reason, "figures": self.figures}
-
-
-def parse_time(value: str | datetime) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
 def _require(item: Mapping, keys: Iterable[str], what: str) -> None:
@@ -132,10 +128,7 @@ def evaluate_soak(
 
 
 def _applied_at(request: Mapping) -> datetime | None:
-    applied = request.get("appliedDate")
-    if isinstance(applied, bool) or not isinstance(applied, int | float) or applied <= 0:
-        return None
-    return datetime.fromtimestamp(applied / 1000, tz=UTC)
+    return from_ms(request.get("appliedDate"))
 
 
 def latest_rule_change(change_requests: Iterable[Mapping], rule_id: str) -> datetime | None:

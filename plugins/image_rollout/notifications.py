@@ -1,7 +1,8 @@
 """Slack notifiers for callbacks and the approval request, posting through the slack provider's hook.
 
-Built on ``airflow.sdk.BaseNotifier`` rather than the provider's ``SlackNotifier`` for two reasons
-from DESIGN.md: a Slack outage never fails the rollout (the stock notifier re-raises), and text that
+Built on ``airflow.sdk.BaseNotifier`` rather than the provider's ``SlackNotifier`` for two reasons: a
+Slack outage never fails the rollout (README, "What happens when something fails": "Slack is down ...
+notifications are best effort"; the stock notifier re-raises), and text that
 comes from outside (exception messages, build names) is escaped for Slack's mrkdwn. Posting goes
 through :func:`image_rollout.slack.notify`, which uses the provider's ``SlackHook`` and imports it
 only when a message is sent, so parsing the DAG stays light.
@@ -18,11 +19,11 @@ class SafeSlackNotifier(BaseNotifier):
     """Post ``text`` (templated) to ``channel``; never raises.
 
     :param text: the message, a Jinja template rendered with the task's context.
-    :param channel: Slack channel.
+    :param channel: Slack channel (from the plan: not templated).
     :param slack_conn_id: the Slack API connection.
     """
 
-    template_fields = ("text", "channel")
+    template_fields = ("text",)
 
     def __init__(self, *, text: str, channel: str, slack_conn_id: str = "slack_api_default") -> None:
         super().__init__()
@@ -35,9 +36,11 @@ class SafeSlackNotifier(BaseNotifier):
 
 
 class RolloutFailureNotifier(SafeSlackNotifier):
-    """Escalate a failed task to the patching channel: what failed, where, and where to look."""
+    """Escalate a failed task to the patching channel: what failed, where, and where to look.
 
-    template_fields = ("channel",)
+    Its text is written when the task fails, from the context: nothing is templated."""
+
+    template_fields = ()
 
     def __init__(self, *, channel: str, airflow_url: str, what: str = "rollout", **kwargs) -> None:
         super().__init__(channel=channel, text="", **kwargs)
@@ -47,10 +50,10 @@ class RolloutFailureNotifier(SafeSlackNotifier):
     def notify(self, context) -> None:
         ti = context["ti"]
         error = context.get("exception")
-        build = (context.get("params") or {}).get("build_name", "?")
+        build_name = (context.get("params") or {}).get("build_name", "?")
         link = f"{self.airflow_url}/dags/{ti.dag_id}/runs/{context['run_id']}/tasks/{ti.task_id}"
         self.text = (
-            f":red_circle: Immutable image {self.what} of {escape_mrkdwn(build)} failed at "
+            f":red_circle: Immutable image {self.what} of {escape_mrkdwn(build_name)} failed at "
             f"`{escape_mrkdwn(ti.task_id)}` (try {ti.try_number}): "
             f"{escape_mrkdwn(str(error)[:300]) if error else 'see the log'}. Log: {link}"
         )

@@ -21,7 +21,6 @@ import math
 import os
 import re
 import sys
-from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -33,7 +32,6 @@ PLANS_DIR = Path(__file__).resolve().parents[2] / "include" / "plans"
 PLAN_ENV = "ROLLOUT_PLAN"
 #: Validated plans, beside this module's bytecode (see the module docstring).
 CACHE_DIR = Path(__file__).resolve().parent / "__pycache__"
-IMAGE_KEYS = ("dev", "prod", "prodfr2", "stage")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -270,11 +268,6 @@ class StagePlan(_Strict):
             raise ValueError(f"stage {self.id}: a bake needs 'after' (a stage id) and 'wait'")
         return self
 
-    @property
-    def is_gate(self) -> bool:
-        """A gate vouches for the targets promoted before it; a failed one rolls them back."""
-        return self.kind in ("bake", "soak_gate") or bool(self.carrier)
-
 
 class RolloutPlan(_Strict):
     name: str
@@ -348,9 +341,6 @@ class RolloutPlan(_Strict):
         directory, not in it, so the train evidence stays the runbook's files only."""
         parent, _, leaf = self.evidence.directory.rstrip("/").rpartition("/")
         return f"{parent + '/' if parent else ''}rollouts/{leaf}/immutableimage_{build_name}_rollout.json"
-
-    def as_timedelta(self, seconds: float) -> timedelta:
-        return timedelta(seconds=seconds)
 
 
 def _format_errors(path: Path, err: ValidationError) -> str:

@@ -12,15 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from image_rollout.contracts import IMAGE_KEYS, parse_time_or_none
 from image_rollout.inputs import is_build_name, is_image_id
 
 OVERRIDE_VARIABLE = "image_rollout_override"
 HOLD_VARIABLE = "image_rollout_hold"
 WAITS = ("bake", "soak")
-IMAGE_KEYS = ("dev", "prod", "prodfr2", "stage")
 KEY_PREFIX = "immutable-image"
 
 # The only change-request service the rollout drives (LaunchDarkly's own approvals).
@@ -64,26 +64,6 @@ def carries_key(text: Any, key: str) -> bool:
     if not isinstance(text, str):
         return False
     return any(line.strip() == key_line(key) for line in text.splitlines())
-
-
-# -- time ------------------------------------------------------------------------------------------
-
-def from_ms(value: Any) -> datetime | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return None
-    return datetime.fromtimestamp(value / 1000, tz=UTC)
-
-
-def parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # -- the map written is the verified build's ----------------------------------------------------
@@ -195,7 +175,7 @@ def check_soak(*, canary_serves_build: bool, soak: Mapping | None, latest: datet
         return Hold("soak", "no passed soak verdict for this build", wait="soak")
     if build_name and soak.get("build") not in (None, build_name):
         return Hold("soak", f"the soak verdict is for build {soak.get('build')}, not {build_name}", wait="soak")
-    since = parse_time(soak.get("since") or soak.get("started_at"))
+    since = parse_time_or_none(soak.get("since") or soak.get("started_at"))
     if since is None:
         return Hold("soak", "the soak verdict does not say since when it measured", wait="soak")
     if latest is None:
@@ -404,7 +384,7 @@ def parse_rollout_record(text: str | None, build_name: str) -> dict | None:
             f"the rollout record of {build_name} names build {record.get('build_name')!r}")
     if not isinstance(record.get("run_id"), str) or not record["run_id"]:
         raise MalformedRolloutRecord(f"the rollout record of {build_name} names no run_id")
-    if record.get("finished_at") is not None and parse_time(record["finished_at"]) is None:
+    if record.get("finished_at") is not None and parse_time_or_none(record["finished_at"]) is None:
         raise MalformedRolloutRecord(f"the rollout record of {build_name} has finished_at "
                                      f"{record['finished_at']!r}, not a time")
     return {k: record.get(k) for k in RECORD_FIELDS}

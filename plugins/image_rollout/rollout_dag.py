@@ -15,10 +15,39 @@ from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
 from airflow.sdk import DAG, Param, TaskGroup
 from airflow.task.trigger_rule import TriggerRule
 
-from image_rollout.inputs import BUILD_NAME_SCHEMA_PATTERN, DAG_ID, IMAGE_ID_SCHEMA_PATTERN, run_id_for
+from image_rollout.contracts import (
+    BUILD_GROUP,
+    BUILD_NAME_SCHEMA_PATTERN,
+    COMPLETE_TASK,
+    END_GROUP,
+    FLEET_TASK,
+    IMAGE_ID_SCHEMA_PATTERN,
+    IMAGE_KEYS,
+    PLAN_TASK,
+    PROCEED_TASK,
+    ROLLBACK_TASK,
+    SUPERSEDED_TASK,
+    VERIFY_TASK,
+    apply_request_task_id,
+    approve_task_id,
+    bake_until_task_id,
+    evidence_task_id,
+    file_request_task_id,
+    gate_task_id,
+    iso,
+    local_id,
+    monitor_adoption_task_id,
+    parse_time,
+    promote_task_id,
+    promotion_task_id,
+    record_approval_task_id,
+    reload_check_task_id,
+    soak_gate_task_id,
+    wait_bake_task_id,
+)
+from image_rollout.contracts import ROLLOUT_DAG_ID as DAG_ID
 from image_rollout.notifications import DecisionRequestNotifier, RolloutFailureNotifier
 from image_rollout.operators.approval import ProdChangeApprovalOperator
-from image_rollout.operators.base import iso
 from image_rollout.operators.build import PlanRolloutOperator, VerifyBuildOperator
 from image_rollout.operators.checks import MonitorAdoptionOperator, ReloadCheckOperator, SoakGateOperator
 from image_rollout.operators.evidence import CommitEvidenceOperator, RecordApprovalOperator
@@ -27,20 +56,18 @@ from image_rollout.operators.promote import (
     FileChangeRequestOperator,
     PromoteTargetOperator,
 )
-from image_rollout.operators.rollback import RollbackOperator, gate_task_id
+from image_rollout.operators.rollback import RollbackOperator
 from image_rollout.operators.verify import SupersededCheckOperator, VerifyFleetOperator
-from image_rollout.plan import IMAGE_KEYS, RolloutPlan, StagePlan
+from image_rollout.plan import RolloutPlan, StagePlan
 
-__all__ = ["DAG_ID", "build_dag", "promotion_task_id", "run_id_for"]
+__all__ = ["DAG_ID", "build_dag", "task_defaults"]
 
 
 def _bake_until(after_task_id: str, wait_seconds: float, **context) -> str:
     """Promotion time of the stage the bake follows, plus the bake: persisted, so retries keep it."""
-    from image_rollout import gates
-
     promoted = context["ti"].xcom_pull(task_ids=after_task_id)
     items = promoted if isinstance(promoted, list) else [promoted]
-    times = [gates.parse_time(p["promoted_at"]) for p in items if p and p.get("promoted_at")]
+    times = [parse_time(p["promoted_at"]) for p in items if p and p.get("promoted_at")]
     if not times:
         raise RuntimeError(f"no promotion time recorded by {after_task_id}: cannot start the bake")
     return iso(max(times) + timedelta(seconds=wait_seconds))
@@ -51,77 +78,127 @@ def _proceed(**context) -> bool:
     return not bool(context["params"].get("dry_run"))
 
 
-def promotion_task_id(stage: StagePlan) -> str:
-    """The task whose XCom holds the stage's promotion time."""
-    if stage.change_request:
-        return f"{stage.id}.apply_change_request_{stage.id}"
-    return f"{stage.id}.promote_{stage.id}"
+def _earlier(plan: RolloutPlan, stage: StagePlan) -> tuple[StagePlan, ...]:
+    return plan.stages[: plan.stages.index(stage)]
 
 
-def _promote_stage(plan: RolloutPlan, stage: StagePlan, evidence_task: str | None, previous_cr: str | None):
-    """Tasks of a promote stage; returns the last task (what the next stage waits for)."""
-    targets = [t.target for t in stage.targets]
-    mapped = len(targets) > 1
-    if not stage.change_request:
-        if mapped:
-            last = PromoteTargetOperator.partial(task_id=f"promote_{stage.id}", plan=plan.name).expand(
-                target=targets
-            )
-        else:
-            last = PromoteTargetOperator(task_id=f"promote_{stage.id}", target=targets[0], plan=plan.name)
+def _direct_promotion(plan: RolloutPlan, stage: StagePlan, targets: list[str]):
+    """Flag writes: one task, mapped over the stage's targets when it has several."""
+    task_id = local_id(promote_task_id(stage))
+    if len(targets) > 1:
+        return PromoteTargetOperator.partial(task_id=task_id, plan_name=plan.name).expand(target=targets)
+    return PromoteTargetOperator(task_id=task_id, target=targets[0], plan_name=plan.name)
+
+
+def _waits_before_apply(plan: RolloutPlan, stage: StagePlan) -> dict:
+    """What an apply re-proves besides the rule: the canary's bake, the soak for the regions after it."""
+    waits: dict = {}
+    if any(s.kind == "soak_gate" for s in _earlier(plan, stage)):
+        waits["soak_region"] = plan.soak.region
+    bake = next((s for s in plan.stages if s.kind == "bake"), None)
+    if stage.human_approval and bake is not None:
+        waits["bake_target"] = plan.stage(bake.after).targets[0].target
+        waits["bake_seconds"] = bake.wait
+    return waits
+
+
+def _change_request_promotion(plan: RolloutPlan, stage: StagePlan, targets: list[str]):
+    """Trains: file (with the evidence hash and the previous train), the prod start decision when the
+    stage needs one (recorded in the evidence), then apply once the change board approved."""
+    earlier = _earlier(plan, stage)
+    file_kwargs = dict(
+        task_id=local_id(file_request_task_id(stage)), evidence_hash=stage.evidence_hash, plan_name=plan.name,
+        evidence_task_id=next((evidence_task_id(s) for s in reversed(earlier) if s.kind == "evidence_commit"), None),
+        previous_deployment_task_id=next(
+            (promotion_task_id(s) for s in reversed(earlier) if s.kind == "promote" and s.change_request), None),
+    )
+    apply_kwargs = dict(task_id=local_id(apply_request_task_id(stage)), file_task_id=file_request_task_id(stage),
+                        plan_name=plan.name, execution_timeout=None, **_waits_before_apply(plan, stage))
+    if len(targets) > 1:
+        filed = FileChangeRequestOperator.partial(**file_kwargs).expand(target=targets)
+        applied = ApplyChangeRequestOperator.partial(**apply_kwargs).expand(target=targets)
     else:
-        file_kwargs = dict(task_id=f"file_change_request_{stage.id}", evidence_hash=stage.evidence_hash,
-                           evidence_task_id=evidence_task, previous_deployment_task_id=previous_cr,
-                           plan=plan.name)
-        apply_kwargs = dict(task_id=f"apply_change_request_{stage.id}",
-                            file_task_id=f"{stage.id}.file_change_request_{stage.id}", plan=plan.name,
-                            execution_timeout=None)
-        if _after_soak(plan, stage):
-            apply_kwargs["soak_region"] = plan.soak.region
+        filed = FileChangeRequestOperator(target=targets[0], **file_kwargs)
         if stage.human_approval:
-            bake = next((s for s in plan.stages if s.kind == "bake"), None)
-            if bake is not None:
-                apply_kwargs["bake_target"] = plan.stage(bake.after).targets[0].target
-                apply_kwargs["bake_seconds"] = bake.wait
-        if mapped:
-            filed = FileChangeRequestOperator.partial(**file_kwargs).expand(target=targets)
-            last = ApplyChangeRequestOperator.partial(**apply_kwargs).expand(target=targets)
-        else:
-            filed = FileChangeRequestOperator(target=targets[0], **file_kwargs)
-            if stage.human_approval:
-                apply_kwargs["approval_task_id"] = f"{stage.id}.approve_{stage.id}"
-            last = ApplyChangeRequestOperator(target=targets[0], **apply_kwargs)
-        if stage.human_approval:
-            approve = _approval(plan, stage, targets[0])
-            record = RecordApprovalOperator(
-                task_id=f"record_approval_{stage.id}", approval_task_id=f"{stage.id}.approve_{stage.id}",
-                file_task_id=f"{stage.id}.file_change_request_{stage.id}", target=targets[0], plan=plan.name,
-            )
-            filed >> approve >> record >> last
-        else:
-            filed >> last
+            apply_kwargs["approval_task_id"] = approve_task_id(stage)
+        applied = ApplyChangeRequestOperator(target=targets[0], **apply_kwargs)
+    if not stage.human_approval:
+        filed >> applied
+        return applied
+    approve = _approval(plan, stage, targets[0])
+    record = RecordApprovalOperator(
+        task_id=local_id(record_approval_task_id(stage)), approval_task_id=approve_task_id(stage),
+        file_task_id=file_request_task_id(stage), target=targets[0], plan_name=plan.name,
+    )
+    filed >> approve >> record >> applied
+    return applied
+
+
+def _promote_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    """Promote the stage's targets (a flag write or a train), then check the reloads on its carrier."""
+    targets = [t.target for t in stage.targets]
+    promote = _change_request_promotion if stage.change_request else _direct_promotion
+    promoted = promote(plan, stage, targets)
     if stage.carrier:
-        check = ReloadCheckOperator(
-            task_id=f"reload_check_{stage.id}", carrier=stage.carrier, image_key=stage.targets[0].image_key,
-            promote_task_id=promotion_task_id(stage), plan=plan.name, execution_timeout=None,
+        promoted >> ReloadCheckOperator(
+            task_id=local_id(reload_check_task_id(stage)), carrier=stage.carrier,
+            image_key=stage.targets[0].image_key, promote_task_id=promotion_task_id(stage), plan_name=plan.name,
+            execution_timeout=None,
         )
-        last >> check
-        last = check
-    return last
 
 
-def _after_soak(plan: RolloutPlan, stage: StagePlan) -> bool:
-    """Whether a promote stage comes after the canary soak (its writes need the soak to hold)."""
-    kinds = [s.kind for s in plan.stages[: plan.stages.index(stage)]]
-    return "soak_gate" in kinds
+def _evidence_commit_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    CommitEvidenceOperator(task_id=local_id(evidence_task_id(stage)), mode="initial", plan_name=plan.name)
+
+
+def _evidence_update_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    CommitEvidenceOperator(task_id=local_id(evidence_task_id(stage)), mode="stage_reloads", plan_name=plan.name)
+
+
+def _bake_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    """When the bake ends (recorded, so retries keep it), then a deferred wait until then."""
+    until = PythonOperator(
+        task_id=local_id(bake_until_task_id(stage)), python_callable=_bake_until,
+        op_kwargs={"after_task_id": promotion_task_id(plan.stage(stage.after)), "wait_seconds": stage.wait},
+    )
+    until >> DateTimeSensorAsync(
+        task_id=local_id(wait_bake_task_id(stage)),
+        target_time=f"{{{{ ti.xcom_pull(task_ids='{bake_until_task_id(stage)}') }}}}",
+        timeout=timedelta(seconds=stage.wait * 2 + 3600).total_seconds(),
+        execution_timeout=None,
+    )
+
+
+def _soak_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    region = plan.soak.region
+    SoakGateOperator(
+        task_id=local_id(soak_gate_task_id(stage)), region=region, image_key=plan.image_key(region),
+        promote_task_id=promotion_task_id(plan, region), plan_name=plan.name, execution_timeout=None,
+    )
+
+
+def _adoption_stage(plan: RolloutPlan, stage: StagePlan) -> None:
+    MonitorAdoptionOperator(task_id=local_id(monitor_adoption_task_id(stage)), plan_name=plan.name,
+                            execution_timeout=None)
+
+
+#: One builder per kind of stage: it creates the stage's tasks inside the stage's TaskGroup.
+STAGE_BUILDERS = {
+    "promote": _promote_stage,
+    "evidence_commit": _evidence_commit_stage,
+    "evidence_update": _evidence_update_stage,
+    "bake": _bake_stage,
+    "soak_gate": _soak_stage,
+    "adoption": _adoption_stage,
+}
 
 
 def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ProdChangeApprovalOperator:
-    file_task = f"{stage.id}.file_change_request_{stage.id}"
-    link = (f"{plan.airflow_base_url}/dags/{DAG_ID}/runs/{{{{ run_id }}}}/tasks/{stage.id}.approve_{stage.id}"
+    file_task = file_request_task_id(stage)
+    link = (f"{plan.airflow_base_url}/dags/{DAG_ID}/runs/{{{{ run_id }}}}/tasks/{approve_task_id(stage)}"
             "/required_actions")
     return ProdChangeApprovalOperator(
-        task_id=f"approve_{stage.id}",
+        task_id=local_id(approve_task_id(stage)),
         file_task_id=file_task,
         target=target,
         patching_channel=plan.slack.patching_channel,
@@ -192,63 +269,32 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
                              description="Show the whole plan and the evidence text; write nothing."),
         },
     ) as dag:
-        with TaskGroup("build_verification", tooltip="Verify the Jenkins immutable_image build") as first:
-            verify = VerifyBuildOperator(task_id="verify_build", plan=plan.name, execution_timeout=None)
-            show = PlanRolloutOperator(task_id="plan_rollout", plan=plan.name)
-            proceed = ShortCircuitOperator(task_id="proceed_unless_dry_run", python_callable=_proceed)
+        with TaskGroup(BUILD_GROUP, tooltip="Verify the Jenkins immutable_image build") as first:
+            verify = VerifyBuildOperator(task_id=local_id(VERIFY_TASK), plan_name=plan.name, execution_timeout=None)
+            show = PlanRolloutOperator(task_id=local_id(PLAN_TASK), plan_name=plan.name)
+            proceed = ShortCircuitOperator(task_id=local_id(PROCEED_TASK), python_callable=_proceed)
             verify >> show >> proceed
         previous = first
         gates_tasks = []
-        evidence_task = None
-        previous_cr = None
-        last = proceed
         for stage in plan.stages:
             with TaskGroup(stage.id, tooltip=f"{stage.kind}: {', '.join(t.target for t in stage.targets)}") as group:
-                if stage.kind == "promote":
-                    last = _promote_stage(plan, stage, evidence_task, previous_cr)
-                    if stage.change_request:
-                        previous_cr = promotion_task_id(stage)
-                elif stage.kind == "evidence_commit":
-                    last = CommitEvidenceOperator(task_id="commit_evidence", mode="initial", plan=plan.name)
-                    evidence_task = f"{stage.id}.commit_evidence"
-                elif stage.kind == "evidence_update":
-                    last = CommitEvidenceOperator(task_id="update_evidence", mode="stage_reloads", plan=plan.name)
-                elif stage.kind == "bake":
-                    until = PythonOperator(
-                        task_id="bake_until", python_callable=_bake_until,
-                        op_kwargs={"after_task_id": promotion_task_id(plan.stage(stage.after)),
-                                   "wait_seconds": stage.wait},
-                    )
-                    last = DateTimeSensorAsync(
-                        task_id="wait_bake", target_time=f"{{{{ ti.xcom_pull(task_ids='{stage.id}.bake_until') }}}}",
-                        timeout=timedelta(seconds=stage.wait * 2 + 3600).total_seconds(),
-                        execution_timeout=None,
-                    )
-                    until >> last
-                elif stage.kind == "soak_gate":
-                    region_stage = next(s for s in plan.stages if plan.soak.region in [t.target for t in s.targets])
-                    last = SoakGateOperator(
-                        task_id="soak_gate", region=plan.soak.region, image_key=plan.image_key(plan.soak.region),
-                        promote_task_id=promotion_task_id(region_stage), plan=plan.name, execution_timeout=None,
-                    )
-                elif stage.kind == "adoption":
-                    last = MonitorAdoptionOperator(task_id="monitor_adoption", plan=plan.name,
-                                                   execution_timeout=None)
+                STAGE_BUILDERS[stage.kind](plan, stage)
             previous >> group
             previous = group
             if gate_task_id(stage):
                 gates_tasks.append(dag.get_task(gate_task_id(stage)))
-        with TaskGroup("rollout_end", tooltip="Check the fleet, or roll back a failed gate"):
+        with TaskGroup(END_GROUP, tooltip="Check the fleet, or roll back a failed gate"):
             # ALL_DONE: however the run ended, it reports by data which targets serve the build, so a
             # run is green only when every target does.
             # Both report for themselves: the failed task that stopped the run has escalated already,
             # so their own failure must not post a second, misleading alarm.
-            verify_fleet = VerifyFleetOperator(task_id="verify_flag_state", plan=plan.name,
+            verify_fleet = VerifyFleetOperator(task_id=local_id(FLEET_TASK), plan_name=plan.name,
                                                trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
-            rollback = RollbackOperator(task_id="rollback", plan=plan.name, trigger_rule=TriggerRule.ONE_FAILED)
-            superseded = SupersededCheckOperator(task_id="superseded", plan=plan.name,
+            rollback = RollbackOperator(task_id=local_id(ROLLBACK_TASK), plan_name=plan.name,
+                                        trigger_rule=TriggerRule.ONE_FAILED)
+            superseded = SupersededCheckOperator(task_id=local_id(SUPERSEDED_TASK), plan_name=plan.name,
                                                  trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
-            done = EmptyOperator(task_id="rollout_complete")
+            done = EmptyOperator(task_id=local_id(COMPLETE_TASK))
             verify_fleet >> done
             rollback >> superseded
         previous >> verify_fleet

@@ -181,7 +181,7 @@ def answer(session, *, slack_user: str, option: str, request: dict, plan) -> dic
     from fastapi import HTTPException
     from sqlalchemy import select
 
-    from image_rollout.rollout_dag import DAG_ID
+    from image_rollout.contracts import ROLLOUT_DAG_ID as DAG_ID
 
     dag_id, run_id, task_id = request["dag_id"], request["run_id"], request["task_id"]
     if dag_id != DAG_ID:

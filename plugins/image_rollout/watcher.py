@@ -11,9 +11,9 @@ from image_rollout.inputs import is_build_name
 from image_rollout.plan import RolloutPlan
 
 
-def _upstream_causes(build: dict) -> list[tuple[str, int]]:
+def _upstream_causes(jenkins_build: dict) -> list[tuple[str, int]]:
     causes = []
-    for action in build.get("actions") or []:
+    for action in jenkins_build.get("actions") or []:
         for cause in (action or {}).get("causes") or []:
             if cause.get("upstreamProject") and cause.get("upstreamBuild") is not None:
                 causes.append((str(cause["upstreamProject"]).strip("/"), int(cause["upstreamBuild"])))
@@ -26,11 +26,11 @@ def newest_rollout_candidate(plan: RolloutPlan, *, scan: int = 10) -> dict | Non
     job = jenkins.get_job(plan.jenkins.image_job)
     upstream = plan.jenkins.upstream_job.strip("/")
     for ref in sorted(job.get("builds") or [], key=lambda b: -int(b["number"]))[:scan]:
-        build = jenkins.get_build(plan.jenkins.image_job, ref["number"])
-        name = build.get("displayName") or ""
-        if build.get("result") != "SUCCESS" or not is_build_name(name):
+        jenkins_build = jenkins.get_build(plan.jenkins.image_job, ref["number"])
+        name = jenkins_build.get("displayName") or ""
+        if jenkins_build.get("result") != "SUCCESS" or not is_build_name(name):
             continue
-        for project, number in _upstream_causes(build):
+        for project, number in _upstream_causes(jenkins_build):
             if project == upstream and jenkins.get_build(upstream, number).get("result") == "SUCCESS":
-                return {"build_name": name, "build_number": int(build["number"])}
+                return {"build_name": name, "build_number": int(jenkins_build["number"])}
     return None

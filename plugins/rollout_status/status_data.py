@@ -13,13 +13,30 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
+from image_rollout.contracts import (
+    BACKOUT_APPROVE_TASK,
+    BACKOUT_DAG_ID,
+    BACKOUT_RESOLVE_TASK,
+    BACKOUT_RESTORE_TASK,
+    END_GROUP,
+    FLEET_TASK,
+    ROLLBACK_TASK,
+    VERIFY_TASK,
+    adoption_task_id,
+    approve_task_id,
+    bake_until_task_id,
+    evidence_task_id,
+    file_request_task_id,
+    promotion_task_id,
+    record_approval_task_id,
+    reload_check_task_id,
+    soak_gate_task_id,
+    stage_of,
+    wait_bake_task_id,
+)
+from image_rollout.contracts import ROLLOUT_DAG_ID as DAG_ID
 from image_rollout.plan import RolloutPlan, StagePlan
 
-DAG_ID = "immutable_image_rollout"
-VERIFY_TASK = "build_verification.verify_build"
-ADOPTION_TASK = "rollout_monitoring.monitor_adoption"
-ROLLBACK_TASK = "rollout_end.rollback"
-FLEET_TASK = "rollout_end.verify_flag_state"
 FINISHED = {"success", "failed", "skipped", "upstream_failed", "removed"}
 WAITING = {"deferred", "awaiting_input", "up_for_reschedule"}
 
@@ -99,13 +116,6 @@ def _group_state(states: list[str | None]) -> str:
     if present and all(s in FINISHED for s in present):
         return "skipped" if all(s == "skipped" for s in present) else "success"
     return "running" if present and any(s == "success" for s in present) else "none"
-
-
-def promotion_task_id(stage: StagePlan) -> str:
-    """Same rule as ``image_rollout.rollout_dag.promotion_task_id``: the task recording the promotion."""
-    if stage.change_request:
-        return f"{stage.id}.apply_change_request_{stage.id}"
-    return f"{stage.id}.promote_{stage.id}"
 
 
 #: LaunchDarkly's own page of one approval request (its UI path beside the flag's, as the runbook links
@@ -302,7 +312,7 @@ def _target_entry(rows: _RunRows, stage: StagePlan, index: int, plan_target) -> 
     promotion succeeded (None until it did)."""
     map_index = index if len(stage.targets) > 1 else -1
     promote_task = promotion_task_id(stage)
-    file_task = f"{stage.id}.file_change_request_{stage.id}" if stage.change_request else None
+    file_task = file_request_task_id(stage) if stage.change_request else None
     promoted = _dict(rows.xcom(promote_task, map_index))
     filed = _dict(rows.xcom(file_task, map_index)) if file_task else {}
     name = plan_target.target
@@ -408,8 +418,7 @@ def _stage_gates(rows: _RunRows, stage: StagePlan, promoted_at: dict[str, dateti
         return [_bake_gate(stage, rows.states, rows.xcom, rows.now)]
     if stage.kind == "soak_gate":
         region = rows.plan.soak.region
-        region_stage = next((s for s in rows.plan.stages if region in [t.target for t in s.targets]), None)
-        started = promoted_at.get(region_stage.id) if region_stage else None
+        started = promoted_at.get(stage_of(rows.plan, region).id)
         return [_soak_gate(rows.plan, stage, rows.states, rows.xcom, started, rows.now)]
     return []
 
@@ -433,7 +442,7 @@ def _evidence(rows: _RunRows) -> list[dict]:
 def _evidence_step(rows: _RunRows, stage: StagePlan) -> dict:
     """An evidence stage's commit: the first commit of the file, or the update adding the stage reloads."""
     first = stage.kind == "evidence_commit"
-    task_id = f"{stage.id}.commit_evidence" if first else f"{stage.id}.update_evidence"
+    task_id = evidence_task_id(stage)
     value = _dict(rows.xcom(task_id))
     return {
         "stage": stage.id,
@@ -448,7 +457,7 @@ def _evidence_step(rows: _RunRows, stage: StagePlan) -> dict:
 
 def _approval_record(rows: _RunRows, stage: StagePlan) -> dict | None:
     """The prod approval recorded in the evidence, once its task ran (None before)."""
-    task_id = f"{stage.id}.record_approval_{stage.id}"
+    task_id = record_approval_task_id(stage)
     value = _dict(rows.xcom(task_id))
     if not (value or rows.state(task_id)):
         return None
@@ -469,7 +478,7 @@ def _rollback_record(rows: _RunRows) -> list[dict]:
         return []
     return [
         {
-            "stage": "rollout_end",
+            "stage": END_GROUP,
             "task_id": ROLLBACK_TASK,
             "state": rows.state(ROLLBACK_TASK),
             "step": "rollback recorded",
@@ -484,8 +493,9 @@ def _rollback_record(rows: _RunRows) -> list[dict]:
 def _adoption(rows: _RunRows) -> dict | None:
     """How much of the fleet runs the new image, per carrier, against the plan's threshold (None until
     the monitoring task has a state or a reading)."""
-    value = _dict(rows.xcom(ADOPTION_TASK, key="adoption")) or _dict(rows.xcom(ADOPTION_TASK))
-    state = rows.state(ADOPTION_TASK)
+    adoption_task = adoption_task_id(rows.plan)
+    value = _dict(rows.xcom(adoption_task, key="adoption")) or _dict(rows.xcom(adoption_task))
+    state = rows.state(adoption_task)
     if not (value or state):
         return None
     carriers = [
@@ -586,7 +596,7 @@ def _passed(state: str | None) -> bool | None:
 
 
 def _reload_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, promoted_at, now) -> dict:
-    task_id = f"{stage.id}.reload_check_{stage.id}"
+    task_id = reload_check_task_id(stage)
     state = _state(states, task_id)
     result = _dict(xcom(task_id))
     decision = _dict(xcom(task_id, key="decision"))
@@ -615,7 +625,7 @@ def _reload_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, 
 
 
 def _bake_gate(stage: StagePlan, states: TaskStates, xcom, now) -> dict:
-    until_task, wait_task = f"{stage.id}.bake_until", f"{stage.id}.wait_bake"
+    until_task, wait_task = bake_until_task_id(stage), wait_bake_task_id(stage)
     until = parse_time(xcom(until_task))
     state = _state(states, wait_task)
     return {
@@ -633,7 +643,7 @@ def _bake_gate(stage: StagePlan, states: TaskStates, xcom, now) -> dict:
 
 
 def _soak_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, started, now) -> dict:
-    task_id = f"{stage.id}.soak_gate"
+    task_id = soak_gate_task_id(stage)
     state = _state(states, task_id)
     result = _dict(xcom(task_id))
     decision = _dict(xcom(task_id, key="decision"))
@@ -664,8 +674,8 @@ def _soak_gate(plan: RolloutPlan, stage: StagePlan, states: TaskStates, xcom, st
 
 
 def _approval_gate(stage: StagePlan, states: TaskStates, xcom) -> dict:
-    approve_task = f"{stage.id}.approve_{stage.id}"
-    record_task = f"{stage.id}.record_approval_{stage.id}"
+    approve_task = approve_task_id(stage)
+    record_task = record_approval_task_id(stage)
     answer = _dict(xcom(approve_task))
     record = _dict(xcom(record_task))
     user = _dict(answer.get("responded_by_user"))
@@ -866,14 +876,13 @@ def load_runs(
 
 
 # -- backouts (issue 11 item 2): runs of immutable_image_backout for one build -----------------------
-BACKOUT_DAG_ID = "immutable_image_backout"
 
 
 def assemble_backout(run: dict, states: TaskStates, xcoms: XComs) -> dict:
     """One backout run as the run page shows it (no I/O); task ids and shapes of ``operators/backout.py``."""
-    resolved = _dict(xcoms.get(("resolve_backout", -1, "return_value")))
-    result = _dict(xcoms.get(("restore_targets", -1, "return_value")))
-    restored = result.get("restored") or xcoms.get(("restore_targets", -1, "restored")) or []
+    resolved = _dict(xcoms.get((BACKOUT_RESOLVE_TASK, -1, "return_value")))
+    result = _dict(xcoms.get((BACKOUT_RESTORE_TASK, -1, "return_value")))
+    restored = result.get("restored") or xcoms.get((BACKOUT_RESTORE_TASK, -1, "restored")) or []
     conf = run.get("conf") or {}
     return {
         "run_id": run["run_id"],
@@ -887,7 +896,7 @@ def assemble_backout(run: dict, states: TaskStates, xcoms: XComs) -> dict:
         "restored": [{k: r.get(k) for k in ("target", "restored", "to_build", "request_id", "at")} for r in restored],
         "left_alone": list(result.get("left_alone") or []),
         "evidence_url": result.get("evidence_url"),
-        "approval": _state(states, "approve_backout"),
+        "approval": _state(states, BACKOUT_APPROVE_TASK),
         "started_at": iso(run.get("start_date")),
     }
 

@@ -61,4 +61,4 @@ def test_parsing_imports_no_hook_and_no_run_time_rules():
         bad = _run_time_only(modules)
         assert bad == [], f"parsing {Path(path).name} imported {len(bad)} run-time modules, e.g. {bad[:8]}"
     watcher_ours = [m for m in added[str(watcher)] if m.startswith("image_rollout")]
-    assert watcher_ours == ["image_rollout", "image_rollout.inputs"]
+    assert watcher_ours == ["image_rollout", "image_rollout.contracts"]

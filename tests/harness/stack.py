@@ -58,7 +58,7 @@ def flag_pool() -> str:
 
 def run_id_for(build_name: str) -> str:
     """The run id Jenkins uses for a build, from the DAG code itself."""
-    from image_rollout.rollout_dag import run_id_for as _run_id_for
+    from image_rollout.contracts import run_id_for as _run_id_for
 
     return _run_id_for(build_name)
 

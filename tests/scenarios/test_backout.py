@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from image_rollout.operators.backout import RESTORE_TASK
+from image_rollout.contracts import BACKOUT_RESTORE_TASK as RESTORE_TASK
 from tests.harness.env import sandbox_call
 from tests.harness.scenario import BACKOUT, run_scenario, set_variable
 from tests.scenarios.test_fault_matrix import MATRIX_TIMING, PATCHING, TARGETS

@@ -85,11 +85,12 @@ def html(detail: dict) -> str:
 
 
 def test_promotion_task_ids_match_the_dag():
-    from image_rollout import rollout_dag
+    from image_rollout.rollout_dag import build_dag
 
+    task_ids = set(build_dag(PLAN).task_ids)
     for stage in PLAN.stages:
         if stage.kind == "promote":
-            assert promotion_task_id(stage) == rollout_dag.promotion_task_id(stage)
+            assert promotion_task_id(stage) in task_ids
 
 
 def test_failed_reload_gate_and_rollback():

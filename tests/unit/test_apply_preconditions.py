@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
+from image_rollout import contracts
 from image_rollout.operators import base
 from image_rollout.operators.promote import ApplyChangeRequestOperator
 
@@ -75,12 +76,11 @@ class FakeEvidence:
 
 
 def _run(monkeypatch, *, decision=APPROVED, bake_left=0.0, override=None, trigger="jenkins", stopped=False):
-    now = base.utcnow()
+    now = contracts.utcnow()
     stage_applied = now - timedelta(seconds=86400) + timedelta(seconds=bake_left)
     flags = FakeFlags({"ap-south": OLD, "stage-south": NEW}, int(stage_applied.timestamp() * 1000))
     variables = {"image_rollout_override": json.dumps(override) if override else None}
     monkeypatch.setattr(base, "flags_hook", lambda: flags)
-    monkeypatch.setattr("image_rollout.operators.promote.flags_hook", lambda: flags)
     monkeypatch.setattr(base.Variable, "get", staticmethod(lambda key, default=None: variables.get(key, default)))
     said = []
     monkeypatch.setattr(base.RolloutOperator, "say", lambda self, text, escalate=False: said.append(text))
@@ -95,7 +95,7 @@ def _run(monkeypatch, *, decision=APPROVED, bake_left=0.0, override=None, trigge
     op = ApplyChangeRequestOperator(task_id="apply_change_request_ap_south", target="ap-south",
                                     file_task_id="ap_south.file_change_request_ap_south",
                                     approval_task_id="ap_south.approve_ap_south", bake_target="stage-south",
-                                    bake_seconds=86400, plan="sandbox")
+                                    bake_seconds=86400, plan_name="sandbox")
     op.task_id = "ap_south.apply_change_request_ap_south"
     context = {"ti": ti, "run_id": "r", "dag_run": mock.Mock(triggering_user_name=trigger), "params": {}}
     return op, context, flags, said, ti

@@ -152,7 +152,7 @@ from unittest import mock  # noqa: E402
 
 from airflow.sdk.exceptions import AirflowFailException, TaskAwaitingInput, TaskDeferred  # noqa: E402
 
-from image_rollout.operators import checks  # noqa: E402
+from image_rollout.operators import base, checks  # noqa: E402
 
 BUILD = {"name": "532-1250-879-20210818", "images": {"dev": "1", "prod": NEW, "prodfr2": "3", "stage": "4"}}
 APPLY = "ap_south.apply_change_request_ap_south"
@@ -181,7 +181,7 @@ def _context(ti=None):
 
 def _soak_gate():
     return checks.SoakGateOperator(task_id="soak_gate", region="ap-south", image_key="prod",
-                                   promote_task_id=APPLY, plan="sandbox")
+                                   promote_task_id=APPLY, plan_name="sandbox")
 
 
 @pytest.fixture
@@ -315,7 +315,7 @@ def test_execute_defers_to_the_soak_trigger_with_no_deadline():
 
 def _reload_check():
     return checks.ReloadCheckOperator(task_id="reload_check_dev_sjc04_carrier12", carrier="dev-sjc04-carrier12",
-                                      image_key="dev", promote_task_id=APPLY, plan="sandbox")
+                                      image_key="dev", promote_task_id=APPLY, plan_name="sandbox")
 
 
 def test_a_reload_check_whose_own_read_fails_holds_instead_of_retrying(slack):
@@ -324,7 +324,7 @@ def test_a_reload_check_whose_own_read_fails_holds_instead_of_retrying(slack):
     from image_rollout.hooks._http import ExternalSystemError
 
     hook.list_reloads.side_effect = ExternalSystemError(system="chlorine", call="GET", status=503, reason="down")
-    with mock.patch.object(checks, "chlorine_hook", return_value=hook), pytest.raises(TaskDeferred) as deferred:
+    with mock.patch.object(base, "chlorine_hook", return_value=hook), pytest.raises(TaskDeferred) as deferred:
         op.execute_complete(ctx, {"verdict": "deadline", "reason": "grace over"}, phase="grace")
     trigger = deferred.value.trigger
     assert trigger.unreadable_since and trigger.escalated is False and deferred.value.kwargs == {"phase": "grace"}

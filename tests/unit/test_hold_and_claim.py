@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
+from image_rollout import contracts
 from image_rollout import preconditions as pc
 from image_rollout.hooks._http import ExternalSystemError
 from image_rollout.operators import base, claim
@@ -75,7 +76,7 @@ class FakeTI:
         self.dag_id = "immutable_image_rollout"
 
     def xcom_pull(self, task_ids, key="return_value", map_indexes=None):
-        if key == "return_value" and task_ids == base.VERIFY_TASK:
+        if key == "return_value" and task_ids == contracts.VERIFY_TASK:
             return {"name": BUILD, "images": NEW, "baseline": {"dev-south": OLD}}
         return self.pushed.get(key)
 
@@ -106,11 +107,10 @@ def _promote(monkeypatch, variables: dict):
     flags = Flags()
     monkeypatch.setattr(base.Variable, "get", staticmethod(lambda key, default=None: variables.get(key, default)))
     monkeypatch.setattr(base, "flags_hook", lambda: flags)
-    monkeypatch.setattr("image_rollout.operators.promote.flags_hook", lambda: flags)
     monkeypatch.setattr(base, "github_hook", lambda: mock.Mock(get_file=lambda path: None))
     said: list[str] = []
     monkeypatch.setattr(base.RolloutOperator, "say", lambda self, text, escalate=False: said.append(text))
-    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south", plan="sandbox")
+    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south", plan_name="sandbox")
     context = {"ti": FakeTI(), "run_id": "manual__1", "dag_run": mock.Mock(triggering_user_name="jenkins")}
     return op, context, flags, said
 
@@ -227,7 +227,7 @@ def test_a_run_takes_over_from_an_ended_one_and_the_ended_one_then_writes_nothin
     assert "manual__b took over" in claim.holder(github, plan, BUILD, "rollout__a")
     # a cleared task of the ended run comes back to life: its next write stops
     monkeypatch.setattr(base, "github_hook", lambda: github)
-    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south", plan="sandbox")
+    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south", plan_name="sandbox")
     with pytest.raises(AirflowFailException, match="manual__b took over"):
         op.stop_if_taken_over({"run_id": "rollout__a"}, BUILD)
     # b finishes; a third run is a no-op rerun

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from image_rollout.rollout_dag import DAG_ID, run_id_for
+from image_rollout.contracts import ROLLOUT_DAG_ID as DAG_ID
+from image_rollout.contracts import run_id_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_NAME = "532-1250-879-20210818"

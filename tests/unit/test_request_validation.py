@@ -5,12 +5,8 @@ import json
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout.inputs import (
-    BUILD_NAME_SCHEMA_PATTERN,
-    IMAGE_ID_SCHEMA_PATTERN,
-    is_build_name,
-    is_image_id,
-)
+from image_rollout.contracts import BUILD_NAME_SCHEMA_PATTERN, IMAGE_ID_SCHEMA_PATTERN
+from image_rollout.inputs import is_build_name, is_image_id
 from image_rollout.operators.build import VerifyBuildOperator, parse_image_ids, validate_request
 
 GOOD = {"build_name": "532-1250-879-20210818", "build_number": None, "image_ids": {}, "dry_run": False}

@@ -22,17 +22,13 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import lazy_module
+from image_rollout.contracts import approver_name, iso, utcnow
 from image_rollout.slack import escape_mrkdwn, notify
 from image_rollout.triggers import ChangeRequestTrigger
 
 pc = lazy_module("image_rollout.preconditions")
 
 log = logging.getLogger(__name__)
-
-
-def _who(user) -> str:
-    user = user or {}
-    return str(user.get("name") or user.get("id") or "unknown")
 
 
 class ProdChangeApprovalOperator(ApprovalOperator):
@@ -68,9 +64,9 @@ class ProdChangeApprovalOperator(ApprovalOperator):
 
     def execute(self, context, event: dict | None = None):
         filed = context["ti"].xcom_pull(task_ids=self.file_task_id) or {}
-        build = context["params"].get("build_name", "?")
+        build_name = context["params"].get("build_name", "?")
         if filed.get("already_serving"):
-            recorded = self._recorded_decision(build)
+            recorded = self._recorded_decision(build_name)
             if recorded:
                 # A rerun of this run after its own approved promotion: the decision is in the evidence.
                 self.log.info("%s serves this build from our own request and the decision is recorded", self.target)
@@ -157,27 +153,28 @@ class ProdChangeApprovalOperator(ApprovalOperator):
         """What a No stops, in messages."""
         return f"rollout of {context['params'].get('build_name', '?')}"
 
-    def _recorded_decision(self, build: str) -> str | None:
+    def _recorded_decision(self, build_name: str) -> str | None:
         if not self.evidence_path:
             return None
         from image_rollout.hooks.github import GitHubEvidenceHook
 
-        commits = GitHubEvidenceHook().find_commit(self.evidence_path, pc.rollout_key(build, f"approval-{self.target}"))
+        commits = GitHubEvidenceHook().find_commit(self.evidence_path, pc.rollout_key(build_name, f"approval-{self.target}"))
         return commits[0]["sha"] if commits else None
 
     def _rejected(self, context, event: dict) -> str:
         """Withdraw the train and say so; returns who rejected."""
         from image_rollout.hooks.flags import FlagsHook
 
-        who = _who(event.get("responded_by_user"))
+        who = str(approver_name(event.get("responded_by_user")))
         done = []
+        hook = None  # one per answer, made inside the try: a hook that cannot be made is said, not raised
         for item in self.filed_requests(context):
             request_id = item["request_id"]
             what = "left unapplied"
             try:
                 # Withdraw the train (the requester may delete its own request until it is applied), so an
                 # approved train nobody is going to start cannot be applied by mistake later.
-                hook = FlagsHook()
+                hook = hook or FlagsHook()
                 if hook.get_change_request(request_id).get("status") != "completed":
                     hook.delete_change_request(request_id)
                     what = "withdrawn (deleted)"
@@ -195,6 +192,4 @@ class ProdChangeApprovalOperator(ApprovalOperator):
 
 
 def _iso_in(seconds: float) -> str:
-    from image_rollout.operators.base import iso, utcnow
-
     return iso(utcnow() + timedelta(seconds=seconds))

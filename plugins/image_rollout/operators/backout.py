@@ -13,30 +13,29 @@ from __future__ import annotations
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import lazy_module
+from image_rollout.contracts import (
+    BACKOUT_APPROVE_TASK,
+    BACKOUT_FILE_TASK,
+    BACKOUT_RESOLVE_TASK,
+    ROLLOUT_DAG_ID,
+    VERIFY_TASK,
+    BuildRecord,
+    iso,
+    promotion_task_ids,
+    utcnow,
+)
 from image_rollout.inputs import is_build_name
 from image_rollout.operators.approval import ProdChangeApprovalOperator
 from image_rollout.operators.base import (
     FLAG_POOL,
-    VERIFY_TASK,
     RolloutOperator,
     find_request,
-    flags_hook,
-    github_hook,
-    iso,
-    utcnow,
 )
 from image_rollout.operators.promote import _WriteOperator
-from image_rollout.operators.rollback import promotion_task_ids
 from image_rollout.slack import escape_mrkdwn
 
 bo = lazy_module("image_rollout.backout")
 pc = lazy_module("image_rollout.preconditions")
-
-ROLLOUT_DAG_ID = "immutable_image_rollout"
-RESOLVE_TASK = "resolve_backout"
-FILE_TASK = "file_backout_requests"
-APPROVE_TASK = "approve_backout"
-RESTORE_TASK = "restore_targets"
 
 
 def owner(build_name: str) -> str:
@@ -70,8 +69,8 @@ class ResolveBackoutOperator(RolloutOperator):
         if to_build is not None and (not is_build_name(to_build) or to_build == name):
             raise bo.BackoutRefused(f"to_build {to_build!r} must be another build's name, not the one backed out")
         runs = self.rollout_records(context, name)
-        build = self._build_record(name, runs)
-        flags = flags_hook()
+        build = self._build_record(context, name, runs)
+        flags = self.flags(context)
         settings = self.approval_settings(flags)
         flag = flags.get_flag()
         names = bo.build_names(flag.get("variations") or [])
@@ -110,12 +109,12 @@ class ResolveBackoutOperator(RolloutOperator):
                         "promotions": promotions})
         return out
 
-    def _build_record(self, name: str, runs: list[dict]) -> dict:
+    def _build_record(self, context, name: str, runs: list[dict]) -> BuildRecord:
         """The build as its rollout verified it, else as its evidence file states it; else refused."""
         if runs:
             v = runs[-1]["verified"]
             return {k: v.get(k) for k in ("name", "images", "console_url", "console_text", "number", "url")}
-        github = github_hook()
+        github = self.github(context)
         path = self.plan.evidence_path(name)
         found = github.get_file(path)
         images = bo.image_ids_from_evidence(found[0] if found else None)
@@ -133,7 +132,7 @@ class ResolveBackoutOperator(RolloutOperator):
         runs = self.rollout_records(context, build_name)
         if runs:
             return dict(runs[-1]["verified"]["images"])
-        found = github_hook().get_file(self.plan.evidence_path(build_name))
+        found = self.github(context).get_file(self.plan.evidence_path(build_name))
         images = bo.image_ids_from_evidence(found[0] if found else None)
         if images is None:
             raise bo.BackoutRefused(f"unknown to_build {build_name}: no flag variation, rollout or evidence file "
@@ -144,7 +143,7 @@ class ResolveBackoutOperator(RolloutOperator):
 class _BackoutWriter(_WriteOperator):
     """The promotions' write path for the backout: its build comes from ``resolve_backout``."""
 
-    build_task_id = RESOLVE_TASK
+    build_task_id = BACKOUT_RESOLVE_TASK
     build_key = "build"
     target = "the backout's targets"
 
@@ -154,7 +153,7 @@ class _BackoutWriter(_WriteOperator):
         self.hold_if_frozen(context)
 
     def resolved(self, context) -> dict:
-        return self.pull(context, RESOLVE_TASK) or {}
+        return self.pull(context, BACKOUT_RESOLVE_TASK) or {}
 
     def restores(self, context) -> list[dict]:
         return [d for d in self.resolved(context).get("decisions", []) if d["action"] == "restore"]
@@ -241,7 +240,7 @@ class RestoreTargetsOperator(_BackoutWriter):
         resolved = self.resolved(context)
         restores = self.restores(context)
         if any(d.get("start_decision") for d in restores):
-            decision = self.pull(context, APPROVE_TASK)
+            decision = self.pull(context, BACKOUT_APPROVE_TASK)
             refused = pc.check_start_decision(decision, approvers=self.plan.approvers.users,
                                               triggering_user=self.triggering_user(context))
             if refused:
@@ -250,7 +249,7 @@ class RestoreTargetsOperator(_BackoutWriter):
         done: list[dict] = ti.xcom_pull(task_ids=self.task_id, key="restored") or []
         left = [{"target": d["target"], "why": d["why"]} for d in resolved.get("decisions", [])
                 if d["action"] == "left"]
-        filed = {r["target"]: r for r in (self.pull(context, FILE_TASK) or {}).get("requests", [])}
+        filed = {r["target"]: r for r in (self.pull(context, BACKOUT_FILE_TASK) or {}).get("requests", [])}
         for d in restores:
             if any(r["target"] == d["target"] for r in done):
                 continue
@@ -300,7 +299,7 @@ class RestoreTargetsOperator(_BackoutWriter):
         if not done:
             lines.append(f"No target served build {build['name']}: nothing restored")
         sha = self._record(context, "Backout", tuple(lines), f"backout-{context['run_id']}")
-        github = github_hook()
+        github = self.github(context)
         path = self.plan.evidence_path(build["name"])
         url = github.blob_url(path, sha)
         restored_text = ", ".join(r["target"] for r in done) or "none"

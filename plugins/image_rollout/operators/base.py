@@ -1,6 +1,7 @@
 """What every rollout task shares: the plan, the verified build, and the guards before a flag write.
 
-The guards are the safety rules of DESIGN.md section 5 that apply to any write: the freeze
+The guards are the safety rules that apply to any write (README, "What happens when something
+fails": "Stop the line", "Hold one rollout", a newer build's rollout; "One rollout per build"): the freeze
 switch holds the write (deferred, no worker slot), so does a hold on this one build (issue 11
 item 3), a rollout superseded by a newer build stops without touching the flag again, and so
 does a run whose build another run has taken over (issue 11 item 1).
@@ -9,7 +10,7 @@ does a run whose build another run has taken over (issue 11 item 1).
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -18,6 +19,7 @@ from airflow.sdk import BaseOperator, Variable
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import lazy_module
+from image_rollout.contracts import VERIFY_TASK, BuildRecord, approver_name, iso, utcnow
 from image_rollout.plan import RolloutPlan, load_plan
 from image_rollout.slack import escape_mrkdwn, notify
 
@@ -26,7 +28,6 @@ pc = lazy_module("image_rollout.preconditions")
 
 log = logging.getLogger(__name__)
 
-VERIFY_TASK = "build_verification.verify_build"
 DRIFT_OPTIONS = ["Overwrite", "Skip target", "Stop"]
 ACTIVE_BUILD_VARIABLE = "image_rollout_active_build"
 FLAG_POOL = "worker_image_flag"
@@ -58,18 +59,10 @@ def chlorine_hook():
     return ChlorineHook()
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 class RolloutOperator(BaseOperator):
     """Base for the rollout's tasks.
 
-    :param plan: plan name or path; default ``$ROLLOUT_PLAN`` or ``default``.
+    :param plan_name: plan name or path; default ``$ROLLOUT_PLAN`` or ``default``.
     """
 
     ui_color = "#e8f0fe"
@@ -77,28 +70,64 @@ class RolloutOperator(BaseOperator):
     build_task_id = VERIFY_TASK
     build_key = "return_value"
 
-    def __init__(self, *, plan: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, plan_name: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.plan_name = plan
+        self.plan_name = plan_name
 
     @cached_property
     def plan(self) -> RolloutPlan:
         return load_plan(self.plan_name)
 
+    # -- what one task run keeps: the build record and one instance of each hook -----------------
+    def per_run(self, context) -> dict[str, Any]:
+        """State of this task run only. A new try or a resumption after a wait has a new task instance
+        object, and so starts empty (also when ``dag.test`` runs them on the same operator object). The
+        task instance is held with the state, so its identity cannot be reused while the state lives.
+        A context without a task instance (a direct call) keeps nothing."""
+        ti = context.get("ti")
+        if ti is None:
+            return {}
+        state = getattr(self, "_per_run", None)
+        if state is None or state[0] is not ti:
+            state = (ti, {})
+            self._per_run = state
+        return state[1]
+
+    def _hook(self, context, name: str, make) -> Any:
+        run = self.per_run(context)
+        if name not in run:
+            run[name] = make()
+        return run[name]
+
+    def flags(self, context):
+        """LaunchDarkly (``FlagsHook``) for this task run."""
+        return self._hook(context, "flags", lambda: flags_hook())
+
+    def github(self, context):
+        """The evidence repository (``GitHubEvidenceHook``) for this task run."""
+        return self._hook(context, "github", lambda: github_hook())
+
+    def jenkins(self, context):
+        """Jenkins (``JenkinsHook``) for this task run."""
+        return self._hook(context, "jenkins", lambda: jenkins_hook())
+
+    def chlorine(self, context):
+        """chlorine (``ChlorineHook``) for this task run."""
+        return self._hook(context, "chlorine", lambda: chlorine_hook())
+
     # -- data from earlier tasks ----------------------------------------------------------------
-    def build(self, context) -> dict:
-        """The verified build (name, images, console): fail closed if it is missing.
+    def build_record(self, context) -> BuildRecord:
+        """The build this task works on (name, images, console), as verified: fail closed if it is missing.
 
         Pulled once per task run: it carries the console log, and every step asks for it.
         """
-        cached = getattr(self, "_build", None)
-        if cached is not None and cached[0] == context["run_id"]:
-            return cached[1]
-        build = context["ti"].xcom_pull(task_ids=self.build_task_id, key=self.build_key)
-        if not build or not build.get("images"):
-            raise RuntimeError(f"no verified build in XCom of {self.build_task_id}; it must run first")
-        self._build = (context["run_id"], build)
-        return build
+        run = self.per_run(context)
+        if "build" not in run:
+            build = context["ti"].xcom_pull(task_ids=self.build_task_id, key=self.build_key)
+            if not build or not build.get("images"):
+                raise RuntimeError(f"no verified build in XCom of {self.build_task_id}; it must run first")
+            run["build"] = build
+        return run["build"]
 
     @staticmethod
     def pull(context, task_id: str, map_index: int | None = None) -> Any:
@@ -167,7 +196,7 @@ class RolloutOperator(BaseOperator):
         """One rollout per build (issue 11 item 1): stop when another run holds the build's claim now."""
         from image_rollout.operators.claim import holder
 
-        why = holder(github_hook(), self.plan, build_name, context["run_id"])
+        why = holder(self.github(context), self.plan, build_name, context["run_id"])
         if why:
             raise AirflowFailException(f"{why}: this run ({context['run_id']}) writes nothing more")
 
@@ -193,20 +222,16 @@ class RolloutOperator(BaseOperator):
 
     def _record_supersession(self, context, build_name: str, newer: str) -> None:
         """Say so in the evidence file, if this rollout has one yet (once)."""
-        from image_rollout.evidence import Record
-        from image_rollout.operators.evidence import append_record, evidence_for
+        from image_rollout.evidence_commits import append_to_evidence
 
-        github = github_hook()
-        path = self.plan.evidence_path(build_name)
-        if github.get_file(path) is None:
+        github = self.github(context)
+        if github.get_file(self.plan.evidence_path(build_name)) is None:
             return
-        build = self.build(context)
-        append_record(
-            github, path,
-            Record("Superseded", (f"Rollout stopped at {iso(utcnow())}: superseded by newer build {newer}; "
-                                  "the worker-image flag was not touched again",)),
+        append_to_evidence(
+            github, self.plan, context, self.build_record(context), "Superseded",
+            (f"Rollout stopped at {iso(utcnow())}: superseded by newer build {newer}; "
+             "the worker-image flag was not touched again",),
             f"Record that immutable image build {build_name} was superseded by {newer}",
-            evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
             key=pc.rollout_key(build_name, "superseded"),
         )
 
@@ -224,9 +249,9 @@ class RolloutOperator(BaseOperator):
     def read_rule(self, context, target: str) -> tuple[dict, Any, dict | None]:
         """Guards, then the map the target's rule serves now: every write reads first, so a rerun
         never writes twice and the map it replaces is recorded."""
-        build = self.build(context)
+        build = self.build_record(context)
         self.guard_write(context, build["name"])
-        flags = flags_hook()
+        flags = self.flags(context)
         return build, flags, flags.rule_value(target)
 
     # -- preconditions re-proved before every write (issue 9 item 1) ----------------------------------
@@ -237,7 +262,7 @@ class RolloutOperator(BaseOperator):
     def override(self, context) -> dict | None:
         """The override Variable, if it names this build with a reason and a user (README "Overrides")."""
         raw = Variable.get(pc.OVERRIDE_VARIABLE, default=None)
-        found = pc.parse_override(raw, self.build(context)["name"])
+        found = pc.parse_override(raw, self.build_record(context)["name"])
         if found and found["by"] == self.triggering_user(context):
             self.log.warning("Override by %s ignored: the identity that triggered the run may not use it", found["by"])
             return None
@@ -261,7 +286,7 @@ class RolloutOperator(BaseOperator):
         self.log.warning("%s", text)
         announced = ti.xcom_pull(task_ids=self.task_id, key="hold_announced", map_indexes=ti.map_index) or []
         if str(hold) not in announced and hold.precondition not in [a.split(":")[0] for a in announced]:
-            self.say(f"Rollout of {escape_mrkdwn(self.build(context)['name'])} held at "
+            self.say(f"Rollout of {escape_mrkdwn(self.build_record(context)['name'])} held at "
                      f"{escape_mrkdwn(self.task_id)}: {escape_mrkdwn(str(hold))}. Nothing is promoted until it holds",
                      escalate=True)
             ti.xcom_push(key="hold_announced", value=[*announced, str(hold)])
@@ -290,16 +315,12 @@ class RolloutOperator(BaseOperator):
 
     def _record(self, context, title: str, lines: tuple[str, ...], step: str) -> str | None:
         """Append a record to this build's evidence file (keyed, so a rerun does not append it twice)."""
-        from image_rollout.evidence import Record
-        from image_rollout.operators.evidence import append_record, evidence_for
+        from image_rollout.evidence_commits import append_to_evidence
 
-        build = self.build(context)
-        github = github_hook()
-        path = self.plan.evidence_path(build["name"])
-        return append_record(github, path, Record(title, lines),
-                             f"Record {title.lower()} for immutable image build {build['name']}",
-                             evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
-                             key=pc.rollout_key(build["name"], step))
+        build = self.build_record(context)
+        return append_to_evidence(self.github(context), self.plan, context, build, title, lines,
+                                  f"Record {title.lower()} for immutable image build {build['name']}",
+                                  key=pc.rollout_key(build["name"], step))
 
     def ours_applied(self, flags, target: str, build: dict, image_map: dict | None = None) -> dict | None:
         """Our own applied request for this target and build (key AND content), from LaunchDarkly."""
@@ -314,7 +335,7 @@ class RolloutOperator(BaseOperator):
         Returns ``write`` or ``done``. A rule changed by someone else (drift) is not overwritten: the
         task asks an approver (Overwrite / Skip target / Stop) and waits for the answer.
         """
-        build = self.build(context)
+        build = self.build_record(context)
         problem = pc.check_image_map(build["images"], build["images"])
         if problem:
             raise AirflowFailException(str(problem))
@@ -329,7 +350,7 @@ class RolloutOperator(BaseOperator):
         if answer.get("choice") == "Overwrite" and answer.get("current") == current:
             self.log.warning("Drift on %s overwritten by decision of %s", target, answer.get("by"))
             return "write"
-        stopped = github_hook().find_commit(self.plan.evidence_path(build["name"]),
+        stopped = self.github(context).find_commit(self.plan.evidence_path(build["name"]),
                                             pc.rollout_key(build["name"], f"drift-{target}-stop"))
         if stopped:
             # A person chose Stop on this drift (recorded in the evidence): a later try, whatever started
@@ -395,7 +416,7 @@ class RolloutOperator(BaseOperator):
         event = event or {}
         choice = (event.get("chosen_options") or [None])[0]
         user = event.get("responded_by_user") or {}
-        who = user.get("name") or user.get("id") or "unknown"
+        who = approver_name(user)
         if choice not in DRIFT_OPTIONS:
             raise AirflowFailException(f"drift decision {event!r} is not one of {DRIFT_OPTIONS}")
         if who in (self.triggering_user(context), None) or (

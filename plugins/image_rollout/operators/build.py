@@ -12,18 +12,12 @@ from airflow.sdk import Variable
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import lazy_module
+from image_rollout.contracts import IMAGE_KEYS, VERIFY_TASK, NoopRerun, VerifiedBuild, iso, utcnow
 from image_rollout.inputs import BUILD_NUMBER, is_build_name, is_image_id
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
-    VERIFY_TASK,
     RolloutOperator,
-    flags_hook,
-    github_hook,
-    iso,
-    jenkins_hook,
-    utcnow,
 )
-from image_rollout.plan import IMAGE_KEYS
 from image_rollout.slack import escape_mrkdwn
 
 ev = lazy_module("image_rollout.evidence")
@@ -115,13 +109,13 @@ class VerifyBuildOperator(RolloutOperator):
     rollout. Waiting for a running build is deferred.
     """
 
-    def execute(self, context, event: dict | None = None) -> dict:
+    def execute(self, context, event: dict | None = None) -> VerifiedBuild | NoopRerun:
         request = validate_request(dict(context["params"]), dict(context["dag_run"].conf or {}))
         name = request["build_name"]
         noop = self._one_rollout_per_build(context, name, dry_run=request["dry_run"])
         if noop is not None:
             return noop
-        jenkins = jenkins_hook()
+        jenkins = self.jenkins(context)
         job = self.plan.jenkins.image_job
         state = context["ti"].xcom_pull(task_ids=self.task_id, key="follow") or {}
         number = state.get("number") or request["build_number"]
@@ -130,17 +124,17 @@ class VerifyBuildOperator(RolloutOperator):
             if found is None:
                 raise AirflowFailException(f"Jenkins has no {job} build named {name}")
             number = found["number"]
-        build = jenkins.get_build(job, number)
-        if build.get("displayName") != name:
+        jenkins_build = jenkins.get_build(job, number)
+        if jenkins_build.get("displayName") != name:
             raise AirflowFailException(
-                f"Jenkins {job} #{number} is build {build.get('displayName')!r}, not {name!r}"
+                f"Jenkins {job} #{number} is build {jenkins_build.get('displayName')!r}, not {name!r}"
             )
-        if build.get("building") or build.get("result") is None:
+        if jenkins_build.get("building") or jenkins_build.get("result") is None:
             self.log.info("Jenkins %s #%s is still running; checking again later", job, number)
             context["ti"].xcom_push(key="follow", value={**state, "number": number})
             self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.plan.jenkins.poll)), method_name="execute")
         console = jenkins.get_console_text(job, number)
-        if build["result"] != "SUCCESS":
+        if jenkins_build["result"] != "SUCCESS":
             rebuilds = int(state.get("rebuilds", 0))
             if TIMEOUT_MARKER.search(console) and rebuilds < self.plan.jenkins.rebuilds_on_timeout:
                 new_number = self._rebuild_once(jenkins, job, name, number)
@@ -149,28 +143,29 @@ class VerifyBuildOperator(RolloutOperator):
                 self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.plan.jenkins.poll)),
                            method_name="execute")
             raise AirflowFailException(
-                f"Jenkins {job} #{number} ({name}) ended {build['result']}; not rolling out. "
+                f"Jenkins {job} #{number} ({name}) ended {jenkins_build['result']}; not rolling out. "
                 f"Console: {jenkins.build_url(job, number)}console"
             )
         images = parse_image_ids(jenkins.get_artifact_text(job, number, "image_ids.json"))
         images = self._check_images(images, request["image_ids"])
-        console_url = f"{jenkins.build_url(job, number)}console"
-        result = {
+        verified_at = iso(utcnow())
+        flags = self.flags(context)
+        # A LaunchDarkly approval setting the rollout cannot work with stops it here, before any write;
+        # every write reads the settings again (operators/base.py).
+        approval_settings = self.approval_settings(flags)
+        result: VerifiedBuild = {
             "name": name,
             "number": number,
             "job": job,
             "url": jenkins.build_url(job, number),
-            "console_url": console_url,
+            "console_url": f"{jenkins.build_url(job, number)}console",
             "console_text": ev.console_excerpt(console),
             "images": images,
             "dry_run": request["dry_run"],
-            "verified_at": iso(utcnow()),
+            "verified_at": verified_at,
+            "approval_settings": approval_settings,
+            "baseline": flags.rule_values(),
         }
-        flags = flags_hook()
-        # A LaunchDarkly approval setting the rollout cannot work with stops it here, before any write;
-        # every write reads the settings again (operators/base.py).
-        result["approval_settings"] = self.approval_settings(flags)
-        result["baseline"] = flags.rule_values()
         if not request["dry_run"]:
             self.hold_if_held(context, name)
             noop = self._claim_build(context, name)
@@ -195,7 +190,7 @@ class VerifyBuildOperator(RolloutOperator):
 
         if dry_run:
             return None
-        decision, why, record, _ = decide(context["ti"], github_hook(), self.plan, name, context["run_id"])
+        decision, why, record, _ = decide(context["ti"], self.github(context), self.plan, name, context["run_id"])
         self.log.info("One rollout per build: %s (%s)", decision, why)
         return self._act_on(context, name, decision, why, record)
 
@@ -207,11 +202,11 @@ class VerifyBuildOperator(RolloutOperator):
             # Superseded: it stops at its first write and writes nothing; it takes no claim either.
             self.log.info("Build %s is superseded: not claiming its rollout", name)
             return None
-        decision, why, record = claim(context["ti"], github_hook(), self.plan, name, context["run_id"])
+        decision, why, record = claim(context["ti"], self.github(context), self.plan, name, context["run_id"])
         self.log.info("Rollout of %s: %s (%s)", name, decision, why)
         return self._act_on(context, name, decision, why, record)
 
-    def _act_on(self, context, name: str, decision: str, why: str, record: dict | None) -> dict | None:
+    def _act_on(self, context, name: str, decision: str, why: str, record: dict | None) -> NoopRerun | None:
         run_id = context["run_id"]
         if decision == "refuse":
             raise AirflowFailException(
@@ -266,8 +261,8 @@ class PlanRolloutOperator(RolloutOperator):
         verified = context["ti"].xcom_pull(task_ids=VERIFY_TASK) or {}
         if verified.get("noop"):
             raise AirflowSkipException(f"no-op rerun: {verified['noop']['why']}")
-        build = self.build(context)
-        current = flags_hook().rule_values()
+        build = self.build_record(context)
+        current = self.flags(context).rule_values()
         rows = []
         for stage in self.plan.stages:
             for t in stage.targets:

@@ -20,7 +20,16 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import lazy_module
-from image_rollout.operators.base import RolloutOperator, chlorine_hook, iso, jenkins_hook, utcnow
+from image_rollout.contracts import (
+    ROLLBACK_TASK,
+    GateDecision,
+    SoakVerdict,
+    approver_name,
+    iso,
+    parse_time,
+    utcnow,
+)
+from image_rollout.operators.base import RolloutOperator
 from image_rollout.slack import escape_mrkdwn
 from image_rollout.triggers import ReloadsTrigger, ReportBuildTrigger, SoakTrigger, is_permanent
 
@@ -30,10 +39,10 @@ reports = lazy_module("image_rollout.reports")
 ROLL_BACK = "Roll back"
 KEEP_WAITING = "Keep waiting"
 INCONCLUSIVE_OPTIONS = [ROLL_BACK, KEEP_WAITING]
-ROLLBACK_TASK = "rollout_end.rollback"
 
 
-def _promoted_at(operator: RolloutOperator, context, task_id: str) -> str:
+def _recorded_promotion_time(operator: RolloutOperator, context, task_id: str) -> str:
+    """The ``promoted_at`` the promotion task recorded: the reload count starts there."""
     promoted = operator.pull(context, task_id)
     if not promoted or not promoted.get("promoted_at"):
         raise RuntimeError(f"no promotion time in XCom of {task_id}")
@@ -57,7 +66,7 @@ class _GateOperator(RolloutOperator):
     def where(self) -> str:  # pragma: no cover - overridden
         return self.task_id
 
-    def _fail(self, context, where: str, decision: dict) -> None:
+    def _fail(self, context, where: str, decision: GateDecision) -> None:
         context["ti"].xcom_push(key="decision", value=decision)
         self.say(f"Gate failed at {where}: {escape_mrkdwn(decision['reason'])}", escalate=True)
         raise AirflowFailException(f"gate failed at {where}: {decision['reason']}")
@@ -105,7 +114,7 @@ class _GateOperator(RolloutOperator):
 
     def _escalate_unreadable(self, context, event: dict) -> None:
         timeout = self.plan.gates.inconclusive_timeout
-        ask_at = iso(gates.parse_time(event["unreadable_since"]) + timedelta(seconds=timeout))
+        ask_at = iso(parse_time(event["unreadable_since"]) + timedelta(seconds=timeout))
         context["ti"].xcom_push(key="inconclusive", value={
             "unreadable_since": event["unreadable_since"], "reason": event["reason"], "ask_at": ask_at,
         })
@@ -161,8 +170,7 @@ class _GateOperator(RolloutOperator):
     def execute_decision(self, context, event: dict, resume: dict, unreadable: dict | None = None) -> Any:
         unreadable = unreadable or {}
         chosen = list(event.get("chosen_options") or [])
-        user = event.get("responded_by_user") or {}
-        who = user.get("name") or user.get("id") or "unknown"
+        who = approver_name(event.get("responded_by_user"))
         at = event.get("responded_at")
         answer = {"chosen": chosen[0] if chosen else None, "by": who,
                   "at": at.isoformat() if hasattr(at, "isoformat") else at}
@@ -197,8 +205,6 @@ class ReloadCheckOperator(_GateOperator):
     :param promote_task_id: the task that promoted the carrier's target (its time starts the count).
     """
 
-    template_fields = ("carrier",)
-
     def __init__(self, *, carrier: str, image_key: str, promote_task_id: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.carrier = carrier
@@ -210,8 +216,8 @@ class ReloadCheckOperator(_GateOperator):
 
     def _defer(self, context, since: str, phase: str, seconds: float, *, unreadable_since: str | None = None,
                escalated: bool = False) -> None:
-        build = self.build(context)
-        deadline = gates.parse_time(since) + timedelta(seconds=seconds)
+        build = self.build_record(context)
+        deadline = parse_time(since) + timedelta(seconds=seconds)
         self.defer(
             trigger=ReloadsTrigger(
                 poll=self.plan.reloads.poll, deadline=iso(max(deadline, utcnow())), carrier=self.carrier,
@@ -227,26 +233,26 @@ class ReloadCheckOperator(_GateOperator):
     def _redefer(self, context, resume: dict, *, unreadable_since: str | None = None,
                  escalated: bool = False) -> None:
         phase = resume.get("phase", "grace")
-        since = _promoted_at(self, context, self.promote_task_id)
+        since = _recorded_promotion_time(self, context, self.promote_task_id)
         seconds = self.plan.reloads.grace if phase == "grace" else self.plan.reloads.timeout
         self._defer(context, since, phase, seconds, unreadable_since=unreadable_since, escalated=escalated)
 
     def execute(self, context) -> None:
-        since = _promoted_at(self, context, self.promote_task_id)
+        since = _recorded_promotion_time(self, context, self.promote_task_id)
         self._defer(context, since, "grace", self.plan.reloads.grace)
 
     def execute_complete(self, context, event: dict, phase: str = "grace") -> dict:
         self._handle_non_verdict(context, event, {"phase": phase})
-        build = self.build(context)
+        build = self.build_record(context)
         image_id = build["images"][self.image_key]
-        since = _promoted_at(self, context, self.promote_task_id)
+        since = _recorded_promotion_time(self, context, self.promote_task_id)
         if event["verdict"] == "pass":
             figures = event["figures"]
             self.say(f"{self.carrier}: {figures['succeeded_with_new_image']} workers reloaded with image {image_id}")
             return {"carrier": self.carrier, "image_id": image_id, **figures}
         if event["verdict"] == "fail":
             self._fail(context, self.carrier, event)
-        chlorine = chlorine_hook()
+        chlorine = self.chlorine(context)
         try:
             reloads = chlorine.list_reloads(carrier=self.carrier, since=since)
             decision = gates.evaluate_reloads(reloads, image_id=image_id, required=self.plan.reloads.required,
@@ -312,7 +318,7 @@ class SoakGateOperator(_GateOperator):
 
     def _start(self, context, *, unreadable_since: str | None = None, escalated: bool = False,
                holding: bool = False) -> None:
-        build = self.build(context)
+        build = self.build_record(context)
         soak = self.plan.soak
         self.defer(
             trigger=SoakTrigger(
@@ -336,9 +342,9 @@ class SoakGateOperator(_GateOperator):
     def execute(self, context) -> None:
         self._start(context)
 
-    def execute_complete(self, context, event: dict, holding: bool = False) -> dict:
+    def execute_complete(self, context, event: dict, holding: bool = False) -> SoakVerdict | dict:
         self._handle_non_verdict(context, event, {"holding": holding})
-        build = self.build(context)
+        build = self.build_record(context)
         verdict = event["verdict"]
         if verdict == "not_serving":
             serves = event.get("serves")
@@ -357,9 +363,10 @@ class SoakGateOperator(_GateOperator):
                      f"(promoted {event['since']}); the soak counts from there.", escalate=True)
             self._start(context)
         if verdict == "pass":
-            result = {"region": self.region, "build": build["name"], "image_map": build["images"],
-                      "verdict": "pass", "reason": event["reason"], "since": event["since"],
-                      "decided_at": event.get("decided_at") or iso(utcnow()), "figures": event["figures"]}
+            result: SoakVerdict = {
+                "region": self.region, "build": build["name"], "image_map": build["images"], "verdict": "pass",
+                "reason": event["reason"], "since": event["since"],
+                "decided_at": event.get("decided_at") or iso(utcnow()), "figures": event["figures"]}
             context["ti"].xcom_push(key="decision", value=result)
             self.say(f"Canary soak in {self.region} passed: {escape_mrkdwn(event['reason'])} "
                      f"(since the promotion at {event['since']})")
@@ -381,11 +388,11 @@ class MonitorAdoptionOperator(RolloutOperator):
     prod carrier run the new image, until the plan's threshold or its time limit."""
 
     def execute(self, context, event: dict | None = None) -> dict:
-        build = self.build(context)
+        build = self.build_record(context)
         ti = context["ti"]
         started = ti.xcom_pull(task_ids=self.task_id, key="started") or iso(utcnow())
         ti.xcom_push(key="started", value=started)
-        jenkins = jenkins_hook()
+        jenkins = self.jenkins(context)
         job = self.plan.jenkins.report_job
         report = jenkins.get_build(job, "lastSuccessfulBuild")
         number = int(report["number"])
@@ -402,7 +409,7 @@ class MonitorAdoptionOperator(RolloutOperator):
         if figures["percent"] >= self.plan.adoption.threshold_percent:
             self.say(self._summary(build["name"], figures, done=True))
             return figures
-        deadline = gates.parse_time(started) + timedelta(seconds=self.plan.adoption.timeout)
+        deadline = parse_time(started) + timedelta(seconds=self.plan.adoption.timeout)
         if utcnow() >= deadline:
             self.say(self._summary(build["name"], figures, done=False), escalate=True)
             raise AirflowFailException(

@@ -15,7 +15,7 @@ import json
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import lazy_module
-from image_rollout.operators.base import iso, utcnow
+from image_rollout.contracts import iso, utcnow
 from image_rollout.plan import RolloutPlan
 
 pc = lazy_module("image_rollout.preconditions")

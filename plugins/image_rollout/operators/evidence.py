@@ -1,106 +1,19 @@
-"""Evidence commits: the runbook's train evidence file in the team repo, and records appended to it.
-
-Every commit has a message unique to its step; a step whose commit already exists (a retry
-after a timeout that did reach GitHub, a cleared task) returns that commit instead of
-committing again.
+"""Evidence tasks: the runbook's train evidence file committed to the team repo, and the prod start
+decision recorded in it. How a commit is made once is ``image_rollout.evidence_commits``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from image_rollout import lazy_module
-from image_rollout.operators.base import RolloutOperator, github_hook, iso
-from image_rollout.plan import RolloutPlan
+from image_rollout.contracts import EvidenceCommit, approver_name, iso
+from image_rollout.operators.base import RolloutOperator
 
 ev = lazy_module("image_rollout.evidence")
 pc = lazy_module("image_rollout.preconditions")
 
 Mode = Literal["initial", "stage_reloads"]
-
-if TYPE_CHECKING:
-    from image_rollout.evidence import Evidence, Record
-    from image_rollout.hooks.github import GitHubEvidenceHook
-
-
-def reload_task_id(stage_id: str) -> str:
-    return f"{stage_id}.reload_check_{stage_id}"
-
-
-def evidence_for(plan: RolloutPlan, context, build: dict, sections: tuple[str, ...]) -> Evidence:
-    """The evidence for the reload sections that have passed so far."""
-    found: dict[str, list] = {"dev": [], "prestage": [], "stage": []}
-    for stage in plan.stages:
-        if stage.evidence_section in sections:
-            result = context["ti"].xcom_pull(task_ids=reload_task_id(stage.id)) or {}
-            found[stage.evidence_section] = ev.reloads_from(result.get("reloads", []))
-    return ev.Evidence(
-        build_name=build["name"], image_ids=build["images"], console_url=build["console_url"],
-        console_output=build["console_text"], razee_link=plan.evidence.razee_link,
-        concept_doc=plan.evidence.concept_doc, dev_reloads=found["dev"], prestage_reloads=found["prestage"],
-        stage_reloads=found["stage"],
-    )
-
-
-def _message(message: str, key: str) -> str:
-    return f"{message}\n\n{pc.key_line(key)}"
-
-
-def find_ours(github: GitHubEvidenceHook, path: str, key: str, matches) -> str | None:
-    """Our commit for this step: the key trailer AND content we meant to write (issue 9 item 7).
-
-    ``matches(content)`` says whether the file at a keyed commit is what this step writes. A commit
-    with our message but without the key, or with other content, is someone else's.
-    """
-    for commit in github.find_commit(path, key):
-        content = github.file_at(path, commit["sha"])
-        if content is not None and matches(content):
-            return commit["sha"]
-    return None
-
-
-def commit_once(github: GitHubEvidenceHook, path: str, text: str, message: str, *, key: str,
-                identity: Sequence[str] = ()) -> str:
-    """Commit ``text`` unless our keyed commit of it exists for the path.
-
-    Ours is exactly ``text``, or, for a rerun that renders the same step again with its own reload
-    times, a file carrying every ``identity`` line (the build name and its image ids): the evidence
-    this step already committed for this build stands, and is not committed twice.
-    """
-    def matches(content: str) -> bool:
-        return content == text or bool(identity) and all(line in content for line in identity)
-
-    found = find_ours(github, path, key, matches)
-    if found:
-        return found
-    return github.put_file(path, text, _message(message, key))
-
-
-def record_text(record: Record) -> str:
-    lines = "".join(f"- {ev.escape_markdown(line)}\n" for line in record.lines)
-    return f"### {ev.escape_markdown(record.title)}\n\n{lines}"
-
-
-def append_record(github: GitHubEvidenceHook, path: str, record: Record, message: str,
-                  fallback: Evidence, *, key: str) -> str:
-    """Append a section to the evidence file, once per key.
-
-    A file that does not exist yet is created from ``fallback`` WITHOUT the sentence that all checks
-    passed: a file first written by a rollback or another record never claims that.
-    """
-    section = record_text(record)
-    found = find_ours(github, path, key, lambda content: section in content)
-    if found:
-        return found
-    current = github.get_file(path)
-    if current:
-        base = current[0]
-    else:
-        fallback.checks_passed = False
-        base = ev.render(fallback)
-    text = f"{base.rstrip(chr(10))}\n\n{section}"
-    return github.put_file(path, text, _message(message, key))
 
 
 class CommitEvidenceOperator(RolloutOperator):
@@ -113,15 +26,17 @@ class CommitEvidenceOperator(RolloutOperator):
         super().__init__(**kwargs)
         self.mode = mode
 
-    def execute(self, context, event: dict | None = None) -> dict:
-        build = self.build(context)
+    def execute(self, context, event: dict | None = None) -> EvidenceCommit:
+        from image_rollout.evidence_commits import commit_once, evidence_for
+
+        build = self.build_record(context)
         self.guard_build(context, build["name"])
         sections = ("dev", "prestage") if self.mode == "initial" else ("dev", "prestage", "stage")
         evidence = evidence_for(self.plan, context, build, sections)
         path = self.plan.evidence_path(build["name"])
         message = (f"Add evidence for immutable image build {build['name']}" if self.mode == "initial"
                    else f"Add stage reloads to evidence for immutable image build {build['name']}")
-        github = github_hook()
+        github = self.github(context)
         step = "evidence" if self.mode == "initial" else "evidence-stage-reloads"
         text = ev.render(evidence)
         identity = [line for line in text.splitlines() if build["name"] in line
@@ -146,14 +61,15 @@ class RecordApprovalOperator(RolloutOperator):
         self.target = target
 
     def execute(self, context, event: dict | None = None) -> dict:
-        build = self.build(context)
+        from image_rollout.evidence_commits import append_to_evidence
+
+        build = self.build_record(context)
         self.hold_if_held(context, build["name"])
         approval = self.pull(context, self.approval_task_id) or {}
         filed = self.pull(context, self.file_task_id) or {}
         if approval.get("already_serving"):
             return {"already_recorded": True, **{k: approval.get(k) for k in ("approver", "approved_at", "choice")}}
-        user = approval.get("responded_by_user") or {}
-        who = user.get("name") or user.get("id")
+        who = approver_name(approval.get("responded_by_user"), default=None)
         when = approval.get("responded_at")
         when = iso(when) if hasattr(when, "astimezone") else (str(when) if when else None)
         choice = (approval.get("chosen_options") or [None])[0]
@@ -170,9 +86,7 @@ class RecordApprovalOperator(RolloutOperator):
         )
         path = self.plan.evidence_path(build["name"])
         message = f"Record prod start decision for immutable image build {build['name']} on {self.target}"
-        github = github_hook()
-        sha = append_record(github, path, ev.Record("Prod change approval", lines), message,
-                            evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
-                            key=pc.rollout_key(build["name"], f"approval-{self.target}"))
+        sha = append_to_evidence(self.github(context), self.plan, context, build, "Prod change approval", lines,
+                                 message, key=pc.rollout_key(build["name"], f"approval-{self.target}"))
         return {"path": path, "sha": sha, "approver": who, "approved_at": when, "choice": choice,
                 "valid": refused is None, "refused": None if refused is None else refused.reason}

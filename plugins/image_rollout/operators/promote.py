@@ -22,23 +22,27 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import lazy_module
+from image_rollout.contracts import (
+    ROLLBACK_TASK,
+    BuildRecord,
+    FiledChangeRequest,
+    Promotion,
+    from_ms,
+    iso,
+    parse_time_or_none,
+    soak_task_id,
+    utcnow,
+)
 from image_rollout.operators.base import (
     FLAG_POOL,
     RolloutOperator,
     find_request,
-    flags_hook,
-    github_hook,
-    iso,
-    utcnow,
 )
 from image_rollout.plan import RolloutPlan
 from image_rollout.slack import escape_mrkdwn
 from image_rollout.triggers import ChangeRequestTrigger
 
 pc = lazy_module("image_rollout.preconditions")
-
-SOAK_TASK = "canary_soak.soak_gate"
-ROLLBACK_TASK = "rollout_end.rollback"
 
 
 def check_approval_settings(settings: dict | None, plan: RolloutPlan | None = None) -> None:
@@ -50,11 +54,18 @@ def check_approval_settings(settings: dict | None, plan: RolloutPlan | None = No
     pc.check_approval_settings(settings)
 
 
-def _promoted_at(request: dict) -> str:
+def _applied_time(request: dict) -> str:
     """The promotion time is the system's own (LaunchDarkly's ``appliedDate``), so a bake measured
     from it survives reruns of the task that applied it."""
-    applied = pc.from_ms(request.get("appliedDate")) if request else None
+    applied = from_ms(request.get("appliedDate")) if request else None
     return iso(applied or utcnow())
+
+
+def promotion(target: str, build: BuildRecord, *, changed: bool, promoted_at: str, **optional: str | None
+              ) -> Promotion:
+    """The one shape of a promotion in XCom; ``optional`` is ``request_id`` and/or ``evidence_sha``."""
+    return {"target": target, "changed": changed, "previous": build["baseline"].get(target),
+            "new": build["images"], "promoted_at": promoted_at, **optional}
 
 
 def file_request(flags, *, target: str, build: dict, fields: dict, description: str) -> dict:
@@ -73,9 +84,9 @@ class _WriteOperator(RolloutOperator):
 
     def guard(self, context) -> tuple[dict, Any, dict | None]:
         """Freeze, ownership, approval settings: read now, before anything is written."""
-        build = self.build(context)
+        build = self.build_record(context)
         self.guard_write(context, build["name"])
-        flags = flags_hook()
+        flags = self.flags(context)
         settings = self.approval_settings(flags)
         return build, flags, settings
 
@@ -85,7 +96,7 @@ class _WriteOperator(RolloutOperator):
         if review == "declined":
             self.say(
                 f"Change request {escape_mrkdwn(str(request['_id']))} for {self.target} was declined by the change "
-                f"board: rollout of {self.build(context)['name']} stopped before {self.target} changed",
+                f"board: rollout of {self.build_record(context)['name']} stopped before {self.target} changed",
                 escalate=True,
             )
             raise AirflowFailException(f"change request {request['_id']} for {self.target} was declined")
@@ -116,11 +127,11 @@ class _WriteOperator(RolloutOperator):
             )
         return applied
 
-    def done(self, flags, build: dict) -> dict:
+    def done(self, flags, build: dict, **optional: str | None) -> Promotion:
         """Already serving the build from our own write: keep the system's promotion time."""
         ours = self.ours_applied(flags, self.target, build) or {}
-        return {"target": self.target, "changed": False, "previous": build["baseline"].get(self.target),
-                "request_id": ours.get("_id"), "promoted_at": _promoted_at(ours), "new": build["images"]}
+        return promotion(self.target, build, changed=False, promoted_at=_applied_time(ours),
+                         request_id=ours.get("_id"), **optional)
 
 
 class PromoteTargetOperator(_WriteOperator):
@@ -130,14 +141,12 @@ class PromoteTargetOperator(_WriteOperator):
     :param target: the rule's target name (``dev-south``).
     """
 
-    template_fields = ("target",)
-
     def __init__(self, *, target: str, **kwargs) -> None:
         kwargs.setdefault("pool", FLAG_POOL)
         super().__init__(**kwargs)
         self.target = target
 
-    def execute(self, context, event: dict | None = None) -> dict:
+    def execute(self, context, event: dict | None = None) -> Promotion:
         build, flags, settings = self.guard(context)
         required = pc.requests_required(settings)
         if self.prove_rule(context, flags, self.target, needs_request=required) == "done":
@@ -154,10 +163,9 @@ class PromoteTargetOperator(_WriteOperator):
             self.log.warning("LaunchDarkly requires approval for %s now: filing a change request", self.target)
             return self._via_request(context, flags, build)
         self.say(f"Promoted immutable image build {build['name']} to {self.target}")
-        return {"target": self.target, "previous": build["baseline"].get(self.target), "changed": True,
-                "promoted_at": iso(utcnow()), "new": build["images"]}
+        return promotion(self.target, build, changed=True, promoted_at=iso(utcnow()))
 
-    def _via_request(self, context, flags, build: dict) -> dict:
+    def _via_request(self, context, flags, build: dict) -> Promotion:
         fields = {
             "details": f"Promoting immutable image build {build['name']} to {self.target}",
             "backoutPlan": self.plan.change_request.backout_plan,
@@ -171,8 +179,8 @@ class PromoteTargetOperator(_WriteOperator):
         applied = self.apply(context, flags, request, build)
         self.say(f"Promoted immutable image build {build['name']} to {self.target} "
                  f"(change request {escape_mrkdwn(str(request['_id']))})")
-        return {"target": self.target, "previous": build["baseline"].get(self.target), "changed": True,
-                "request_id": request["_id"], "promoted_at": _promoted_at(applied), "new": build["images"]}
+        return promotion(self.target, build, changed=True, promoted_at=_applied_time(applied),
+                         request_id=request["_id"])
 
 
 class FileChangeRequestOperator(_WriteOperator):
@@ -189,8 +197,6 @@ class FileChangeRequestOperator(_WriteOperator):
         the "Previous Deployment" a prod train must name (runbook: the stage-south promotion).
     """
 
-    template_fields = ("target",)
-
     def __init__(self, *, target: str, evidence_hash: str, evidence_task_id: str | None,
                  previous_deployment_task_id: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -199,13 +205,13 @@ class FileChangeRequestOperator(_WriteOperator):
         self.evidence_task_id = evidence_task_id
         self.previous_deployment_task_id = previous_deployment_task_id
 
-    def execute(self, context, event: dict | None = None) -> dict:
+    def execute(self, context, event: dict | None = None) -> FiledChangeRequest:
         build, flags, _settings = self.guard(context)
         if self.prove_rule(context, flags, self.target, needs_request=True) == "done":
             ours = self.ours_applied(flags, self.target, build) or {}
             return {"target": self.target, "already_serving": True, "previous": build["baseline"].get(self.target),
                     "request_id": ours.get("_id")}
-        github = github_hook()
+        github = self.github(context)
         path = self.plan.evidence_path(build["name"])
         if self.evidence_hash == "first":
             sha = (self.pull(context, self.evidence_task_id) or {}).get("sha") if self.evidence_task_id else None
@@ -254,8 +260,6 @@ class ApplyChangeRequestOperator(_WriteOperator):
     :param soak_region: for the remaining prod regions: the canary region whose soak must hold.
     """
 
-    template_fields = ("target",)
-
     def __init__(self, *, target: str, file_task_id: str, approval_task_id: str | None = None,
                  bake_target: str | None = None, bake_seconds: float | None = None,
                  soak_region: str | None = None, **kwargs) -> None:
@@ -275,7 +279,7 @@ class ApplyChangeRequestOperator(_WriteOperator):
             raise RuntimeError(f"no change request in XCom of {self.file_task_id}")
         return filed
 
-    def execute(self, context, event: dict | None = None) -> dict:
+    def execute(self, context, event: dict | None = None) -> Promotion:
         build, flags, _settings = self.guard(context)
         filed = self._filed(context)
         if self.approval_task_id:
@@ -288,7 +292,7 @@ class ApplyChangeRequestOperator(_WriteOperator):
         state = self.prove_rule(context, flags, self.target, needs_request=True)
         if state == "done":
             self.log.info("%s serves build %s from our own applied request: no write", self.target, build["name"])
-            return {**self.done(flags, build), "evidence_sha": filed.get("evidence_sha")}
+            return self.done(flags, build, evidence_sha=filed.get("evidence_sha"))
         if self.bake_target:
             self.pass_wait(context, self._bake_hold(flags, build))
         if self.soak_region:
@@ -301,9 +305,8 @@ class ApplyChangeRequestOperator(_WriteOperator):
         applied = self.apply(context, flags, request, build)
         self.say(f"Promoted immutable image build {build['name']} to {self.target} "
                  f"(change request {escape_mrkdwn(str(request['_id']))})")
-        return {"target": self.target, "changed": True, "previous": build["baseline"].get(self.target),
-                "request_id": request["_id"], "evidence_sha": filed.get("evidence_sha"),
-                "promoted_at": _promoted_at(applied)}
+        return promotion(self.target, build, changed=True, promoted_at=_applied_time(applied),
+                         request_id=request["_id"], evidence_sha=filed.get("evidence_sha"))
 
     # Resumed from the old trigger path (a run deferred before this version): re-prove everything.
     def execute_complete(self, context, event: dict) -> dict:
@@ -312,7 +315,7 @@ class ApplyChangeRequestOperator(_WriteOperator):
     def _bake_hold(self, flags, build: dict) -> pc.Hold | None:
         serves = flags.rule_value(self.bake_target) == build["images"]
         request = find_request(flags, self.bake_target, build["name"], build["images"]) or {}
-        applied = pc.from_ms(request.get("appliedDate")) if request.get("status") == "completed" else None
+        applied = from_ms(request.get("appliedDate")) if request.get("status") == "completed" else None
         hold = pc.check_bake(stage_serves_build=serves, stage_applied=applied,
                              bake_seconds=float(self.bake_seconds or 0), now=utcnow())
         if hold and not serves:
@@ -322,10 +325,10 @@ class ApplyChangeRequestOperator(_WriteOperator):
     def _soak_hold(self, context, flags, build: dict) -> pc.Hold | None:
         region = self.soak_region
         serves = flags.rule_value(region) == build["images"]
-        soak = self.pull(context, SOAK_TASK)
+        soak = self.pull(context, soak_task_id(self.plan))
         ours = find_request(flags, region, build["name"], build["images"]) or {}
-        applied = [pc.from_ms(ours.get("appliedDate"))] if ours.get("status") == "completed" else []
+        applied = [from_ms(ours.get("appliedDate"))] if ours.get("status") == "completed" else []
         rollback = self.pull(context, ROLLBACK_TASK) or {}
-        rollbacks = [pc.parse_time(r.get("at")) for r in rollback.get("rolled_back", []) if r.get("target") == region]
+        rollbacks = [parse_time_or_none(r.get("at")) for r in rollback.get("rolled_back", []) if r.get("target") == region]
         return pc.check_soak(canary_serves_build=serves, soak=soak, build_name=build["name"],
                              latest=pc.latest_promotion(applied, rollbacks))

@@ -1,7 +1,7 @@
 """Rollback: the runbook's backout plan ("Rollback to previous version") when a gate fails.
 
-DESIGN.md section 5: a failed gate restores its target and every target promoted after the
-last passed gate to the image map it served before; earlier environments keep the new image.
+README, "What happens when something fails": a failed gate restores its target and every target
+promoted after the last passed gate to the image map it served before; earlier environments keep the new image.
 The map to restore is the one read just before the promotion (its task's XCom), else the
 snapshot taken at build verification. What a rule serves now is read back from the flag,
 so running this twice writes nothing the second time.
@@ -12,32 +12,12 @@ from __future__ import annotations
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import lazy_module
-from image_rollout.operators.base import FLAG_POOL, RolloutOperator, flags_hook, github_hook, iso, utcnow
-from image_rollout.operators.evidence import append_record, evidence_for
+from image_rollout.contracts import gate_task_id, iso, promotion_task_ids, stage_of, utcnow
+from image_rollout.operators.base import FLAG_POOL, RolloutOperator
 from image_rollout.plan import RolloutPlan, StagePlan
 from image_rollout.slack import escape_mrkdwn
 
-ev = lazy_module("image_rollout.evidence")
 pc = lazy_module("image_rollout.preconditions")
-
-
-def gate_task_id(stage: StagePlan) -> str | None:
-    if stage.carrier:
-        return f"{stage.id}.reload_check_{stage.id}"
-    if stage.kind == "bake":
-        return f"{stage.id}.wait_bake"
-    if stage.kind == "soak_gate":
-        return f"{stage.id}.soak_gate"
-    return None
-
-
-def promotion_task_ids(stage: StagePlan) -> list[str]:
-    """Tasks whose XCom records a promotion of the stage's targets."""
-    if stage.kind != "promote":
-        return []
-    if stage.change_request:
-        return [f"{stage.id}.apply_change_request_{stage.id}", f"{stage.id}.file_change_request_{stage.id}"]
-    return [f"{stage.id}.promote_{stage.id}"]
 
 
 def targets_to_restore(plan: RolloutPlan, states: dict[str, str]) -> tuple[StagePlan | None, list[str]]:
@@ -90,6 +70,8 @@ class RollbackOperator(RolloutOperator):
         return build["baseline"].get(target)
 
     def execute(self, context, event: dict | None = None) -> dict:
+        from image_rollout.evidence_commits import append_to_evidence
+
         if event and event.get("verdict") == "declined":
             self.say(f"The change board declined a rollback request ({event.get('request', {}).get('_id')}): "
                      "restore by hand now", escalate=True)
@@ -99,17 +81,16 @@ class RollbackOperator(RolloutOperator):
         if failed_gate is None:
             # The failed task already escalated; a second message from here would only mislead.
             raise AirflowSkipException("no gate failed: nothing to roll back (the failed task has escalated)")
-        build = self.build(context)
+        build = self.build_record(context)
         self.hold_if_frozen(context)
         newer = self.superseded_by(build["name"])
         decision = self.pull_decision(context, gate_task_id(failed_gate))
-        flags = flags_hook()
+        flags = self.flags(context)
         settings = self.approval_settings(flags)
         current = flags.rule_values()
         previous = {}
         for target in targets:
-            stage = next(s for s in self.plan.stages if target in [t.target for t in s.targets])
-            previous[target] = self._previous(context, stage, target, build)
+            previous[target] = self._previous(context, stage_of(self.plan, target), target, build)
         decisions = pc.rollback_decisions(targets, current=current, build_map=build["images"],
                                           previous=previous, newer_build=newer)
         # The targets outside the failed gate's reach are named too, so the record accounts for every one.
@@ -142,11 +123,10 @@ class RollbackOperator(RolloutOperator):
         if not done:
             lines.append("No target served the failing build: nothing restored")
         path = self.plan.evidence_path(build["name"])
-        github = github_hook()
-        sha = append_record(
-            github, path, ev.Record("Rollback", tuple(lines)),
+        github = self.github(context)
+        sha = append_to_evidence(
+            github, self.plan, context, build, "Rollback", lines,
             f"Record rollback of immutable image build {build['name']} after gate {failed_gate.id}",
-            evidence_for(self.plan, context, build, ("dev", "prestage", "stage")),
             key=pc.rollout_key(build["name"], f"rollback-{failed_gate.id}"),
         )
         restored_text = ", ".join(r["target"] for r in done) or "none"
