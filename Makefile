@@ -49,7 +49,7 @@ LIVE_TESTS := tests/live
 SERIAL_TESTS := tests/stack tests/status_page
 FAST_TESTS := tests/unit tests/dags tests/hooks tests/sandbox tests/contracts tests/test_compose.py
 
-test: venv test-deps
+test: venv test-deps lint
 	@mkdir -p build; rm -f build/junit-*.xml
 	@ROLLOUT_TEST_LANE=live $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 \
 		--junitxml=build/junit-live.xml $(LIVE_TESTS) > build/test-live.log 2>&1 & live=$$!; \
