@@ -75,7 +75,20 @@ class FakeEvidence:
         return [{"sha": "c-stop"}] if self.stopped and key.endswith("/drift-ap-south-stop") else []
 
 
-def _run(monkeypatch, *, decision=APPROVED, bake_left=0.0, override=None, trigger="jenkins", stopped=False):
+class FakeJenkins:
+    """Jenkins serving the build's image_ids.json artifact."""
+
+    def __init__(self, artifact: dict):
+        self.artifact = artifact
+        self.read = []
+
+    def get_artifact_text(self, job, number, path):
+        self.read.append((job, number, path))
+        return json.dumps(self.artifact)
+
+
+def _run(monkeypatch, *, decision=APPROVED, bake_left=0.0, override=None, trigger="jenkins", stopped=False,
+         jenkins=None):
     now = contracts.utcnow()
     stage_applied = now - timedelta(seconds=86400) + timedelta(seconds=bake_left)
     flags = FakeFlags({"ap-south": OLD, "stage-south": NEW}, int(stage_applied.timestamp() * 1000))
@@ -87,6 +100,9 @@ def _run(monkeypatch, *, decision=APPROVED, bake_left=0.0, override=None, trigge
     monkeypatch.setattr(base.RolloutOperator, "_record", lambda self, *a, **k: "sha")
     monkeypatch.setattr(base, "github_hook", lambda: FakeEvidence(stopped))
     build = {"name": BUILD, "images": NEW, "baseline": {"ap-south": OLD, "stage-south": OLD}}
+    if jenkins is not None:
+        build.update(job="smith-immutable-image", number=434)
+        monkeypatch.setattr(base, "jenkins_hook", lambda: jenkins)
     ti = FakeTI({
         ("build_verification.verify_build", "return_value"): build,
         ("ap_south.file_change_request_ap_south", "return_value"): {"request_id": "r1", "previous": OLD},
@@ -170,3 +186,19 @@ def test_a_drift_someone_chose_to_stop_on_stops_again_without_asking(monkeypatch
     with pytest.raises(AirflowFailException, match="Stop was chosen"):
         op.execute(context)
     assert asked == [] and flags.applied == []
+
+
+def test_the_map_written_is_proved_against_jenkins_not_xcom(monkeypatch):
+    jenkins = FakeJenkins(NEW)
+    op, context, flags, _said, _ti = _run(monkeypatch, jenkins=jenkins)
+    op.execute(context)
+    assert flags.applied == ["r1"]
+    assert jenkins.read == [("smith-immutable-image", 434, "image_ids.json")]
+
+
+def test_an_image_map_edited_in_xcom_is_never_written(monkeypatch):
+    """An operator who edits the verified build's XCom cannot choose the map: Jenkins' artifact decides."""
+    op, context, flags, _said, _ti = _run(monkeypatch, jenkins=FakeJenkins({**NEW, "prod": "666"}))
+    with pytest.raises(AirflowFailException, match="not the verified build's"):
+        op.execute(context)
+    assert flags.applied == [] and flags.rules["ap-south"] == OLD

@@ -6,8 +6,8 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout.contracts import BUILD_NAME_SCHEMA_PATTERN, IMAGE_ID_SCHEMA_PATTERN
-from image_rollout.inputs import is_build_name, is_image_id
-from image_rollout.operators.build import VerifyBuildOperator, parse_image_ids, validate_request
+from image_rollout.inputs import is_build_name, is_image_id, parse_image_ids
+from image_rollout.operators.build import VerifyBuildOperator, validate_request
 
 GOOD = {"build_name": "532-1250-879-20210818", "build_number": None, "image_ids": {}, "dry_run": False}
 GOOD_MAP = {"dev": "8495980", "prod": "8496814", "prodfr2": "8496815", "stage": "8495981"}

@@ -129,6 +129,24 @@ class RolloutOperator(BaseOperator):
             run["build"] = build
         return run["build"]
 
+    def jenkins_images(self, context, build: BuildRecord) -> dict | None:
+        """The build's image map as Jenkins serves it now (its ``image_ids.json``), read once per task run.
+
+        A promotion's map is proved against Jenkins, the system of record, not against XCom, which an
+        operator can edit. None for a record that names no Jenkins build (a backout's maps come from
+        the flag's history and are checked where it resolves them).
+        """
+        job, number = build.get("job"), build.get("number")
+        if not job or number is None:
+            return None
+        run = self.per_run(context)
+        if "jenkins_images" not in run:
+            from image_rollout.inputs import parse_image_ids
+
+            text = self.jenkins(context).get_artifact_text(job, number, "image_ids.json")
+            run["jenkins_images"] = parse_image_ids(text)
+        return run["jenkins_images"]
+
     @staticmethod
     def pull(context, task_id: str, map_index: int | None = None) -> Any:
         if map_index is None:
@@ -336,7 +354,7 @@ class RolloutOperator(BaseOperator):
         task asks an approver (Overwrite / Skip target / Stop) and waits for the answer.
         """
         build = self.build_record(context)
-        problem = pc.check_image_map(build["images"], build["images"])
+        problem = pc.check_image_map(build["images"], self.jenkins_images(context, build) or build["images"])
         if problem:
             raise AirflowFailException(str(problem))
         current = flags.rule_value(target)

@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import lazy_module
 from image_rollout.contracts import IMAGE_KEYS, VERIFY_TASK, NoopRerun, VerifiedBuild, iso, utcnow
-from image_rollout.inputs import BUILD_NUMBER, is_build_name, is_image_id
+from image_rollout.inputs import BUILD_NUMBER, is_build_name, is_image_id, parse_image_ids
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
     RolloutOperator,
@@ -70,34 +70,6 @@ def validate_request(params: dict, conf: dict | None = None) -> dict:
         "image_ids": {k: str(v) for k, v in image_ids.items()},
         "dry_run": dry_run,
     }
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    keys = [k for k, _ in pairs]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate key(s) {duplicates}")
-    return dict(pairs)
-
-
-def parse_image_ids(text: str, where: str = "Jenkins image_ids.json") -> dict:
-    """Parse and check the build's image map artifact strictly; a malformed one is a permanent error.
-
-    Raises ``AirflowFailException`` (no retry: the artifact will not change) naming the field.
-    """
-    try:
-        images = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except ValueError as exc:  # JSONDecodeError is a ValueError
-        raise AirflowFailException(f"{where} is not valid JSON: {exc}"[:300]) from None
-    if not isinstance(images, dict) or set(images) != set(IMAGE_KEYS):
-        keys = sorted(images) if isinstance(images, dict) else type(images).__name__
-        raise AirflowFailException(f"{where} must have exactly the keys {list(IMAGE_KEYS)}, not {keys!r}"[:300])
-    for key in IMAGE_KEYS:
-        if not is_image_id(images[key]):
-            raise AirflowFailException(
-                f"{where} {key} {images[key]!r} is not an image id (1-12 ASCII digits, nothing else)"[:300]
-            )
-    return {k: str(images[k]) for k in sorted(images)}
 
 
 class VerifyBuildOperator(RolloutOperator):
