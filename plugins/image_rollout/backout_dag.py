@@ -21,7 +21,6 @@ from image_rollout.contracts import (
     BACKOUT_RESTORE_TASK,
     BUILD_NAME_SCHEMA_PATTERN,
 )
-from image_rollout.notifications import SafeSlackNotifier
 from image_rollout.operators.backout import (
     BackoutApprovalOperator,
     FileBackoutRequestsOperator,
@@ -30,6 +29,7 @@ from image_rollout.operators.backout import (
 )
 from image_rollout.plan import RolloutPlan
 from image_rollout.rollout_dag import _proceed, task_defaults
+from image_rollout.slack_notifiers import SafeSlackNotifier
 
 
 def build_backout_dag(plan: RolloutPlan, *, dag_id: str = BACKOUT_DAG_ID, doc_md: str | None = None) -> DAG:

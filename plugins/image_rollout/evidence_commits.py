@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from image_rollout import preconditions as pc
 from image_rollout.contracts import BuildRecord, reload_check_task_id
-from image_rollout.evidence import Evidence, Record, escape_markdown, reloads_from, render
+from image_rollout.evidence_file import Evidence, Record, escape_markdown, reloads_from, render
 from image_rollout.plan import RolloutPlan
 
 if TYPE_CHECKING:

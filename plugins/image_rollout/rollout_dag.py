@@ -46,19 +46,19 @@ from image_rollout.contracts import (
     wait_bake_task_id,
 )
 from image_rollout.contracts import ROLLOUT_DAG_ID as DAG_ID
-from image_rollout.notifications import DecisionRequestNotifier, RolloutFailureNotifier
 from image_rollout.operators.approval import ProdChangeApprovalOperator
 from image_rollout.operators.build import PlanRolloutOperator, VerifyBuildOperator
-from image_rollout.operators.checks import MonitorAdoptionOperator, ReloadCheckOperator, SoakGateOperator
 from image_rollout.operators.evidence import CommitEvidenceOperator, RecordApprovalOperator
+from image_rollout.operators.gates import MonitorAdoptionOperator, ReloadCheckOperator, SoakGateOperator
 from image_rollout.operators.promote import (
     ApplyChangeRequestOperator,
     FileChangeRequestOperator,
     PromoteTargetOperator,
 )
 from image_rollout.operators.rollback import RollbackOperator
-from image_rollout.operators.verify import SupersededCheckOperator, VerifyFleetOperator
+from image_rollout.operators.rollout_end import SupersededCheckOperator, VerifyFleetOperator
 from image_rollout.plan import RolloutPlan, StagePlan
+from image_rollout.slack_notifiers import DecisionRequestNotifier, RolloutFailureNotifier
 
 __all__ = ["DAG_ID", "build_dag", "task_defaults"]
 

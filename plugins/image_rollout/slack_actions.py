@@ -35,7 +35,7 @@ from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from image_rollout.slack import (
+from image_rollout.slack_messages import (
     DECISION_ACTIONS,
     decided_blocks,
     escape_mrkdwn,

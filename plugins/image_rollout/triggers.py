@@ -1,7 +1,7 @@
 """Deferrable waits: the rollout's gates poll from the triggerer, so a day-long wait holds no worker slot.
 
 Each trigger reads its system through the same hooks as the operators (run in a thread, so the
-triggerer's event loop is never blocked), applies the pure decision from ``gates``, and fires
+triggerer's event loop is never blocked), applies the pure decision from ``verdicts``, and fires
 once the decision is final or the deadline passes.
 
 Inconclusive is not failed. A gate trigger (``inconclusive_timeout`` set) whose data cannot be
@@ -30,7 +30,7 @@ from asgiref.sync import sync_to_async
 
 from image_rollout import lazy_module
 
-gates = lazy_module("image_rollout.gates")
+verdicts = lazy_module("image_rollout.verdicts")
 
 _MODULE = "image_rollout.triggers"
 PERMANENT_ERRORS = (AirflowFailException, ValueError, TypeError, KeyError)
@@ -106,8 +106,8 @@ class _PollingTrigger(BaseTrigger):
         return self.poll
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        deadline = gates.parse_time(self.deadline) if self.deadline else None
-        unreadable = gates.parse_time(self.unreadable_since) if self.unreadable_since else None
+        deadline = verdicts.parse_time(self.deadline) if self.deadline else None
+        unreadable = verdicts.parse_time(self.unreadable_since) if self.unreadable_since else None
         while True:
             now = _now()
             try:
@@ -175,7 +175,7 @@ class ReloadsTrigger(_PollingTrigger):
 
         k = self.kwargs
         reloads = await sync_to_async(ChlorineHook().list_reloads)(carrier=k["carrier"], since=k["since"])
-        decision = gates.evaluate_reloads(
+        decision = verdicts.evaluate_reloads(
             reloads, image_id=k["image_id"], required=k["required"], max_failed=k["max_failed"]
         )
         if decision.verdict == "wait":
@@ -199,7 +199,7 @@ def read_canary(region: str, image_map: dict, floors: list) -> dict:
         raise RuntimeError(f"LaunchDarkly has no rule for {region}")
     serves = flags.rule_value(region)
     serving = serves is not None and serves == normalize_image_map(image_map)
-    since = gates.soak_since(flags.list_change_requests(), rule["_id"], floors) if serving else None
+    since = verdicts.soak_since(flags.list_change_requests(), rule["_id"], floors) if serving else None
     return {"serving": serving, "serves": serves, "since": _iso(since) if since else None, "rule_id": rule["_id"]}
 
 
@@ -232,11 +232,11 @@ class SoakTrigger(_PollingTrigger):
 
     def _decide(self, now: datetime, since: str, reloads: list, incidents: list):
         k = self.kwargs
-        return gates.evaluate_soak(
+        return verdicts.evaluate_soak(
             reloads=reloads,
             incidents=incidents,
             image_id=k["image_id"],
-            started_at=gates.parse_time(since),
+            started_at=verdicts.parse_time(since),
             now=now,
             min_duration=k["min_duration"],
             min_reloads=k["min_reloads"],

@@ -44,7 +44,7 @@ def test_a_wrong_slack_answer_fails(sandbox, monkeypatch):
 
 def test_slack_sdk_reads_blocks_updates_and_ephemerals(sandbox):
     """The approval request's shapes: blocks with buttons, chat.update by channel id and ts, chat.postEphemeral."""
-    from image_rollout.slack import decided_blocks, decision_blocks, decision_value
+    from image_rollout.slack_messages import decided_blocks, decision_blocks, decision_value
 
     web = client(sandbox)
     value = decision_value(dag_id="d", run_id="r", task_id="t", map_index=-1, try_number=1)
@@ -78,7 +78,7 @@ def test_a_click_is_delivered_signed_as_slack_signs_it(sandbox, monkeypatch):
 
     from slack_sdk.signature import SignatureVerifier
 
-    from image_rollout.slack import decision_blocks, decision_value
+    from image_rollout.slack_messages import decision_blocks, decision_value
     from include.sandbox.connections import slack_signing_secret
 
     got = []

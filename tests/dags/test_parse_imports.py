@@ -21,7 +21,7 @@ DAGS = ROOT / "dags"
 #: Imported only when a task (or trigger) runs, never to parse a DAG file.
 RUN_TIME_ONLY = (
     "requests", "aiohttp", "tenacity", "slack_sdk", "airflow.providers.http", "airflow.providers.slack",
-    "image_rollout.hooks", "image_rollout.preconditions", "image_rollout.gates", "image_rollout.evidence",
+    "image_rollout.hooks", "image_rollout.preconditions", "image_rollout.verdicts", "image_rollout.evidence_file",
     "image_rollout.backout", "image_rollout.reports", "image_rollout.watcher",
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from image_rollout.slack import escape_mrkdwn, notify
+from image_rollout.slack_messages import escape_mrkdwn, notify
 
 
 def test_escape_mrkdwn():
@@ -57,10 +57,10 @@ def test_the_decision_request_carries_buttons_naming_its_task_instance(sandbox):
     """The approval's notifier posts Approve / Reject buttons whose value names the request's task instance."""
     from types import SimpleNamespace
 
-    from image_rollout.notifications import DecisionRequestNotifier
     from image_rollout.plan import load_plan
     from image_rollout.rollout_dag import DAG_ID, build_dag
-    from image_rollout.slack import DECISION_ACTIONS, parse_decision_value
+    from image_rollout.slack_messages import DECISION_ACTIONS, parse_decision_value
+    from image_rollout.slack_notifiers import DecisionRequestNotifier
 
     dag = build_dag(load_plan("sandbox"))
     (notifier,) = dag.get_task("ap_south.approve_ap_south").notifiers

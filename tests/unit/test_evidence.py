@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from image_rollout.evidence import Evidence, EvidenceError, Reload, escape_markdown, reloads_from, render
+from image_rollout.evidence_file import Evidence, EvidenceError, Reload, escape_markdown, reloads_from, render
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 EXAMPLE = dict(

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from image_rollout import gates
+from image_rollout import verdicts
 
 NEW, OLD = "8935101", "8495980"
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -15,45 +15,45 @@ def reload(worker, status="succeeded", image=NEW, change="CHG5530645"):
 
 
 def test_three_reloads_with_the_new_image_pass():
-    d = gates.evaluate_reloads([reload(f"w-{i}") for i in range(3)], image_id=NEW, required=3, max_failed=0)
+    d = verdicts.evaluate_reloads([reload(f"w-{i}") for i in range(3)], image_id=NEW, required=3, max_failed=0)
     assert d.verdict == "pass"
     assert [r["worker"] for r in d.figures["reloads"]] == ["w-0", "w-1", "w-2"]
 
 
 def test_reloads_with_the_old_image_do_not_count():
-    d = gates.evaluate_reloads([reload("w-0"), reload("w-1"), reload("w-2", image=OLD)], image_id=NEW,
+    d = verdicts.evaluate_reloads([reload("w-0"), reload("w-1"), reload("w-2", image=OLD)], image_id=NEW,
                                required=3, max_failed=0)
     assert d.verdict == "wait"
     assert d.figures["succeeded_with_new_image"] == 2 and d.figures["other_image"] == 1
 
 
 def test_the_same_worker_twice_is_one_machine():
-    d = gates.evaluate_reloads([reload("w-0"), reload("w-0"), reload("w-1")], image_id=NEW, required=3,
+    d = verdicts.evaluate_reloads([reload("w-0"), reload("w-0"), reload("w-1")], image_id=NEW, required=3,
                                max_failed=0)
     assert d.verdict == "wait"
 
 
 def test_a_failed_reload_with_the_new_image_fails_the_gate():
-    d = gates.evaluate_reloads([reload("w-0"), reload("w-1"), reload("w-9", status="failed")], image_id=NEW,
+    d = verdicts.evaluate_reloads([reload("w-0"), reload("w-1"), reload("w-9", status="failed")], image_id=NEW,
                                required=3, max_failed=0)
     assert d.verdict == "fail" and "w-9" in d.reason
 
 
 def test_pending_reloads_do_not_count():
-    d = gates.evaluate_reloads([reload("w-0", status="pending")], image_id=NEW, required=1, max_failed=0)
+    d = verdicts.evaluate_reloads([reload("w-0", status="pending")], image_id=NEW, required=1, max_failed=0)
     assert d.verdict == "wait"
 
 
 def test_malformed_reload_is_an_error_not_a_pass():
     with pytest.raises(ValueError, match="missing"):
-        gates.evaluate_reloads([{"worker": "w"}], image_id=NEW, required=1, max_failed=0)
+        verdicts.evaluate_reloads([{"worker": "w"}], image_id=NEW, required=1, max_failed=0)
 
 
 def soak(reloads, incidents=(), now=T0 + timedelta(hours=24), **kw):
     args = dict(reloads=reloads, incidents=incidents, image_id=NEW, started_at=T0, now=now,
                 min_duration=24 * 3600, min_reloads=10, timeout=72 * 3600, incident_title="autorecovery_failed")
     args.update(kw)
-    return gates.evaluate_soak(**args)
+    return verdicts.evaluate_soak(**args)
 
 
 def ar(n, image=NEW, status="succeeded"):
@@ -101,9 +101,9 @@ def test_reloads_with_the_old_image_do_not_count_in_the_soak():
 
 
 def test_build_order():
-    assert gates.is_newer("533-1251-880-20211101", "532-1250-879-20210818")
-    assert gates.is_newer("532-1250-880-20210818", "532-1250-879-20210818")
-    assert not gates.is_newer("999-1-1-20200101", "532-1250-879-20210818")
+    assert verdicts.is_newer("533-1251-880-20211101", "532-1250-879-20210818")
+    assert verdicts.is_newer("532-1250-880-20210818", "532-1250-879-20210818")
+    assert not verdicts.is_newer("999-1-1-20200101", "532-1250-879-20210818")
 
 
 # -- the soak counts from the canary's latest promotion (issue 9 item 1) ---------------------------------
@@ -119,8 +119,8 @@ def _request(rule_id, applied, status="completed"):
 def test_the_soak_counts_from_the_latest_applied_change_of_the_rule():
     requests = [_request("r-ap-south", T0), _request("r-ap-south", T0 + timedelta(hours=3)),
                 _request("r-ap-north", T0 + timedelta(hours=5)), _request("r-ap-south", None, status="pending")]
-    assert gates.latest_rule_change(requests, "r-ap-south") == T0 + timedelta(hours=3)
-    assert gates.soak_since(requests, "r-ap-south") == T0 + timedelta(hours=3)
+    assert verdicts.latest_rule_change(requests, "r-ap-south") == T0 + timedelta(hours=3)
+    assert verdicts.soak_since(requests, "r-ap-south") == T0 + timedelta(hours=3)
 
 
 def test_a_later_recorded_change_wins_over_an_older_applied_request():
@@ -128,20 +128,20 @@ def test_a_later_recorded_change_wins_over_an_older_applied_request():
     # (and this run's own promotion time) are floors the soak never counts from before.
     requests = [_request("r-ap-south", T0)]
     rollback_at = (T0 + timedelta(hours=1)).isoformat()
-    assert gates.soak_since(requests, "r-ap-south", [None, rollback_at]) == T0 + timedelta(hours=1)
-    assert gates.soak_since(requests, "r-ap-south", [(T0 - timedelta(hours=1)).isoformat()]) == T0
+    assert verdicts.soak_since(requests, "r-ap-south", [None, rollback_at]) == T0 + timedelta(hours=1)
+    assert verdicts.soak_since(requests, "r-ap-south", [(T0 - timedelta(hours=1)).isoformat()]) == T0
 
 
 def test_no_known_promotion_is_no_soak_start():
-    assert gates.soak_since([], "r-ap-south") is None
-    assert gates.soak_since([{"appliedDate": True, "instructions": [{"ruleId": "r-ap-south"}]}], "r-ap-south") is None
+    assert verdicts.soak_since([], "r-ap-south") is None
+    assert verdicts.soak_since([{"appliedDate": True, "instructions": [{"ruleId": "r-ap-south"}]}], "r-ap-south") is None
 
 
 def test_reloads_before_the_latest_promotion_never_pass_the_soak():
     """After a rollback and a re-promotion, the soak measured from the new promotion has not run long enough."""
     repromoted = T0 + timedelta(hours=30)
-    since = gates.soak_since([_request("r", T0), _request("r", repromoted)], "r")
-    d = gates.evaluate_soak(reloads=[], incidents=[{"title": "autorecovery_failed", "created_at": T0.isoformat()}],
+    since = verdicts.soak_since([_request("r", T0), _request("r", repromoted)], "r")
+    d = verdicts.evaluate_soak(reloads=[], incidents=[{"title": "autorecovery_failed", "created_at": T0.isoformat()}],
                             image_id=NEW, started_at=since, now=repromoted + timedelta(hours=1), min_duration=86400,
                             min_reloads=10, timeout=3 * 86400, incident_title="autorecovery_failed")
     assert d.verdict == "wait"  # the incident before the re-promotion is not counted
@@ -152,7 +152,8 @@ from unittest import mock  # noqa: E402
 
 from airflow.sdk.exceptions import AirflowFailException, TaskAwaitingInput, TaskDeferred  # noqa: E402
 
-from image_rollout.operators import base, checks  # noqa: E402
+from image_rollout.operators import base  # noqa: E402
+from image_rollout.operators import gates as gate_operators  # noqa: E402
 
 BUILD = {"name": "532-1250-879-20210818", "images": {"dev": "1", "prod": NEW, "prodfr2": "3", "stage": "4"}}
 APPLY = "ap_south.apply_change_request_ap_south"
@@ -180,7 +181,7 @@ def _context(ti=None):
 
 
 def _soak_gate():
-    return checks.SoakGateOperator(task_id="soak_gate", region="ap-south", image_key="prod",
+    return gate_operators.SoakGateOperator(task_id="soak_gate", region="ap-south", image_key="prod",
                                    promote_task_id=APPLY, plan_name="sandbox")
 
 
@@ -249,7 +250,7 @@ def test_keep_waiting_resumes_the_gate(slack):
     with pytest.raises(TaskDeferred) as deferred:
         op.execute_decision(ctx, _answer("Keep waiting"), resume={"holding": False}, unreadable=UNREADABLE)
     trigger = deferred.value.trigger
-    assert isinstance(trigger, checks.SoakTrigger) and trigger.escalated and trigger.unreadable_since
+    assert isinstance(trigger, gate_operators.SoakTrigger) and trigger.escalated and trigger.unreadable_since
     assert "decision" not in ctx["ti"].pushed
     assert "chose Keep waiting" in _channels(slack)[0][1]
 
@@ -302,7 +303,7 @@ def test_the_soak_floors_are_the_promotion_and_a_recorded_rollback():
     # A rollback that did not record its time: the soak counts from now, never from before it.
     untimed = {"rollout_end.rollback": {"rolled_back": [{"target": "ap-south", "restored": {}}]}}
     floors = _soak_gate().floors(_context(_TI(untimed)))
-    assert gates.parse_time(floors[1]) > gates.parse_time("2026-11-25T12:00:00Z")
+    assert verdicts.parse_time(floors[1]) > verdicts.parse_time("2026-11-25T12:00:00Z")
 
 
 def test_execute_defers_to_the_soak_trigger_with_no_deadline():
@@ -314,7 +315,7 @@ def test_execute_defers_to_the_soak_trigger_with_no_deadline():
 
 
 def _reload_check():
-    return checks.ReloadCheckOperator(task_id="reload_check_dev_sjc04_carrier12", carrier="dev-sjc04-carrier12",
+    return gate_operators.ReloadCheckOperator(task_id="reload_check_dev_sjc04_carrier12", carrier="dev-sjc04-carrier12",
                                       image_key="dev", promote_task_id=APPLY, plan_name="sandbox")
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from image_rollout import preconditions as pc
-from image_rollout.evidence import TRUNCATION_MARKER, Evidence, Record, console_excerpt, render
 from image_rollout.evidence_commits import append_record, commit_once
+from image_rollout.evidence_file import TRUNCATION_MARKER, Evidence, Record, console_excerpt, render
 from image_rollout.operators.promote import check_approval_settings
 
 BUILD = "532-1250-879-20210818"

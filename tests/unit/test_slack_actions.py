@@ -15,7 +15,7 @@ import pytest
 
 from image_rollout import slack_actions as sa
 from image_rollout.plan import PLANS_DIR, PlanError, load_plan
-from image_rollout.slack import decision_blocks, decision_value
+from image_rollout.slack_messages import decision_blocks, decision_value
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 NOW = 1_764_130_000.0

@@ -23,7 +23,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import lazy_module
 from image_rollout.contracts import approver_name, iso, utcnow
-from image_rollout.slack import escape_mrkdwn, notify
+from image_rollout.slack_messages import escape_mrkdwn, notify
 from image_rollout.triggers import ChangeRequestTrigger
 
 pc = lazy_module("image_rollout.preconditions")

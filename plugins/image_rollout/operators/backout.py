@@ -32,7 +32,7 @@ from image_rollout.operators.base import (
     find_request,
 )
 from image_rollout.operators.promote import _WriteOperator
-from image_rollout.slack import escape_mrkdwn
+from image_rollout.slack_messages import escape_mrkdwn
 
 bo = lazy_module("image_rollout.backout")
 pc = lazy_module("image_rollout.preconditions")

@@ -21,9 +21,9 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from image_rollout import lazy_module
 from image_rollout.contracts import VERIFY_TASK, BuildRecord, approver_name, iso, utcnow
 from image_rollout.plan import RolloutPlan, load_plan
-from image_rollout.slack import escape_mrkdwn, notify
+from image_rollout.slack_messages import escape_mrkdwn, notify
 
-gates = lazy_module("image_rollout.gates")
+verdicts = lazy_module("image_rollout.verdicts")
 pc = lazy_module("image_rollout.preconditions")
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class RolloutOperator(BaseOperator):
     def superseded_by(self, build_name: str) -> str | None:
         """The newer build that owns the flag now, if any."""
         active = Variable.get(ACTIVE_BUILD_VARIABLE, default=None)
-        if active and active != build_name and gates.is_newer(active, build_name):
+        if active and active != build_name and verdicts.is_newer(active, build_name):
             return active
         return None
 

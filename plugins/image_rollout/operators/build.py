@@ -18,10 +18,10 @@ from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
     RolloutOperator,
 )
-from image_rollout.slack import escape_mrkdwn
+from image_rollout.slack_messages import escape_mrkdwn
 
-ev = lazy_module("image_rollout.evidence")
-gates = lazy_module("image_rollout.gates")
+ev = lazy_module("image_rollout.evidence_file")
+verdicts = lazy_module("image_rollout.verdicts")
 
 TIMEOUT_MARKER = re.compile(r"Build timed out \(after \d+ minutes\)")
 
@@ -221,7 +221,7 @@ class VerifyBuildOperator(RolloutOperator):
     def _claim_flag(name: str) -> None:
         """One writer: the newest build owns the flag; an older rollout sees it and stops."""
         active = Variable.get(ACTIVE_BUILD_VARIABLE, default=None)
-        if active is None or active == name or gates.is_newer(name, active):
+        if active is None or active == name or verdicts.is_newer(name, active):
             Variable.set(ACTIVE_BUILD_VARIABLE, name)
 
 

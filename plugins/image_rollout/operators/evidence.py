@@ -10,7 +10,7 @@ from image_rollout import lazy_module
 from image_rollout.contracts import EvidenceCommit, approver_name, iso
 from image_rollout.operators.base import RolloutOperator
 
-ev = lazy_module("image_rollout.evidence")
+ev = lazy_module("image_rollout.evidence_file")
 pc = lazy_module("image_rollout.preconditions")
 
 Mode = Literal["initial", "stage_reloads"]

@@ -39,7 +39,7 @@ from image_rollout.operators.base import (
     find_request,
 )
 from image_rollout.plan import RolloutPlan
-from image_rollout.slack import escape_mrkdwn
+from image_rollout.slack_messages import escape_mrkdwn
 from image_rollout.triggers import ChangeRequestTrigger
 
 pc = lazy_module("image_rollout.preconditions")

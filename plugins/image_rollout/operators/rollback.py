@@ -15,7 +15,7 @@ from image_rollout import lazy_module
 from image_rollout.contracts import gate_task_id, iso, promotion_task_ids, stage_of, utcnow
 from image_rollout.operators.base import FLAG_POOL, RolloutOperator
 from image_rollout.plan import RolloutPlan, StagePlan
-from image_rollout.slack import escape_mrkdwn
+from image_rollout.slack_messages import escape_mrkdwn
 
 pc = lazy_module("image_rollout.preconditions")
 

@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from image_rollout.contracts import END_GROUP, SUPERSEDED_TASK, VERIFY_TASK, adoption_task_id, gate_task_ids
 from image_rollout.operators.base import RolloutOperator
 from image_rollout.operators.claim import mark_finished
-from image_rollout.slack import escape_mrkdwn
+from image_rollout.slack_messages import escape_mrkdwn
 
 SUPERSEDED_PREFIX = "SUPERSEDED"
 

@@ -30,10 +30,10 @@ from image_rollout.contracts import (
     utcnow,
 )
 from image_rollout.operators.base import RolloutOperator
-from image_rollout.slack import escape_mrkdwn
+from image_rollout.slack_messages import escape_mrkdwn
 from image_rollout.triggers import ReloadsTrigger, ReportBuildTrigger, SoakTrigger, is_permanent
 
-gates = lazy_module("image_rollout.gates")
+verdicts = lazy_module("image_rollout.verdicts")
 reports = lazy_module("image_rollout.reports")
 
 ROLL_BACK = "Roll back"
@@ -255,7 +255,7 @@ class ReloadCheckOperator(_GateOperator):
         chlorine = self.chlorine(context)
         try:
             reloads = chlorine.list_reloads(carrier=self.carrier, since=since)
-            decision = gates.evaluate_reloads(reloads, image_id=image_id, required=self.plan.reloads.required,
+            decision = verdicts.evaluate_reloads(reloads, image_id=image_id, required=self.plan.reloads.required,
                                               max_failed=self.plan.reloads.max_failed)
         except Exception as exc:
             self._on_read_error(context, exc, {"phase": phase})

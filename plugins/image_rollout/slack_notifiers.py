@@ -4,7 +4,7 @@ Built on ``airflow.sdk.BaseNotifier`` rather than the provider's ``SlackNotifier
 Slack outage never fails the rollout (README, "What happens when something fails": "Slack is down ...
 notifications are best effort"; the stock notifier re-raises), and text that
 comes from outside (exception messages, build names) is escaped for Slack's mrkdwn. Posting goes
-through :func:`image_rollout.slack.notify`, which uses the provider's ``SlackHook`` and imports it
+through :func:`image_rollout.slack_messages.notify`, which uses the provider's ``SlackHook`` and imports it
 only when a message is sent, so parsing the DAG stays light.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from airflow.sdk import BaseNotifier
 
-from image_rollout.slack import decision_blocks, decision_value, escape_mrkdwn, notify
+from image_rollout.slack_messages import decision_blocks, decision_value, escape_mrkdwn, notify
 
 
 class SafeSlackNotifier(BaseNotifier):
