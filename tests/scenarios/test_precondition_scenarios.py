@@ -88,15 +88,16 @@ def test_a_failed_canary_is_restored_even_when_a_newer_build_took_over(rollout_s
             state = sandbox_call(rollout_sandbox, "/_sandbox/state?autorecovery=0")
             if any(p["target"] == "ap-south" for p in state["promotions"]):
                 set_variable(ACTIVE_BUILD_VARIABLE, "999-9999-999-20991231")
+                # the canary fails only now, after the newer build took over (armed earlier, it could
+                # fail before this thread set the Variable on a loaded machine)
+                sandbox_call(rollout_sandbox, "/_sandbox/faults", {"faults": ["autorecovery_failed_alert:ap-south"]})
                 return
             time.sleep(0.2)
 
     watcher = threading.Thread(target=newer_build_starts, daemon=True)
     watcher.start()
-    # slow autorecovery: the canary fails some seconds into the soak, after the newer build took over
-    # (with the incident alone it can fail before the watcher thread sets the Variable)
-    result = run_scenario(rollout_sandbox, faults=["autorecovery_failed_alert:ap-south", "autorecovery_slow:ap-south"],
-                          conf=None)
+    # slow autorecovery: the soak lasts long enough for the incident the watcher arms
+    result = run_scenario(rollout_sandbox, faults=["autorecovery_slow:ap-south"], conf=None)
     watcher.join(timeout=5)
     state = result["state"]
     assert result["run_state"] == "failed", result["tasks"]
