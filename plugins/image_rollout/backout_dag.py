@@ -21,6 +21,7 @@ from image_rollout.contracts import (
     BACKOUT_RESTORE_TASK,
     BUILD_NAME_SCHEMA_PATTERN,
 )
+from image_rollout.dag_defaults import _proceed, task_defaults
 from image_rollout.operators.backout import (
     BackoutApprovalOperator,
     FileBackoutRequestsOperator,
@@ -28,7 +29,6 @@ from image_rollout.operators.backout import (
     RestoreTargetsOperator,
 )
 from image_rollout.plan import RolloutPlan
-from image_rollout.rollout_dag import _proceed, task_defaults
 from image_rollout.slack_notifiers import SafeSlackNotifier
 
 

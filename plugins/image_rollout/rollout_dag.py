@@ -46,6 +46,7 @@ from image_rollout.contracts import (
     wait_bake_task_id,
 )
 from image_rollout.contracts import ROLLOUT_DAG_ID as DAG_ID
+from image_rollout.dag_defaults import _proceed, task_defaults
 from image_rollout.operators.approval import ProdChangeApprovalOperator
 from image_rollout.operators.build import PlanRolloutOperator, VerifyBuildOperator
 from image_rollout.operators.evidence import CommitEvidenceOperator, RecordApprovalOperator
@@ -58,9 +59,9 @@ from image_rollout.operators.promote import (
 from image_rollout.operators.rollback import RollbackOperator
 from image_rollout.operators.rollout_end import SupersededCheckOperator, VerifyFleetOperator
 from image_rollout.plan import RolloutPlan, StagePlan
-from image_rollout.slack_notifiers import DecisionRequestNotifier, RolloutFailureNotifier
+from image_rollout.slack_notifiers import DecisionRequestNotifier
 
-__all__ = ["DAG_ID", "build_dag", "task_defaults"]
+__all__ = ["DAG_ID", "build_dag"]
 
 
 def _bake_until(after_task_id: str, wait_seconds: float, **context) -> str:
@@ -71,11 +72,6 @@ def _bake_until(after_task_id: str, wait_seconds: float, **context) -> str:
     if not times:
         raise RuntimeError(f"no promotion time recorded by {after_task_id}: cannot start the bake")
     return iso(max(times) + timedelta(seconds=wait_seconds))
-
-
-def _proceed(**context) -> bool:
-    """A dry run stops after the plan is shown."""
-    return not bool(context["params"].get("dry_run"))
 
 
 def _earlier(plan: RolloutPlan, stage: StagePlan) -> tuple[StagePlan, ...]:
@@ -222,20 +218,6 @@ def _approval(plan: RolloutPlan, stage: StagePlan, target: str) -> ProdChangeApp
         )],
         retries=2,  # the machinery only: a decision is never retried (see ProdChangeApprovalOperator)
     )
-
-
-def task_defaults(plan: RolloutPlan, *, what: str = "rollout") -> dict:
-    """Every task's retries, backoff and failure escalation, for the rollout and the backout DAG."""
-    return {
-        "owner": "sre-cfs-patching",
-        "retries": 3,
-        "retry_delay": timedelta(seconds=plan.retry_delay),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-        "on_failure_callback": RolloutFailureNotifier(
-            channel=plan.slack.patching_channel, airflow_url=plan.airflow_base_url, what=what
-        ),
-    }
 
 
 def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = None) -> DAG:
