@@ -35,6 +35,8 @@ from image_rollout.contracts import (
     wait_bake_task_id,
 )
 from image_rollout.contracts import ROLLOUT_DAG_ID as DAG_ID
+from image_rollout.contracts import iso as contracts_iso
+from image_rollout.contracts import parse_time_or_none as parse_time
 from image_rollout.plan import RolloutPlan, StagePlan
 
 FINISHED = {"success", "failed", "skipped", "upstream_failed", "removed"}
@@ -47,23 +49,8 @@ XComs = dict[tuple[str, int, str], Any]
 
 # -- small helpers ---------------------------------------------------------------------------------
 def iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    """The rollout's time format (``contracts.iso``); None stays None (a task that has not run)."""
+    return None if moment is None else contracts_iso(moment)
 
 
 def jsonable(value: Any) -> Any:
