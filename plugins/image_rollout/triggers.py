@@ -22,8 +22,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -32,7 +31,12 @@ from asgiref.sync import sync_to_async
 from image_rollout import gates
 
 if TYPE_CHECKING:
+    from image_rollout.hooks.chlorine import ChlorineHook
     from image_rollout.hooks.flags import FlagsHook
+    from image_rollout.hooks.jenkins import JenkinsHook
+    from image_rollout.hooks.pagerduty import PagerDutyHook
+
+H = TypeVar("H")
 
 _MODULE = "image_rollout.triggers"
 PERMANENT_ERRORS = (AirflowFailException, ValueError, TypeError, KeyError)
@@ -61,8 +65,8 @@ class _PollingTrigger(BaseTrigger):
 
     Each subclass takes its own arguments explicitly and names every one in ``serialize()``: the
     triggerer rebuilds a trigger from those kwargs (also after a restart), so a key left out would
-    come back as its default. The hooks a trigger reads through are built once per trigger run
-    (cached on the instance) and reused by every poll.
+    come back as its default. The hooks a trigger reads through are built once per trigger run and
+    reused by every poll; each poll looks their connections up afresh, as a new hook would.
 
     :param poll: seconds between two checks.
     :param deadline: ISO time after which a ``deadline`` event fires; None: no deadline.
@@ -87,6 +91,19 @@ class _PollingTrigger(BaseTrigger):
         self.inconclusive_timeout = None if inconclusive_timeout is None else float(inconclusive_timeout)
         self.unreadable_since = unreadable_since
         self.escalated = bool(escalated)
+        self._hooks: dict[type, Any] = {}
+
+    def _hook(self, cls: type[H]) -> H:
+        """This run's one instance of the hook class ``cls``: built at its first use, reused by every poll."""
+        if cls not in self._hooks:
+            self._hooks[cls] = cls()
+        return self._hooks[cls]
+
+    def _new_poll(self) -> None:
+        """Each poll starts its hooks afresh (connection looked up again, as a hook built for each poll
+        did): an edited connection counts from the next poll, not from the next deferral."""
+        for hook in self._hooks.values():
+            hook.reset()
 
     def _serialized(self, **own: Any) -> tuple[str, dict[str, Any]]:
         """The classpath and kwargs: the polling arguments every trigger has, then the subclass's ``own``."""
@@ -117,6 +134,7 @@ class _PollingTrigger(BaseTrigger):
         unreadable = gates.parse_time(self.unreadable_since) if self.unreadable_since else None
         while True:
             now = _now()
+            self._new_poll()
             try:
                 event = await self.check(now)
             except Exception as exc:
@@ -185,11 +203,11 @@ class ChangeRequestTrigger(_PollingTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return self._serialized(request_id=self.request_id)
 
-    @cached_property
-    def _flags(self):
+    @property
+    def _flags(self) -> FlagsHook:
         from image_rollout.hooks.flags import FlagsHook
 
-        return FlagsHook()
+        return self._hook(FlagsHook)
 
     async def check(self, now: datetime) -> dict | None:
         request = await sync_to_async(self._flags.get_change_request)(self.request_id)
@@ -236,11 +254,11 @@ class ReloadsTrigger(_PollingTrigger):
         return self._serialized(carrier=self.carrier, image_id=self.image_id, since=self.since,
                                 required=self.required, max_failed=self.max_failed)
 
-    @cached_property
-    def _chlorine(self):
+    @property
+    def _chlorine(self) -> ChlorineHook:
         from image_rollout.hooks.chlorine import ChlorineHook
 
-        return ChlorineHook()
+        return self._hook(ChlorineHook)
 
     async def check(self, now: datetime) -> dict | None:
         reloads = await sync_to_async(self._chlorine.list_reloads)(carrier=self.carrier, since=self.since)
@@ -344,23 +362,23 @@ class SoakTrigger(_PollingTrigger):
             incident_poll=self.incident_poll,
         )
 
-    @cached_property
-    def _flags(self):
+    @property
+    def _flags(self) -> FlagsHook:
         from image_rollout.hooks.flags import FlagsHook
 
-        return FlagsHook()
+        return self._hook(FlagsHook)
 
-    @cached_property
-    def _chlorine(self):
+    @property
+    def _chlorine(self) -> ChlorineHook:
         from image_rollout.hooks.chlorine import ChlorineHook
 
-        return ChlorineHook()
+        return self._hook(ChlorineHook)
 
-    @cached_property
-    def _pagerduty(self):
+    @property
+    def _pagerduty(self) -> PagerDutyHook:
         from image_rollout.hooks.pagerduty import PagerDutyHook
 
-        return PagerDutyHook()
+        return self._hook(PagerDutyHook)
 
     def interval(self) -> float:
         quick = self.incident_poll
@@ -446,11 +464,11 @@ class ReportBuildTrigger(_PollingTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return self._serialized(job=self.job, after_number=self.after_number)
 
-    @cached_property
-    def _jenkins(self):
+    @property
+    def _jenkins(self) -> JenkinsHook:
         from image_rollout.hooks.jenkins import JenkinsHook
 
-        return JenkinsHook()
+        return self._hook(JenkinsHook)
 
     async def check(self, now: datetime) -> dict | None:
         build = await sync_to_async(self._jenkins.get_build)(self.job, "lastSuccessfulBuild")

@@ -200,6 +200,8 @@ def test_each_trigger_run_builds_its_hook_once_and_reuses_it_on_every_poll():
         event = first_event(reloads_trigger(escalated=True, unreadable_since=_iso(datetime.now(UTC))))
     assert event["verdict"] == "pass"
     assert chlorine_hook.call_count == 1 and chlorine_hook.return_value.list_reloads.call_count == 3
+    # ... and every later poll starts it afresh (its connection looked up again), as a new hook did.
+    assert chlorine_hook.return_value.reset.call_count == 2
 
     hook = mock.Mock()
     hook.get_change_request.side_effect = [{"_id": "cr-1", "reviewStatus": "pending"}] * 2 + [
@@ -328,6 +330,9 @@ def test_the_soak_builds_each_hook_once_per_run_and_reads_launchdarkly_through_i
     assert len(flags) >= 2 and all(hook is flags_hook.return_value for hook in flags)
     assert chlorine.list_reloads.call_count >= 2 and pagerduty.list_incidents.call_count > len(flags)
     assert (flags_hook.call_count, chlorine_hook.call_count, pagerduty_hook.call_count) == (1, 1, 1)
+    polls = pagerduty.list_incidents.call_count  # every poll reads PagerDuty: the first built the hooks
+    assert pagerduty.reset.call_count in (polls - 1, polls)  # the run may stop in the sleep or in a read
+    assert chlorine.reset.call_count == pagerduty.reset.call_count
 
 
 def test_between_full_reads_only_pagerduty_is_asked_every_incident_poll():

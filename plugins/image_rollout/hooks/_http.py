@@ -269,6 +269,16 @@ class RolloutHttpHook(RedactsConnectionSecrets, HttpHook):
             self._connection = super().get_connection(conn_id)
         return self._connection
 
+    def reset(self) -> None:
+        """Forget what earlier requests learnt (the connection): the next request starts as a new hook's.
+
+        For a hook kept across many polls (a trigger's, for a day-long wait): each poll sees the
+        connection as it is then (an edited token or host, a connection pointed back at a system),
+        as a hook built for each poll did.
+        """
+        self._connection = None
+        self._extras = None
+
     @property
     def connection(self) -> Connection:
         """The hook's Airflow connection (looked up on first use)."""
