@@ -21,27 +21,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
 from image_rollout import lazy_module
+from image_rollout.contracts import iso, parse_time, utcnow
 
 verdicts = lazy_module("image_rollout.verdicts")
 
+if TYPE_CHECKING:
+    from image_rollout.hooks.chlorine import ChlorineHook
+    from image_rollout.hooks.flags import FlagsHook
+    from image_rollout.hooks.jenkins import JenkinsHook
+    from image_rollout.hooks.pagerduty import PagerDutyHook
+
+H = TypeVar("H")
+
 _MODULE = "image_rollout.triggers"
 PERMANENT_ERRORS = (AirflowFailException, ValueError, TypeError, KeyError)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _reason(exc: BaseException) -> str:
@@ -57,6 +58,12 @@ def is_permanent(exc: BaseException) -> bool:
 class _PollingTrigger(BaseTrigger):
     """Poll ``check()`` every ``poll`` seconds until it returns an event or ``deadline`` passes.
 
+    Each subclass takes its own arguments explicitly and names every one in ``serialize()``: the
+    triggerer rebuilds a trigger from those kwargs (also after a restart), so a key left out would
+    come back as its default. The hooks a trigger reads through are built once per trigger run and
+    reused by every poll; each poll looks their connections up afresh, as a new hook would.
+
+    :param poll: seconds between two checks.
     :param deadline: ISO time after which a ``deadline`` event fires; None: no deadline.
     :param inconclusive_timeout: seconds of continuous unreadable data before
         ``inconclusive_timeout``; None: the first error ends the wait (``error``).
@@ -72,7 +79,6 @@ class _PollingTrigger(BaseTrigger):
         inconclusive_timeout: float | None = None,
         unreadable_since: str | None = None,
         escalated: bool = False,
-        **kwargs: Any,
     ) -> None:
         super().__init__()
         self.poll = float(poll)
@@ -80,9 +86,22 @@ class _PollingTrigger(BaseTrigger):
         self.inconclusive_timeout = None if inconclusive_timeout is None else float(inconclusive_timeout)
         self.unreadable_since = unreadable_since
         self.escalated = bool(escalated)
-        self.kwargs = kwargs
+        self._hooks: dict[type, Any] = {}
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
+    def _hook(self, cls: type[H]) -> H:
+        """This run's one instance of the hook class ``cls``: built at its first use, reused by every poll."""
+        if cls not in self._hooks:
+            self._hooks[cls] = cls()
+        return self._hooks[cls]
+
+    def _new_poll(self) -> None:
+        """Each poll starts its hooks afresh (connection looked up again, as a hook built for each poll
+        did): an edited connection counts from the next poll, not from the next deferral."""
+        for hook in self._hooks.values():
+            hook.reset()
+
+    def _serialized(self, **own: Any) -> tuple[str, dict[str, Any]]:
+        """The classpath and kwargs: the polling arguments every trigger has, then the subclass's ``own``."""
         return (
             f"{_MODULE}.{type(self).__name__}",
             {
@@ -91,7 +110,7 @@ class _PollingTrigger(BaseTrigger):
                 "inconclusive_timeout": self.inconclusive_timeout,
                 "unreadable_since": self.unreadable_since,
                 "escalated": self.escalated,
-                **self.kwargs,
+                **own,
             },
         )
 
@@ -106,10 +125,11 @@ class _PollingTrigger(BaseTrigger):
         return self.poll
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        deadline = verdicts.parse_time(self.deadline) if self.deadline else None
-        unreadable = verdicts.parse_time(self.unreadable_since) if self.unreadable_since else None
+        deadline = parse_time(self.deadline) if self.deadline else None
+        unreadable = parse_time(self.unreadable_since) if self.unreadable_since else None
         while True:
-            now = _now()
+            now = utcnow()
+            self._new_poll()
             try:
                 event = await self.check(now)
             except Exception as exc:
@@ -123,7 +143,7 @@ class _PollingTrigger(BaseTrigger):
                     return
                 unreadable = unreadable or now
                 waited = (now - unreadable).total_seconds()
-                info = {"reason": _reason(exc), "unreadable_since": _iso(unreadable),
+                info = {"reason": _reason(exc), "unreadable_since": iso(unreadable),
                         "unreadable_seconds": round(waited, 3)}
                 if not self.escalated:
                     yield TriggerEvent({"verdict": "inconclusive", **info})
@@ -153,14 +173,39 @@ class _PollingTrigger(BaseTrigger):
 
 
 class ChangeRequestTrigger(_PollingTrigger):
-    """Wait until a change request (LaunchDarkly approval request) is approved or declined."""
+    """Wait until a change request (LaunchDarkly approval request) is approved or declined.
+
+    :param request_id: the approval request's ``_id``.
+    (The polling arguments: see :class:`_PollingTrigger`.)
+    """
 
     waits_out_errors = True
 
-    async def check(self, now: datetime) -> dict | None:
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        poll: float,
+        deadline: str | None,
+        inconclusive_timeout: float | None = None,
+        unreadable_since: str | None = None,
+        escalated: bool = False,
+    ) -> None:
+        super().__init__(poll=poll, deadline=deadline, inconclusive_timeout=inconclusive_timeout,
+                         unreadable_since=unreadable_since, escalated=escalated)
+        self.request_id = request_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return self._serialized(request_id=self.request_id)
+
+    @property
+    def _flags(self) -> FlagsHook:
         from image_rollout.hooks.flags import FlagsHook
 
-        request = await sync_to_async(FlagsHook().get_change_request)(self.kwargs["request_id"])
+        return self._hook(FlagsHook)
+
+    async def check(self, now: datetime) -> dict | None:
+        request = await sync_to_async(self._flags.get_change_request)(self.request_id)
         review = request.get("reviewStatus")
         if review in ("approved", "declined") or request.get("status") == "completed":
             return {"verdict": review or "approved", "request": request}
@@ -168,30 +213,69 @@ class ChangeRequestTrigger(_PollingTrigger):
 
 
 class ReloadsTrigger(_PollingTrigger):
-    """Count the carrier's reloads that booted the new image, until the gate decides."""
+    """Count the carrier's reloads that booted the new image, until the gate decides.
 
-    async def check(self, now: datetime) -> dict | None:
+    :param carrier: the carrier whose reloads count, e.g. ``dev-sjc04-carrier12``.
+    :param image_id: the image id a counted reload must have booted.
+    :param since: ISO time from which reloads count (the promotion).
+    :param required: reloads that must have succeeded on the image.
+    :param max_failed: failed reloads tolerated before the gate fails.
+    (The polling arguments: see :class:`_PollingTrigger`.)
+    """
+
+    def __init__(
+        self,
+        *,
+        carrier: str,
+        image_id: str,
+        since: str,
+        required: int,
+        max_failed: int,
+        poll: float,
+        deadline: str | None,
+        inconclusive_timeout: float | None = None,
+        unreadable_since: str | None = None,
+        escalated: bool = False,
+    ) -> None:
+        super().__init__(poll=poll, deadline=deadline, inconclusive_timeout=inconclusive_timeout,
+                         unreadable_since=unreadable_since, escalated=escalated)
+        self.carrier = carrier
+        self.image_id = image_id
+        self.since = since
+        self.required = required
+        self.max_failed = max_failed
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return self._serialized(carrier=self.carrier, image_id=self.image_id, since=self.since,
+                                required=self.required, max_failed=self.max_failed)
+
+    @property
+    def _chlorine(self) -> ChlorineHook:
         from image_rollout.hooks.chlorine import ChlorineHook
 
-        k = self.kwargs
-        reloads = await sync_to_async(ChlorineHook().list_reloads)(carrier=k["carrier"], since=k["since"])
+        return self._hook(ChlorineHook)
+
+    async def check(self, now: datetime) -> dict | None:
+        reloads = await sync_to_async(self._chlorine.list_reloads)(carrier=self.carrier, since=self.since)
         decision = verdicts.evaluate_reloads(
-            reloads, image_id=k["image_id"], required=k["required"], max_failed=k["max_failed"]
+            reloads, image_id=self.image_id, required=self.required, max_failed=self.max_failed
         )
         if decision.verdict == "wait":
             return None
         return decision.as_event()
 
 
-def read_canary(region: str, image_map: dict, floors: list) -> dict:
+def read_canary(region: str, image_map: dict, floors: list, flags: FlagsHook | None = None) -> dict:
     """Read, from LaunchDarkly, whether ``region`` serves ``image_map`` now and since when.
 
     Returns ``{"serving": bool, "serves": map|None, "since": iso|None, "rule_id": str}``; ``since``
     is the latest of the region rule's applied change requests (``appliedDate``) and ``floors``.
+    ``flags``: the hook to read through (a trigger passes its own, built once per run); default a new one.
     """
     from image_rollout.hooks.flags import FlagsHook, normalize_image_map
 
-    flags = FlagsHook()
+    if flags is None:
+        flags = FlagsHook()
     flag = flags.get_flag()
     rules = flag["environments"][flags.environment_key]["rules"]
     rule = next((r for r in rules if flags.rule_target(r) == region), None)
@@ -200,7 +284,7 @@ def read_canary(region: str, image_map: dict, floors: list) -> dict:
     serves = flags.rule_value(region)
     serving = serves is not None and serves == normalize_image_map(image_map)
     since = verdicts.soak_since(flags.list_change_requests(), rule["_id"], floors) if serving else None
-    return {"serving": serving, "serves": serves, "since": _iso(since) if since else None, "rule_id": rule["_id"]}
+    return {"serving": serving, "serves": serves, "since": iso(since) if since else None, "rule_id": rule["_id"]}
 
 
 class SoakTrigger(_PollingTrigger):
@@ -217,41 +301,104 @@ class SoakTrigger(_PollingTrigger):
     only PagerDuty is asked, every ``incident_poll`` seconds (None: every ``poll``), since the last
     full read's promotion time. An incident seen there is never acted on alone: it triggers a full
     read at once, and the verdict comes from that (the systems of record, read afresh).
+
+    :param region: the canary region (its LaunchDarkly rule), e.g. ``ap-south``.
+    :param image_map: the build's image map the region must serve.
+    :param image_id: the image id a counted autorecovery reload must have booted.
+    :param min_duration: seconds the soak lasts at least.
+    :param min_reloads: autorecovery reloads the soak needs at least.
+    :param timeout: seconds after which the soak's time limit is reached.
+    :param incident_title: the PagerDuty incident title that fails the soak.
+    :param floors: ISO times the soak never counts from before (this rollout's promotion and rollbacks).
+    :param holding: the operator holds the soak (the region does not serve the build): poll quietly.
+    :param incident_poll: seconds between two PagerDuty-only reads; None: every read is full.
+    (The polling arguments: see :class:`_PollingTrigger`.)
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        region: str,
+        image_map: dict[str, str],
+        image_id: str,
+        min_duration: float,
+        min_reloads: int,
+        timeout: float,
+        incident_title: str,
+        floors: list[str] | None = None,
+        holding: bool = False,
+        incident_poll: float | None = None,
+        poll: float,
+        deadline: str | None,
+        inconclusive_timeout: float | None = None,
+        unreadable_since: str | None = None,
+        escalated: bool = False,
+    ) -> None:
+        super().__init__(poll=poll, deadline=deadline, inconclusive_timeout=inconclusive_timeout,
+                         unreadable_since=unreadable_since, escalated=escalated)
+        self.region = region
+        self.image_map = image_map
+        self.image_id = image_id
+        self.min_duration = min_duration
+        self.min_reloads = min_reloads
+        self.timeout = timeout
+        self.incident_title = incident_title
+        self.floors = floors
+        self.holding = holding
+        self.incident_poll = incident_poll
         self._since: str | None = None  # the promotion time of the last full read that saw the build served
         self._full_at = 0.0  # time.monotonic() of that read
 
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return self._serialized(
+            region=self.region, image_map=self.image_map, image_id=self.image_id,
+            min_duration=self.min_duration, min_reloads=self.min_reloads, timeout=self.timeout,
+            incident_title=self.incident_title, floors=self.floors, holding=self.holding,
+            incident_poll=self.incident_poll,
+        )
+
+    @property
+    def _flags(self) -> FlagsHook:
+        from image_rollout.hooks.flags import FlagsHook
+
+        return self._hook(FlagsHook)
+
+    @property
+    def _chlorine(self) -> ChlorineHook:
+        from image_rollout.hooks.chlorine import ChlorineHook
+
+        return self._hook(ChlorineHook)
+
+    @property
+    def _pagerduty(self) -> PagerDutyHook:
+        from image_rollout.hooks.pagerduty import PagerDutyHook
+
+        return self._hook(PagerDutyHook)
+
     def interval(self) -> float:
-        quick = self.kwargs.get("incident_poll")
+        quick = self.incident_poll
         if self._since is None or not quick:
             return self.poll
         return min(self.poll, float(quick))
 
     def _decide(self, now: datetime, since: str, reloads: list, incidents: list):
-        k = self.kwargs
         return verdicts.evaluate_soak(
             reloads=reloads,
             incidents=incidents,
-            image_id=k["image_id"],
-            started_at=verdicts.parse_time(since),
+            image_id=self.image_id,
+            started_at=parse_time(since),
             now=now,
-            min_duration=k["min_duration"],
-            min_reloads=k["min_reloads"],
-            timeout=k["timeout"],
-            incident_title=k["incident_title"],
+            min_duration=self.min_duration,
+            min_reloads=self.min_reloads,
+            timeout=self.timeout,
+            incident_title=self.incident_title,
         )
 
     async def check(self, now: datetime) -> dict | None:
-        from image_rollout.hooks.pagerduty import PagerDutyHook
-
-        k = self.kwargs
         due = self.poll - self.interval() / 2  # a full read every poll, whatever the drift of the sleeps
         if self._since is not None and time.monotonic() - self._full_at < due:
-            incidents = await sync_to_async(PagerDutyHook().list_incidents)(
-                since=self._since, title_contains=k["incident_title"]
+            incidents = await sync_to_async(self._pagerduty.list_incidents)(
+                since=self._since, title_contains=self.incident_title
             )
             if self._decide(now, self._since, [], incidents).verdict == "wait":
                 return None
@@ -259,43 +406,67 @@ class SoakTrigger(_PollingTrigger):
         return await self._full_read(now)
 
     async def _full_read(self, now: datetime) -> dict | None:
-        from image_rollout.hooks.chlorine import ChlorineHook
-        from image_rollout.hooks.pagerduty import PagerDutyHook
-
-        k = self.kwargs
         self._since = None
-        canary = await sync_to_async(read_canary)(k["region"], k["image_map"], list(k.get("floors") or []))
+        canary = await sync_to_async(read_canary)(self.region, self.image_map, list(self.floors or []), self._flags)
         if not canary["serving"]:
-            if k.get("holding"):
+            if self.holding:
                 return None
-            return {"verdict": "not_serving", "reason": f"{k['region']} does not serve the build",
+            return {"verdict": "not_serving", "reason": f"{self.region} does not serve the build",
                     "serves": canary["serves"]}
         if canary["since"] is None:
-            raise AirflowFailException(f"no promotion time for {k['region']} in LaunchDarkly or XCom")
+            raise AirflowFailException(f"no promotion time for {self.region} in LaunchDarkly or XCom")
         since = canary["since"]
-        reloads = await sync_to_async(ChlorineHook().list_reloads)(
-            region=k["region"], since=since, kind="autorecovery"
+        reloads = await sync_to_async(self._chlorine.list_reloads)(
+            region=self.region, since=since, kind="autorecovery"
         )
-        incidents = await sync_to_async(PagerDutyHook().list_incidents)(
-            since=since, title_contains=k["incident_title"]
+        incidents = await sync_to_async(self._pagerduty.list_incidents)(
+            since=since, title_contains=self.incident_title
         )
         decision = self._decide(now, since, reloads, incidents)
         if decision.verdict == "wait":
-            if k.get("holding"):
+            if self.holding:
                 # Serving again after a hold: tell the operator, which starts counting afresh.
                 return {"verdict": "serving", "since": since}
             self._since, self._full_at = since, time.monotonic()
             return None
-        return {**decision.as_event(), "since": since, "decided_at": _iso(now)}
+        return {**decision.as_event(), "since": since, "decided_at": iso(now)}
 
 
 class ReportBuildTrigger(_PollingTrigger):
-    """Wait for a new build of the reportCarrierWorkerIaasImageCounts job."""
+    """Wait for a new build of the reportCarrierWorkerIaasImageCounts job.
 
-    async def check(self, now: datetime) -> dict | None:
+    :param job: the Jenkins job path of the report.
+    :param after_number: the build number already read: a newer successful build fires.
+    (The polling arguments: see :class:`_PollingTrigger`.)
+    """
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        after_number: int,
+        poll: float,
+        deadline: str | None,
+        inconclusive_timeout: float | None = None,
+        unreadable_since: str | None = None,
+        escalated: bool = False,
+    ) -> None:
+        super().__init__(poll=poll, deadline=deadline, inconclusive_timeout=inconclusive_timeout,
+                         unreadable_since=unreadable_since, escalated=escalated)
+        self.job = job
+        self.after_number = after_number
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return self._serialized(job=self.job, after_number=self.after_number)
+
+    @property
+    def _jenkins(self) -> JenkinsHook:
         from image_rollout.hooks.jenkins import JenkinsHook
 
-        build = await sync_to_async(JenkinsHook().get_build)(self.kwargs["job"], "lastSuccessfulBuild")
-        if int(build["number"]) > int(self.kwargs["after_number"]):
+        return self._hook(JenkinsHook)
+
+    async def check(self, now: datetime) -> dict | None:
+        build = await sync_to_async(self._jenkins.get_build)(self.job, "lastSuccessfulBuild")
+        if int(build["number"]) > int(self.after_number):
             return {"verdict": "new_report", "number": int(build["number"])}
         return None

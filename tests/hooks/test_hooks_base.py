@@ -245,3 +245,27 @@ def test_token_is_sent_as_the_system_expects_and_never_shown(
     assert "tok-123456789" not in shown
     assert header.split()[-1] not in shown
     assert str(info.value).endswith("***")
+
+
+def test_reset_makes_the_next_request_look_the_connection_up_again(stub_server, stub_connection):
+    """A trigger keeps its hooks for a whole wait and resets them every poll: an edited connection
+    (here: pointed at another server) counts from the next poll, as with a hook built per poll."""
+    seen = []
+
+    def server(name):
+        def respond(method, path, headers, body):
+            seen.append((name, headers.get("Cookie")))
+            cookie = {"Set-Cookie": f"JSESSIONID.abc={name}; Path=/"}
+            return 200, {"Content-Type": "application/json", **cookie}, b'{"number": 7, "result": "SUCCESS"}'
+
+        return respond
+
+    stub_connection("moving", f"{stub_server(server('first'))}/jenkins", login="u", password="s3cret")
+    hook = JenkinsHook(jenkins_conn_id="moving", retries=0)
+    hook.get_build("report", "lastSuccessfulBuild")
+    stub_connection("moving", f"{stub_server(server('second'))}/jenkins", login="u", password="s3cret")
+    hook.get_build("report", "lastSuccessfulBuild")
+    assert seen == [("first", None), ("first", "JSESSIONID.abc=first")], "without reset: the same connection"
+    hook.reset()
+    hook.get_build("report", "lastSuccessfulBuild")
+    assert seen[-1] == ("second", None), "after reset: the edited connection, and no old Jenkins session"

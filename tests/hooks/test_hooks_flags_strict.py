@@ -157,11 +157,11 @@ def test_lost_answer_to_create_files_one_request(required_env):
 
 def test_lost_answer_to_point_rule_writes_once(open_env):
     flags, fake = open_env
-    flags.ensure_variation(NEW_MAP)
+    flags.point_rule("stage-south", NEW_MAP, "stage")  # adds the variation: the lost write is the rule's
     fake.lose_next_write = True
     assert flags.point_rule("dev-south", NEW_MAP, "dev") is True, "the lost write landed: it was ours"
     assert fake.served("dev-south") == NEW_MAP
-    assert len([w for w in fake.writes if w.startswith("PATCH")]) == 2, "one variation add, one rule write"
+    assert len([w for w in fake.writes if w.startswith("PATCH")]) == 3, "one variation add, two rule writes"
 
 
 def test_lost_answer_to_apply_applies_once(required_env):

@@ -281,7 +281,7 @@ def test_a_canary_not_serving_the_build_holds_and_says_why_once(slack):
     with pytest.raises(TaskDeferred) as deferred:
         op.execute_complete(ctx, {"verdict": "not_serving", "reason": "ap-south does not serve the build",
                                   "serves": {"prod": OLD}})
-    assert deferred.value.trigger.kwargs["holding"] is True and deferred.value.kwargs == {"holding": True}
+    assert deferred.value.trigger.holding is True and deferred.value.kwargs == {"holding": True}
     [(channel, text)] = _channels(slack)
     assert channel == "#sre-cfs-patching" and "HOLDS" in text and f"prod={OLD}" in text
 
@@ -310,8 +310,8 @@ def test_execute_defers_to_the_soak_trigger_with_no_deadline():
     with pytest.raises(TaskDeferred) as deferred:
         _soak_gate().execute(_context())
     trigger = deferred.value.trigger
-    assert trigger.deadline is None and trigger.kwargs["floors"] == ["2026-11-25T10:00:00Z"]
-    assert trigger.kwargs["image_map"] == BUILD["images"] and trigger.inconclusive_timeout == 120.0
+    assert trigger.deadline is None and trigger.floors == ["2026-11-25T10:00:00Z"]
+    assert trigger.image_map == BUILD["images"] and trigger.inconclusive_timeout == 120.0
 
 
 def _reload_check():

@@ -195,6 +195,29 @@ def test_a_malformed_change_request_still_ends_the_board_wait():
     assert event["verdict"] == "error" and event["permanent"] is True
 
 
+def test_each_trigger_run_builds_its_hook_once_and_reuses_it_on_every_poll():
+    with _chlorine(outage("chlorine"), outage("chlorine"), good(3)) as chlorine_hook:
+        event = first_event(reloads_trigger(escalated=True, unreadable_since=_iso(datetime.now(UTC))))
+    assert event["verdict"] == "pass"
+    assert chlorine_hook.call_count == 1 and chlorine_hook.return_value.list_reloads.call_count == 3
+    # ... and every later poll starts it afresh (its connection looked up again), as a new hook did.
+    assert chlorine_hook.return_value.reset.call_count == 2
+
+    hook = mock.Mock()
+    hook.get_change_request.side_effect = [{"_id": "cr-1", "reviewStatus": "pending"}] * 2 + [
+        {"_id": "cr-1", "reviewStatus": "approved"}]
+    with mock.patch("image_rollout.hooks.flags.FlagsHook", return_value=hook) as flags_hook:
+        assert first_event(ChangeRequestTrigger(poll=0.05, deadline=FAR, request_id="cr-1"))["verdict"] == "approved"
+    assert flags_hook.call_count == 1 and hook.get_change_request.call_count == 3
+
+    hook = mock.Mock()
+    hook.get_build.side_effect = [{"number": 1}, {"number": 1}, {"number": 2}]
+    with mock.patch("image_rollout.hooks.jenkins.JenkinsHook", return_value=hook) as jenkins_hook:
+        event = first_event(ReportBuildTrigger(poll=0.05, deadline=FAR, job="report", after_number=1))
+    assert event == {"verdict": "new_report", "number": 2}
+    assert jenkins_hook.call_count == 1 and hook.get_build.call_count == 3
+
+
 def test_the_deadline_still_fires_on_readable_data():
     with _chlorine(good(1)):
         event = first_event(reloads_trigger(deadline=PAST))
@@ -290,6 +313,26 @@ def _count_polls(trigger, seconds):
     with mock.patch.object(triggers, "read_canary", side_effect=read), patches[1], patches[2]:
         assert first_event(trigger, seconds) is None
     return reads["launchdarkly"], chlorine.list_reloads.call_count, pagerduty.list_incidents.call_count
+
+
+def test_the_soak_builds_each_hook_once_per_run_and_reads_launchdarkly_through_its_own():
+    flags = []
+
+    def read(region, image_map, floors, hook):
+        flags.append(hook)
+        return canary(since=_iso(NOW - timedelta(seconds=1)))
+
+    patches, chlorine, pagerduty = _soak([], reloads=[], incidents=[])
+    with (mock.patch.object(triggers, "read_canary", side_effect=read),
+          mock.patch("image_rollout.hooks.flags.FlagsHook") as flags_hook,
+          patches[1] as chlorine_hook, patches[2] as pagerduty_hook):
+        assert first_event(soak_trigger(poll=0.1, incident_poll=0.02, min_reloads=99), 0.5) is None
+    assert len(flags) >= 2 and all(hook is flags_hook.return_value for hook in flags)
+    assert chlorine.list_reloads.call_count >= 2 and pagerduty.list_incidents.call_count > len(flags)
+    assert (flags_hook.call_count, chlorine_hook.call_count, pagerduty_hook.call_count) == (1, 1, 1)
+    polls = pagerduty.list_incidents.call_count  # every poll reads PagerDuty: the first built the hooks
+    assert pagerduty.reset.call_count in (polls - 1, polls)  # the run may stop in the sleep or in a read
+    assert chlorine.reset.call_count == pagerduty.reset.call_count
 
 
 def test_between_full_reads_only_pagerduty_is_asked_every_incident_poll():

@@ -136,6 +136,37 @@ def _never_sent(exc: BaseException) -> bool:
     return False
 
 
+def retry_conflicts(
+    attempt: Callable[[], T],
+    *,
+    retries: int,
+    conflict: Callable[[BaseException], bool],
+    backoff: Callable[[int], float],
+    warn: Callable[[BaseException, float], None],
+) -> T:
+    """
+    Run ``attempt`` again after each conflict: the tenacity policy for writes that raced another writer.
+
+    ``request`` retries the transport (5xx, timeouts); a conflict (409, a lost answer to a write) is
+    the caller's to retry, since only a fresh read shows what to write: ``attempt`` must re-read the
+    state before it writes. The last error is raised when the retries run out, any other at once.
+
+    :param attempt: the re-read-then-write function; its result is returned.
+    :param retries: attempts after the first.
+    :param conflict: True for an exception worth another attempt.
+    :param backoff: seconds to wait after attempt ``n`` (1-based) failed.
+    :param warn: logs the exception and the wait before the next attempt.
+    """
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(retries + 1),
+        wait=lambda state: backoff(state.attempt_number),
+        retry=tenacity.retry_if_exception(conflict),
+        before_sleep=lambda state: warn(state.outcome.exception(), state.next_action.sleep),
+        reraise=True,
+    )
+    return retrying(attempt)
+
+
 class _HttpStatusError(Exception):
     """Internal: a non-2xx answer, carried through tenacity so that 5xx can be retried."""
 
@@ -237,6 +268,16 @@ class RolloutHttpHook(RedactsConnectionSecrets, HttpHook):
         if self._connection is None or self._connection.conn_id != conn_id:
             self._connection = super().get_connection(conn_id)
         return self._connection
+
+    def reset(self) -> None:
+        """Forget what earlier requests learnt (the connection): the next request starts as a new hook's.
+
+        For a hook kept across many polls (a trigger's, for a day-long wait): each poll sees the
+        connection as it is then (an edited token or host, a connection pointed back at a system),
+        as a hook built for each poll did.
+        """
+        self._connection = None
+        self._extras = None
 
     @property
     def connection(self) -> Connection:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from image_rollout.hooks._http import ExternalSystemError, HeaderTokenAuth, ResponseLostError, RolloutHttpHook
+from image_rollout.hooks._http import (
+    ExternalSystemError,
+    HeaderTokenAuth,
+    ResponseLostError,
+    RolloutHttpHook,
+    retry_conflicts,
+)
 from image_rollout.preconditions import carries_key, key_line, rollout_key
 
 if TYPE_CHECKING:
@@ -229,22 +234,21 @@ class FlagsHook(RolloutHttpHook):
         With ``after_lost``, also after a write whose answer was lost (:class:`ResponseLostError`):
         the next attempt reads first, so it finds a write that landed instead of repeating it.
         """
-        for attempt in range(1, self.conflict_retries + 2):
-            try:
-                return attempt_fn()
-            except ResponseLostError:
-                if not after_lost or attempt > self.conflict_retries:
-                    raise
-                wait = self.backoff(attempt)
+
+        def conflict(exc: BaseException) -> bool:
+            if isinstance(exc, ResponseLostError):
+                return after_lost
+            return isinstance(exc, ExternalSystemError) and exc.status == 409
+
+        def warn(exc: BaseException, wait: float) -> None:
+            if isinstance(exc, ResponseLostError):
                 self.log.warning("%s: the answer to a write was lost, looking again in %.1fs", what, wait)
-                time.sleep(wait)
-            except ExternalSystemError as exc:
-                if exc.status != 409 or attempt > self.conflict_retries:
-                    raise
-                wait = self.backoff(attempt)
+            else:
                 self.log.warning("%s: conflict (HTTP 409), re-reading and retrying in %.1fs", what, wait)
-                time.sleep(wait)
-        raise AssertionError("unreachable")
+
+        return retry_conflicts(
+            attempt_fn, retries=self.conflict_retries, conflict=conflict, backoff=self.backoff, warn=warn
+        )
 
     def _patch(self, instructions: list[dict[str, Any]], comment: str) -> dict[str, Any]:
         body = {"environmentKey": self.environment_key, "comment": comment, "instructions": instructions}
@@ -282,25 +286,6 @@ class FlagsHook(RolloutHttpHook):
         if variation_id is None:
             raise self.malformed(f"PATCH {self._flag_path}", "the added variation is not in the flag")
         return variation_id
-
-    def ensure_variation(
-        self, image_map: Mapping[str, Any], *, name: str | None = None, comment: str = ""
-    ) -> str:
-        """
-        Return the id of the variation serving ``image_map``, adding it when none does.
-
-        Variations belong to the flag, not to an environment, so adding one changes what no
-        rule serves; but where the environment requires approval LaunchDarkly refuses it too
-        (:class:`ApprovalRequired`): then the variation goes into the change request instead.
-
-        :param image_map: ``{"dev": id, "prod": id, "prodfr2": id, "stage": id}``.
-        :param name: name of a new variation (default: the ids, e.g. ``dev=8935101 ...``).
-        :param comment: audit-log comment.
-        """
-        return self._with_conflict_retry(
-            f"add variation to {self.flag_key}",
-            lambda: self._ensure_variation_in(self.get_flag(), image_map, name, comment),
-        )
 
     def point_rule(
         self,

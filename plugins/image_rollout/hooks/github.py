@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any, TypeVar
@@ -30,6 +29,7 @@ from image_rollout.hooks._http import (
     ExternalSystemError,
     MalformedResponseError,
     RedactsConnectionSecrets,
+    retry_conflicts,
     truncate,
 )
 from image_rollout.preconditions import KEY_LINE_PREFIX, carries_key
@@ -371,7 +371,10 @@ class GitHubEvidenceHook(RedactsConnectionSecrets, BaseHook):
         """
         path = self._quote_path(path)
         call = self._repo_call("PUT", f"/contents/{path}")
-        for attempt in range(1, self.conflict_retries + 2):
+        write_failed: ExternalSystemError | None = None  # the last PUT's error: only that one is retried
+
+        def attempt() -> str:
+            nonlocal write_failed
             current = self.get_file(path)
             if current is not None and current[0] == text:
                 self.log.info("%s already has this content: no new commit", path)
@@ -379,40 +382,55 @@ class GitHubEvidenceHook(RedactsConnectionSecrets, BaseHook):
                 if found is None:
                     raise self.malformed(call, f"{path} exists but no commit touches it")
                 return found
-            if create_only and current is not None:
-                raise ExternalSystemError(
-                    system=self.system,
-                    call=call,
-                    status=409,
-                    reason=f"refused: {path} exists already (created by someone else)",
-                )
-            if sha is not None and (current is None or current[1] != sha):
-                raise ExternalSystemError(
-                    system=self.system,
-                    call=call,
-                    status=409,
-                    reason=f"refused: {path} changed since blob {sha} was read",
-                )
+            self._refuse(call, path, current, sha=sha, create_only=create_only)
             base = current[1] if current is not None else None
             try:
-                result = self._call(call, lambda base=base: self._write(path, text, message, base))
+                result = self._call(call, lambda: self._write(path, text, message, base))
             except ExternalSystemError as exc:
-                # 409/422: changed meanwhile, or our own PUT landed and was sent again; None: no
-                # answer at all. Either way: read again before writing again.
-                if exc.status not in (409, 422, None) or attempt > self.conflict_retries:
-                    raise
-                wait = min(float(self.extra("retry_wait", DEFAULT_RETRY_WAIT)) * 2 ** (attempt - 1), 30.0)
-                self.log.warning(
-                    "%s: HTTP %s, re-reading %s and retrying in %.1fs", call, exc.status, path, wait
-                )
-                time.sleep(wait)
-                continue
+                write_failed = exc
+                raise
             commit_sha = getattr(result.get("commit"), "sha", None) if isinstance(result, dict) else None
             if not isinstance(commit_sha, str):
                 raise self.malformed(call, "no commit sha in the answer")
             self.log.info("Committed %s as %s", path, commit_sha)
             return commit_sha
-        raise AssertionError("unreachable")
+
+        def conflict(exc: BaseException) -> bool:
+            # 409/422: changed meanwhile, or our own PUT landed and was sent again; None: no
+            # answer at all. Either way: read again before writing again.
+            return exc is write_failed and write_failed.status in (409, 422, None)
+
+        def warn(exc: BaseException, wait: float) -> None:
+            status = exc.status if isinstance(exc, ExternalSystemError) else None
+            self.log.warning("%s: HTTP %s, re-reading %s and retrying in %.1fs", call, status, path, wait)
+
+        return retry_conflicts(
+            attempt, retries=self.conflict_retries, conflict=conflict, backoff=self._conflict_backoff, warn=warn
+        )
+
+    def _conflict_backoff(self, attempt: int) -> float:
+        """Seconds before re-reading after conflict number ``attempt``: extra ``retry_wait``, doubled, at most 30."""
+        return min(float(self.extra("retry_wait", DEFAULT_RETRY_WAIT)) * 2 ** (attempt - 1), 30.0)
+
+    def _refuse(
+        self, call: str, path: str, current: tuple[str, str] | None, *, sha: str | None, create_only: bool
+    ) -> None:
+        """Raise 409 (never retried) when the write would overwrite a file it must not: one someone else
+        created (``create_only``), or one changed since blob ``sha`` was read."""
+        if create_only and current is not None:
+            raise ExternalSystemError(
+                system=self.system,
+                call=call,
+                status=409,
+                reason=f"refused: {path} exists already (created by someone else)",
+            )
+        if sha is not None and (current is None or current[1] != sha):
+            raise ExternalSystemError(
+                system=self.system,
+                call=call,
+                status=409,
+                reason=f"refused: {path} changed since blob {sha} was read",
+            )
 
     # -- links --------------------------------------------------------------------------------
 

@@ -86,6 +86,11 @@ class JenkinsHook(RolloutHttpHook):
         session.cookies = self._cookies
         return session
 
+    def reset(self) -> None:
+        """Forget the connection and the Jenkins session (cookies): the next request starts as a new hook's."""
+        super().reset()
+        self._cookies.clear()
+
     def secrets(self) -> list[str]:
         """The API token, and the basic-auth header value that carries it (an echoing proxy may show it)."""
         secrets = super().secrets()
