@@ -102,7 +102,9 @@ def _answer_by_task(choices: dict[str, str], stop: threading.Event, answered: li
             with create_session() as session:
                 for detail in session.scalars(select(HITLDetail).where(HITLDetail.responded_at.is_(None))).all():
                     ti = session.get(TaskInstance, detail.ti_id)
-                    if ti is None or ti.state not in (TaskInstanceState.AWAITING_INPUT, TaskInstanceState.DEFERRED):
+                    # only a parked request: an answer to a task still DEFERRED is overwritten by its park under
+                    # dag.test, and the run then waits forever (as tests/harness/hitl.py says)
+                    if ti is None or ti.state != TaskInstanceState.AWAITING_INPUT:
                         continue
                     option = next((o for t, o in choices.items() if ti.task_id.endswith(t)), None)
                     if option is None or option not in detail.options:
