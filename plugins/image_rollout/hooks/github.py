@@ -179,19 +179,12 @@ class GitHubEvidenceHook(RedactsConnectionSecrets, BaseHook):
             if exc.status == 404 and allow_404:
                 return None
             raise self._error(call, exc.status, exc.data) from None
-        except requests.exceptions.RetryError as exc:
+        except requests.exceptions.RequestException as exc:  # RetryError: urllib3 gave up on 5xx answers
             raise ExternalSystemError(
                 system=self.system,
                 call=call,
                 body=self.redact(truncate(f"{type(exc).__name__}: {exc}")),
-                reason="failed after retries",
-            ) from None
-        except requests.exceptions.RequestException as exc:
-            raise ExternalSystemError(
-                system=self.system,
-                call=call,
-                body=self.redact(truncate(f"{type(exc).__name__}: {exc}")),
-                reason="got no answer",
+                reason="failed after retries" if isinstance(exc, requests.exceptions.RetryError) else "got no answer",
             ) from None
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise self.malformed(call, f"{type(exc).__name__}: {exc}") from None
