@@ -49,6 +49,8 @@ LIVE_TESTS := tests/live
 SERIAL_TESTS := tests/stack tests/status_page
 FAST_TESTS := tests/unit tests/dags tests/hooks tests/sandbox tests/contracts tests/test_compose.py
 
+#: Under make test a contract test whose publisher description is missing fails instead of skipping.
+test: export ROLLOUT_REQUIRE_CONTRACTS = 1
 test: venv test-deps lint
 	@mkdir -p build; rm -f build/junit-*.xml
 	@ROLLOUT_TEST_LANE=live $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 \
