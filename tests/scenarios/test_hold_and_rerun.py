@@ -1,5 +1,6 @@
-"""Issue 11 items 1 and 3 end to end with ``dag.test`` against the sandbox: an SRE holds one build's
-rollout mid-way and resumes it; a rerun of a finished rollout is a no-op."""
+"""Issue 11 item 3 end to end with ``dag.test`` against the sandbox: an SRE holds one build's rollout
+mid-way and resumes it. (Item 1, a rerun of a finished rollout being a no-op, is tested on the real
+scheduler: tests/live/test_one_run_per_build.py.)"""
 
 from __future__ import annotations
 
