@@ -115,12 +115,13 @@ def xcoms(run_id: str, dag_id: str = "immutable_image_rollout") -> dict[str, obj
 
 def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve: str = "Approve",
                  timing: dict | None = None, variables: dict | None = None, reset: bool | dict = True,
-                 dag_id: str = ROLLOUT) -> dict:
+                 dag_id: str = ROLLOUT, mark_success: str | None = None) -> dict:
     """Run one rollout (or ``dag_id``'s run); return ``{"state": sandbox state, "run_state", "tasks", "xcoms", "error"}``.
 
     ``reset=False`` runs again against the sandbox as the last run left it (a rerun); a dict is the
     body of ``POST /_sandbox/reset`` (e.g. ``{"launchdarkly": {"approvalSettings": {...}}}``), with
-    ``timing`` merged into it.
+    ``timing`` merged into it. ``mark_success`` is a task-id pattern that ``dag.test`` marks success
+    instead of running, as an operator's *Mark success* would.
     """
     from tests.harness.hitl import Approver
 
@@ -149,7 +150,7 @@ def run_scenario(base_url: str, *, faults: list[str], conf: dict | None, approve
     result: dict = {"dag_id": dag_id, "conf": conf, "faults": faults, "error": None, "run_state": None, "tasks": {}, "xcoms": {}}
     started = time.monotonic()
     try:
-        dr = dag.test(run_conf=conf)
+        dr = dag.test(run_conf=conf, mark_success_pattern=mark_success)
         result["run_state"] = str(dr.state)
         result["tasks"] = {
             f"{ti.task_id}" + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state)

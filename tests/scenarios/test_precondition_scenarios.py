@@ -107,3 +107,33 @@ def test_a_failed_canary_is_restored_even_when_a_newer_build_took_over(rollout_s
     assert result["tasks"]["rollout_end.superseded"] == "failed"
     assert any("ROLLBACK" in m["text"] and "Restored: ap-south" in m["text"] for m in state["slack"])
     assert all(serving(state)[t] == "previous" for t in serving(state) if t not in UP_TO["stage-south"])
+
+
+def test_a_bake_marked_success_is_passed_only_by_the_override_which_is_recorded(rollout_sandbox, monkeypatch):
+    """Issue 9 item 1: with the bake sensor marked success, only the override Variable takes the canary
+    past the bake, and its user and reason go into the evidence and Slack."""
+    import json
+    from datetime import datetime, timedelta
+
+    from tests.scenarios.test_fault_matrix import TARGETS, not_successful, promotions_per_target
+
+    monkeypatch.setenv("ROLLOUT_PLAN", "stack")  # its 40 s bake ends well after the canary's apply
+    build = sandbox_call(rollout_sandbox, "/_sandbox/state")["builds"]["new"]
+    override = {"build_name": build, "waits": ["bake"], "reason": "INC0042 hotfix", "by": "sre-lead"}
+    try:
+        result = run_scenario(rollout_sandbox, faults=[], conf=None, mark_success=r"bake\.wait_bake",
+                              variables={"image_rollout_override": json.dumps(override)})
+    finally:
+        set_variable("image_rollout_override", None)
+    state = result["state"]
+    at = {p["target"]: datetime.fromisoformat(p["time"].replace("Z", "+00:00")) for p in state["promotions"]}
+    assert at["ap-south"] - at["stage-south"] < timedelta(seconds=40), "the canary waited out the bake"
+    assert result["xcoms"]["ap_south.apply_change_request_ap_south:override"]["by"] == "sre-lead"
+    assert any(m["text"].startswith("OVERRIDE: sre-lead") and "INC0042 hotfix" in m["text"] for m in state["slack"])
+    commits = state["evidence"]["commits"]
+    assert len(commits) == 4 and "/override-bake-" in commits[-1]["message"], [c["message"] for c in commits]
+    assert "### Override" in commits[-1]["content"]
+    assert "sre-lead overrode the bake wait" in commits[-1]["content"] and "INC0042 hotfix" in commits[-1]["content"]
+    assert result["run_state"] == "success", not_successful(result)
+    assert set(serving(state).values()) == {"new"}
+    assert promotions_per_target(state) == {t: 1 for t in TARGETS}
