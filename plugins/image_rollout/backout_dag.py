@@ -29,7 +29,7 @@ from image_rollout.operators.backout import (
     RestoreTargetsOperator,
 )
 from image_rollout.plan import RolloutPlan
-from image_rollout.slack_notifiers import SafeSlackNotifier
+from image_rollout.slack_notifiers import DecisionRequestNotifier
 
 
 def build_backout_dag(plan: RolloutPlan, *, dag_id: str = BACKOUT_DAG_ID, doc_md: str | None = None) -> DAG:
@@ -86,10 +86,10 @@ def build_backout_dag(plan: RolloutPlan, *, dag_id: str = BACKOUT_DAG_ID, doc_md
                 "Approve to restore them; Reject stops the backout before they change."
             ),
             response_timeout=timedelta(seconds=plan.change_request.timeout),
-            notifiers=[SafeSlackNotifier(
+            notifiers=[DecisionRequestNotifier(
                 channel=plan.slack.patching_channel,
                 text=("Approval needed: backout of immutable image build {{ params.build_name }} from prod. "
-                      f"Approve or reject in Airflow: {link}"),
+                      f"Approve or reject here or in Airflow: {link}"),
             )],
             retries=2,  # the machinery only: a decision is never retried (see ProdChangeApprovalOperator)
         )

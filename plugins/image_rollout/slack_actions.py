@@ -1,4 +1,5 @@
-"""Approvals from Slack: the endpoint Slack sends the prod start decision's button clicks to.
+"""Approvals from Slack: the endpoint Slack sends the Approve and Reject clicks of the prod start decision
+(and of a backout's prod approval) to.
 
 Mounted in the api-server by the ``image_rollout_slack`` plugin at ``/image-rollout/slack``; the Slack
 app's Interactivity "Request URL" is ``<api-server>/image-rollout/slack/interactions``. A click is
@@ -127,7 +128,7 @@ def parse_click(body: bytes) -> dict:
         raise Refused(f"not a button click (payload type {payload.get('type') if isinstance(payload, dict) else '?'})")
     actions = payload.get("actions") or []
     if len(actions) != 1 or actions[0].get("action_id") not in DECISION_ACTIONS:
-        raise Refused("not a click on the prod start decision's Approve or Reject button")
+        raise Refused("not a click on a prod decision's Approve or Reject button")
     action = actions[0]
     try:
         request = parse_decision_value(action.get("value"))
@@ -181,14 +182,14 @@ def answer(session, *, slack_user: str, option: str, request: dict, plan) -> dic
     from fastapi import HTTPException
     from sqlalchemy import select
 
-    from image_rollout.contracts import ROLLOUT_DAG_ID as DAG_ID
+    from image_rollout.contracts import BACKOUT_DAG_ID, ROLLOUT_DAG_ID
 
     dag_id, run_id, task_id = request["dag_id"], request["run_id"], request["task_id"]
-    if dag_id != DAG_ID:
-        raise Refused(f"the button is not one of the rollout's ({dag_id})")
+    if dag_id not in (ROLLOUT_DAG_ID, BACKOUT_DAG_ID):
+        raise Refused(f"the button is not one of the rollout's or the backout's ({dag_id})")
     who = plan.approvers.airflow_user_for_slack(slack_user)
     if who is None:
-        raise Refused(f"you (Slack user {slack_user}) are not an approver of the prod start: the rollout plan "
+        raise Refused(f"you (Slack user {slack_user}) are not an approver of prod decisions: the rollout plan "
                       f"maps no approver to you (approvers.slack_user_ids)")
     user = airflow_user(who)
     if user is None:
@@ -197,7 +198,7 @@ def answer(session, *, slack_user: str, option: str, request: dict, plan) -> dic
     if run is None:
         raise Refused(f"there is no run {run_id}")
     if option == "Approve" and run.triggering_user_name and run.triggering_user_name == who:
-        raise Refused(f"{who} triggered this run and may not approve its prod start")
+        raise Refused(f"{who} triggered this run and may not approve its prod change")
     ti = session.scalar(select(TaskInstance).where(
         TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id,
         TaskInstance.map_index == request["map_index"]))

@@ -57,6 +57,7 @@ def test_the_decision_request_carries_buttons_naming_its_task_instance(sandbox):
     """The approval's notifier posts Approve / Reject buttons whose value names the request's task instance."""
     from types import SimpleNamespace
 
+    from image_rollout.backout_dag import build_backout_dag
     from image_rollout.plan import load_plan
     from image_rollout.rollout_dag import DAG_ID, build_dag
     from image_rollout.slack_messages import DECISION_ACTIONS, parse_decision_value
@@ -65,6 +66,8 @@ def test_the_decision_request_carries_buttons_naming_its_task_instance(sandbox):
     dag = build_dag(load_plan("sandbox"))
     (notifier,) = dag.get_task("ap_south.approve_ap_south").notifiers
     assert isinstance(notifier, DecisionRequestNotifier)
+    (notifier,) = build_backout_dag(load_plan("sandbox")).get_task("approve_backout").notifiers
+    assert isinstance(notifier, DecisionRequestNotifier)  # the backout's prod approval has the buttons too
     ti = SimpleNamespace(dag_id=DAG_ID, run_id="rollout__x", task_id="ap_south.approve_ap_south", map_index=-1,
                          try_number=2)
     DecisionRequestNotifier(channel="#sre-cfs-patching", text="Approval needed: go?").notify({"ti": ti})

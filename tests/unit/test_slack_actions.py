@@ -83,7 +83,7 @@ def test_the_click_names_the_request_and_the_option():
 @pytest.mark.parametrize("body,message", [
     (b"payload=%7Bnot-json", "not Slack's form-encoded"),
     (urlencode({"payload": json.dumps({"type": "view_submission"})}).encode(), "not a button click"),
-    (click_body(action_id="something_else"), "not a click on the prod start decision"),
+    (click_body(action_id="something_else"), "not a click on a prod decision"),
 ])
 def test_other_payloads_are_refused(body, message):
     with pytest.raises(sa.Refused, match=message):
@@ -182,8 +182,19 @@ def test_a_click_seconds_after_the_task_parked_is_asked_again(as_airflow_user):
 
 def test_another_dags_button_is_refused():
     request = {**REQUEST, "dag_id": "some_other_dag"}
-    with pytest.raises(sa.Refused, match="not one of the rollout's"):
+    with pytest.raises(sa.Refused, match="not one of the rollout's or the backout's"):
         sa.answer(FakeSession(), slack_user="U0SREAPPR1", option="Approve", request=request,
+                  plan=load_plan("sandbox"))
+
+
+def test_a_backout_button_is_answered_under_the_same_rules(as_airflow_user):
+    """The backout's prod approval has the buttons too: the same approver and triggering-user rules apply."""
+    request = {**REQUEST, "dag_id": "immutable_image_backout", "run_id": "manual__x", "task_id": "approve_backout"}
+    with pytest.raises(sa.Refused, match="U0JENKINS1.*not an approver"):
+        sa.answer(FakeSession(), slack_user="U0JENKINS1", option="Approve", request=request, plan=load_plan("sandbox"))
+    run = SimpleNamespace(triggering_user_name="sre-approver")
+    with pytest.raises(sa.Refused, match="sre-approver triggered this run"):
+        sa.answer(FakeSession(run), slack_user="U0SREAPPR1", option="Approve", request=request,
                   plan=load_plan("sandbox"))
 
 
