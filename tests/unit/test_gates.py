@@ -332,6 +332,25 @@ def test_a_reload_check_whose_own_read_fails_holds_instead_of_retrying(slack):
     hook.request_reload.assert_not_called()
 
 
+@pytest.mark.parametrize("held", [False, True])
+def test_a_held_build_asks_chlorine_for_no_reload(slack, monkeypatch, held):
+    """After the grace period the gate asks chlorine for the missing reloads, unless the build is held
+    (README "Hold one rollout": no write of the build while held); then it waits and says why."""
+    import json
+
+    hold = json.dumps({BUILD["name"]: {"by": "jdoe", "reason": "INC0099 dal10 alerts"}}) if held else None
+    monkeypatch.setattr(base.Variable, "get",
+                        staticmethod(lambda key, default=None: hold if key == "image_rollout_hold" else default))
+    op, ctx = _reload_check(), _context()
+    hook = mock.Mock()
+    hook.list_reloads.return_value = []
+    hook.request_reload.return_value = {"id": "r", "worker": "w", "change_id": "c"}
+    with mock.patch.object(base, "chlorine_hook", return_value=hook), pytest.raises(TaskDeferred):
+        op.execute_complete(ctx, {"verdict": "deadline", "reason": "grace over"}, phase="grace")
+    assert hook.request_reload.call_count == (0 if held else 3)
+    assert any("HELD" in text for _channel, text in _channels(slack)) is held
+
+
 def test_a_reload_check_inconclusive_timeout_keeps_its_phase(slack):
     op, ctx = _reload_check(), _context()
     with mock.patch("airflow.sdk.execution_time.hitl.upsert_hitl_detail"), pytest.raises(TaskAwaitingInput) as aw:

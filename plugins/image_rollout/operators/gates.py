@@ -267,6 +267,8 @@ class ReloadCheckOperator(_GateOperator):
         # still running (a retried task) count as asked for, so none is requested twice.
         pending = sum(1 for r in reloads if r.get("kind") == "requested" and r.get("status") == "pending")
         missing = self.plan.reloads.required - decision.figures["succeeded_with_new_image"] - pending
+        if missing > 0:
+            self.hold_if_held(context, build["name"])  # a reload is a write of the build too
         for _ in range(max(0, missing)):
             r = chlorine.request_reload(self.carrier, reason=f"immutable image {build['name']} acceptance test")
             self.log.info("Requested chlorine reload %s of %s (%s)", r.get("id"), r.get("worker"), r.get("change_id"))
