@@ -116,6 +116,14 @@ class RolloutOperator(BaseOperator):
         return self._hook(context, "chlorine", lambda: chlorine_hook())
 
     # -- data from earlier tasks ----------------------------------------------------------------
+    def skip_if_noop_rerun(self, context) -> dict | None:
+        """The verify task's XCom, after skipping this task when it is a no-op rerun of a finished rollout
+        (verification said so; nothing after it writes or announces again)."""
+        verified = context["ti"].xcom_pull(task_ids=VERIFY_TASK)
+        if verified and verified.get("noop"):
+            raise AirflowSkipException(f"no-op rerun: {verified['noop']['why']}")
+        return verified
+
     def build_record(self, context) -> BuildRecord:
         """The build this task works on (name, images, console), as verified: fail closed if it is missing.
 

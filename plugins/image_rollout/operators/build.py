@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import Variable
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import lazy_module
-from image_rollout.contracts import IMAGE_KEYS, VERIFY_TASK, NoopRerun, VerifiedBuild, iso, utcnow
+from image_rollout.contracts import IMAGE_KEYS, NoopRerun, VerifiedBuild, iso, utcnow
 from image_rollout.inputs import BUILD_NUMBER, is_build_name, is_image_id, parse_image_ids
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
@@ -230,9 +230,7 @@ class PlanRolloutOperator(RolloutOperator):
     the evidence text that would be committed. The only output of a dry run."""
 
     def execute(self, context) -> dict:
-        verified = context["ti"].xcom_pull(task_ids=VERIFY_TASK) or {}
-        if verified.get("noop"):
-            raise AirflowSkipException(f"no-op rerun: {verified['noop']['why']}")
+        self.skip_if_noop_rerun(context)
         build = self.build_record(context)
         current = self.flags(context).rule_values()
         rows = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from image_rollout.contracts import END_GROUP, SUPERSEDED_TASK, VERIFY_TASK, adoption_task_id, gate_task_ids
+from image_rollout.contracts import END_GROUP, SUPERSEDED_TASK, adoption_task_id, gate_task_ids
 from image_rollout.operators.base import RolloutOperator
 from image_rollout.operators.claim import mark_finished
 from image_rollout.slack_messages import escape_mrkdwn
@@ -21,10 +21,7 @@ class VerifyFleetOperator(RolloutOperator):
     """Confirm by data that the rollout reached every target and adoption, then announce completion."""
 
     def execute(self, context, event: dict | None = None) -> dict:
-        verified = context["ti"].xcom_pull(task_ids=VERIFY_TASK)
-        if verified and verified.get("noop"):
-            # A rerun of a finished rollout: it said so at verification; no second "complete".
-            raise AirflowSkipException(f"no-op rerun: {verified['noop']['why']}")
+        verified = self.skip_if_noop_rerun(context)  # no second "complete" for a finished rollout
         if not verified:
             # Red, not skipped: a run whose build never passed verification rolled nothing out. The task
             # that stopped it has escalated; this one only keeps the run from ending green.
@@ -72,11 +69,9 @@ class SupersededCheckOperator(RolloutOperator):
     """Fail, with a clear label, when a newer build took the flag from this run."""
 
     def execute(self, context) -> dict:
-        verified = context["ti"].xcom_pull(task_ids=VERIFY_TASK)
+        verified = self.skip_if_noop_rerun(context)
         if not verified:
             raise AirflowSkipException("no verified build")
-        if verified.get("noop"):
-            raise AirflowSkipException("no-op rerun of a finished rollout")
         newer = self.superseded_by(verified["name"])
         if not newer:
             return {"superseded_by": None}
