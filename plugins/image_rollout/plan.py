@@ -4,36 +4,61 @@ The DAG is generated from a plan file under ``include/plans/``. Production and t
 sandbox use the same stages; the sandbox plan only shortens the waits. A plan is
 validated on load, and a bad plan is refused with a message that names the field.
 
-The dag-processor parses the DAG files in a fresh process every time, and building the
-models' validators is most of what a plan costs a parse. So a validated plan is remembered
-beside this module's bytecode (``__pycache__``, written under the same rule: not when
-``PYTHONDONTWRITEBYTECODE`` is set), keyed by the plan file's bytes, this module's source and
-the pydantic version. A later load of the same plan builds the models from it without
-validating again; anything else (a changed plan, changed code, an unreadable cache) validates.
+The dag-processor parses the DAG files in a fresh process every time, and each parse loads the
+plan. The plan's parts are ``msgspec`` structs: their classes are built in C (pydantic took about
+5 ms per parse to build its models' classes, even with the validators deferred), and a load
+reads, types and checks the file in one pass of a few tens of microseconds, so nothing is cached.
+``msgspec`` is what Airflow's own task SDK uses for its API client; the dag-processor has it
+imported before it forks a parser.
 """
 
-# ruff: noqa: I002  no `from __future__ import annotations` here: pydantic would evaluate every field's
-# annotation from its string when the models are built, in every DAG parse (about 1 ms).
+# ruff: noqa: I002  no `from __future__ import annotations` here: msgspec reads the fields' types at the
+# first load of every parse, and string annotations would each be compiled then.
 
-import hashlib
-import json
 import math
 import os
 import re
 import sys
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Literal
 
-from pydantic import VERSION as PYDANTIC_VERSION
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import msgspec
+from msgspec import Meta, Struct, field
 
 PLANS_DIR = Path(__file__).resolve().parents[2] / "include" / "plans"
 PLAN_ENV = "ROLLOUT_PLAN"
-#: Validated plans, beside this module's bytecode (see the module docstring).
-CACHE_DIR = Path(__file__).resolve().parent / "__pycache__"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+#: Longest unit first: "5ms" is milliseconds, not "5m" followed by "s".
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Names are checked with sets, not regular expressions: a pattern is compiled afresh in every parse of
+# the DAG files (a fresh process), and these checks run at every load.
+_DIGITS = frozenset("0123456789")
+_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
+_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _spelled(value: str, first: frozenset, rest: frozenset, max_len: int | None = None) -> bool:
+    """``value`` is 1 to ``max_len`` characters, the first from ``first`` and the others from ``rest``."""
+    return 0 < len(value) <= (max_len or len(value)) and value[0] in first and rest.issuperset(value[1:])
+
+
+def is_target_name(value: str) -> bool:
+    """``[a-z0-9][a-z0-9-]*``"""
+    return _spelled(value, _LOWER | _DIGITS, _LOWER | _DIGITS | {"-"})
+
+
+def is_stage_id(value: str) -> bool:
+    """``[a-z][a-z0-9_]*``"""
+    return _spelled(value, _LOWER, _LOWER | _DIGITS | {"_"})
+
+
+def is_airflow_user(value: str) -> bool:
+    """``[A-Za-z0-9][A-Za-z0-9._@-]{0,99}``"""
+    return _spelled(value, _LOWER | _UPPER | _DIGITS, _LOWER | _UPPER | _DIGITS | frozenset("._@-"), 100)
+
+
+def is_slack_user(value: str) -> bool:
+    """``[UW][A-Z0-9]{2,20}``"""
+    return len(value) >= 3 and _spelled(value, frozenset("UW"), _UPPER | _DIGITS, 21)
 
 
 class PlanError(ValueError):
@@ -48,19 +73,33 @@ def parse_duration(value: str | int | float) -> float:
         if value < 0:
             raise ValueError(f"duration must not be negative: {value!r}")
         return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
+    text = str(value).strip()
+    unit = next((u for u in _UNITS if text.endswith(u)), None)
+    number = text[: -len(unit)].rstrip() if unit else ""
+    whole, _, fraction = number.partition(".")
+    if not whole or not _DIGITS.issuperset(whole) or not _DIGITS.issuperset(fraction) or number.endswith("."):
         raise ValueError(f"not a duration (use e.g. '24h', '30m', '5s'): {value!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    return float(number) * _UNITS[unit]
 
 
-class _Strict(BaseModel):
-    # Validators are built on the first validation, not at import: a load from the cache never needs them.
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+class Seconds(float):
+    """A duration in seconds; the plan file gives ``"24h"``, ``"30m"``, ``"5s"``, ``"250ms"`` or seconds."""
 
 
-def _seconds(value):
-    return parse_duration(value)
+def _decode_hook(kind: type, value: object) -> object:
+    if kind is Seconds:
+        return Seconds(parse_duration(value))  # a ValueError names the field (msgspec adds the path)
+    raise NotImplementedError(kind)
+
+
+class _Strict(Struct, frozen=True, forbid_unknown_fields=True):
+    """A part of the plan: read-only, and a key the file has that the plan does not know is refused.
+    (Fields without a default come first: ``kw_only`` is not inherited.)"""
+
+
+def _at_least(where: str, value: float | None, low: float, *, inclusive: bool = True) -> None:
+    if value is not None and (value < low if inclusive else value <= low):
+        raise ValueError(f"{where} must be {'at least' if inclusive else 'more than'} {low:g} seconds")
 
 
 class FlagPlan(_Strict):
@@ -74,10 +113,8 @@ class JenkinsPlan(_Strict):
     upstream_job: str
     report_job: str
     report_account: str
-    rebuilds_on_timeout: int = Field(ge=0, le=5)
-    poll: float
-
-    _d = field_validator("poll", mode="before")(_seconds)
+    rebuilds_on_timeout: Annotated[int, Meta(ge=0, le=5)]
+    poll: Seconds
 
 
 class EvidencePlan(_Strict):
@@ -85,31 +122,25 @@ class EvidencePlan(_Strict):
     razee_link: str
     concept_doc: str
 
-    @field_validator("directory")
-    @classmethod
-    def _relative(cls, value: str) -> str:
-        if value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("must be a relative path inside the repo")
-        return value.strip("/")
+    def __post_init__(self) -> None:
+        if self.directory.startswith("/") or ".." in self.directory.split("/"):
+            raise ValueError(f"evidence.directory {self.directory!r} must be a relative path inside the repo")
+        msgspec.structs.force_setattr(self, "directory", self.directory.strip("/"))
 
 
 class ChangeRequestPlan(_Strict):
     security_impact: str
     backout_plan: str
-    poll: float
-    timeout: float
-
-    _d = field_validator("poll", "timeout", mode="before")(_seconds)
+    poll: Seconds
+    timeout: Seconds
 
 
 class ReloadPlan(_Strict):
-    required: int = Field(ge=1)
-    max_failed: int = Field(ge=0)
-    grace: float
-    timeout: float
-    poll: float
-
-    _d = field_validator("grace", "timeout", "poll", mode="before")(_seconds)
+    required: Annotated[int, Meta(ge=1)]
+    max_failed: Annotated[int, Meta(ge=0)]
+    grace: Seconds
+    timeout: Seconds
+    poll: Seconds
 
 
 class SoakPlan(_Strict):
@@ -118,22 +149,20 @@ class SoakPlan(_Strict):
     ``incident_poll`` at a fixed PagerDuty budget (``calls_per_day``)."""
 
     region: str
-    min_duration: float
-    min_autorecovery_reloads: int = Field(ge=1)
-    timeout: float
-    poll: float = Field(gt=0)
-    incident_poll: float | None = Field(default=None, gt=0)
+    min_duration: Seconds
+    min_autorecovery_reloads: Annotated[int, Meta(ge=1)]
+    timeout: Seconds
+    poll: Seconds
     incident_title: str
+    incident_poll: Seconds | None = None
 
-    _d = field_validator("min_duration", "timeout", "poll", "incident_poll", mode="before")(_seconds)
-
-    @model_validator(mode="after")
-    def _timeout_after_soak(self):
+    def __post_init__(self) -> None:
+        _at_least("soak.poll", self.poll, 0, inclusive=False)
+        _at_least("soak.incident_poll", self.incident_poll, 0, inclusive=False)
         if self.timeout < self.min_duration:
             raise ValueError("soak.timeout must be at least soak.min_duration")
         if self.incident_poll is not None and self.incident_poll > self.poll:
             raise ValueError("soak.incident_poll must not be longer than soak.poll")
-        return self
 
     def calls_per_day(self) -> dict[str, int]:
         """Requests a soak day costs each system (one page per list; PagerDuty is asked at every poll)."""
@@ -146,29 +175,28 @@ class GatesPlan(_Strict):
     """Inconclusive is not failed: how long a gate's data may stay unreadable before a person is asked
     to choose "Roll back" or "Keep waiting" (the gate holds and escalates meanwhile)."""
 
-    inconclusive_timeout: float = Field(ge=120)
+    inconclusive_timeout: Seconds
 
-    _d = field_validator("inconclusive_timeout", mode="before")(_seconds)
+    def __post_init__(self) -> None:
+        _at_least("gates.inconclusive_timeout", self.inconclusive_timeout, 120)
 
 
 class AdoptionPlan(_Strict):
-    threshold_percent: float = Field(gt=0, le=100)
-    timeout: float
-    poll: float
-
-    _d = field_validator("timeout", "poll", mode="before")(_seconds)
+    threshold_percent: Annotated[float, Meta(gt=0, le=100)]
+    timeout: Seconds
+    poll: Seconds
 
 
 class FreezePlan(_Strict):
     variable: str
-    poll: float
-
-    _d = field_validator("poll", mode="before")(_seconds)
+    poll: Seconds
 
 
 class SlackPlan(_Strict):
     progress_channel: str
     patching_channel: str
+
+
 
 
 class ApproversPlan(_Strict):
@@ -177,31 +205,24 @@ class ApproversPlan(_Strict):
     Never the identity that triggered the run (checked again before the write), and no default answer.
     """
 
-    users: tuple[str, ...] = Field(min_length=1)
+    users: Annotated[tuple[str, ...], Meta(min_length=1)]
     #: Airflow user id -> Slack user id (``U…``/``W…``): who may answer the decision with the Slack buttons.
     #: An approver without one decides in the Airflow UI only; a Slack user not listed here is no approver.
-    slack_user_ids: dict[str, str] = Field(default_factory=dict)
+    slack_user_ids: dict[str, str] = field(default_factory=dict)
 
-    @field_validator("users")
-    @classmethod
-    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for user in value:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}", user, re.ASCII):
+    def __post_init__(self) -> None:
+        for user in self.users:
+            if not is_airflow_user(user):
                 raise ValueError(f"approver {user!r} is not an Airflow user id")
-        return value
-
-    @model_validator(mode="after")
-    def _slack_ids(self):
         seen: dict[str, str] = {}
         for user, slack_id in self.slack_user_ids.items():
             if user not in self.users:
                 raise ValueError(f"slack_user_ids: {user!r} is not one of the approvers {list(self.users)}")
-            if not isinstance(slack_id, str) or not re.fullmatch(r"[UW][A-Z0-9]{2,20}", slack_id, re.ASCII):
+            if not isinstance(slack_id, str) or not is_slack_user(slack_id):
                 raise ValueError(f"slack_user_ids: {slack_id!r} (for {user}) is not a Slack user id like U012AB3CD")
             if slack_id in seen:
                 raise ValueError(f"slack_user_ids: Slack user {slack_id} is given for both {seen[slack_id]} and {user}")
             seen[slack_id] = user
-        return self
 
     def airflow_user_for_slack(self, slack_user_id: str | None) -> str | None:
         """The approver a Slack user acts as, or None for a Slack user who is not mapped to one."""
@@ -211,16 +232,15 @@ class ApproversPlan(_Strict):
         return None
 
 
+
+
 class TargetPlan(_Strict):
     target: str
     image_key: Literal["dev", "prod", "prodfr2", "stage"]
 
-    @field_validator("target")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", value):
-            raise ValueError(f"target {value!r} must be lower-case letters, digits and dashes")
-        return value
+    def __post_init__(self) -> None:
+        if not is_target_name(self.target):
+            raise ValueError(f"target {self.target!r} must be lower-case letters, digits and dashes")
 
 
 class StagePlan(_Strict):
@@ -235,22 +255,11 @@ class StagePlan(_Strict):
     evidence_hash: Literal["first", "latest"] | None = None
     human_approval: bool = False
     after: str | None = None
-    wait: float | None = None
+    wait: Seconds | None = None
 
-    @field_validator("wait", mode="before")
-    @classmethod
-    def _wait(cls, value):
-        return None if value is None else parse_duration(value)
-
-    @field_validator("id")
-    @classmethod
-    def _snake(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", value):
-            raise ValueError(f"stage id {value!r} must be snake_case")
-        return value
-
-    @model_validator(mode="after")
-    def _shape(self):
+    def __post_init__(self) -> None:
+        if not is_stage_id(self.id):
+            raise ValueError(f"stage id {self.id!r} must be snake_case")
         if self.kind == "promote":
             if not self.targets:
                 raise ValueError(f"stage {self.id}: a promote stage needs targets")
@@ -266,7 +275,6 @@ class StagePlan(_Strict):
             raise ValueError(f"stage {self.id}: only promote stages have targets, carriers or change requests")
         if self.kind == "bake" and (self.after is None or self.wait is None):
             raise ValueError(f"stage {self.id}: a bake needs 'after' (a stage id) and 'wait'")
-        return self
 
 
 class RolloutPlan(_Strict):
@@ -283,13 +291,13 @@ class RolloutPlan(_Strict):
     slack: SlackPlan
     approvers: ApproversPlan
     airflow_base_url: str
-    retry_delay: float = 120.0
     stages: tuple[StagePlan, ...]
+    retry_delay: Seconds = Seconds(120.0)
+    #: What ``load_plan`` was given for this plan (a plan name such as ``default``, or a file's path); set by
+    #: ``load_plan``, not by the file. The DAG's operators load the plan again from it when they run.
+    source: str | None = None
 
-    _d = field_validator("retry_delay", mode="before")(_seconds)
-
-    @model_validator(mode="after")
-    def _order(self):
+    def __post_init__(self) -> None:
         ids = [s.id for s in self.stages]
         if len(set(ids)) != len(ids):
             raise ValueError(f"stage ids must be unique: {ids}")
@@ -314,7 +322,6 @@ class RolloutPlan(_Strict):
         for required in ("promote", "evidence_commit", "soak_gate"):
             if required not in kinds:
                 raise ValueError(f"the plan has no {required} stage")
-        return self
 
     # -- lookups used by the DAG and the operators -------------------------------------------------
     def stage(self, stage_id: str) -> StagePlan:
@@ -343,116 +350,53 @@ class RolloutPlan(_Strict):
         return f"{parent + '/' if parent else ''}rollouts/{leaf}/immutableimage_{build_name}_rollout.json"
 
 
-def _format_errors(path: Path, err: ValidationError) -> str:
-    lines = [f"rollout plan {path} is invalid:"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(plan)"
-        lines.append(f"  - {where}: {e['msg']}")
-    return "\n".join(lines)
+def _format_error(path: Path, err: msgspec.ValidationError) -> str:
+    """``rollout plan <file> is invalid:`` and the field, dotted (``stages.1.targets.0.image_key``)."""
+    match = re.match(r"(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", str(err), re.S)
+    where = re.sub(r"\[(\d+)\]", r".\1", match["path"] or "").lstrip(".") or "(plan)"
+    return f"rollout plan {path} is invalid:\n  - {where}: {match['msg']}"
 
 
-def load_plan(path: str | os.PathLike | None = None) -> RolloutPlan:
-    """Load and validate a plan; ``path`` defaults to ``$ROLLOUT_PLAN`` or ``include/plans/default.json``.
+def plan_path(name: str | os.PathLike | None = None) -> Path:
+    """The file of a plan: ``name`` (default ``$ROLLOUT_PLAN`` or ``default``); a bare name means
+    ``include/plans/<name>.json``."""
+    raw = str(name or os.environ.get(PLAN_ENV) or "default")
+    path = Path(raw)
+    if not path.suffix:
+        path = PLANS_DIR / f"{raw}.json"
+    return path.resolve()
 
-    A bare name (``sandbox``) means ``include/plans/<name>.json``.
+
+def load_plan(name: str | os.PathLike | None = None) -> RolloutPlan:
+    """Load and validate a plan; ``name`` defaults to ``$ROLLOUT_PLAN`` or ``include/plans/default.json``.
+
+    A bare name (``sandbox``) means ``include/plans/<name>.json``. Read from the file at every call, so a
+    long-running process (the status page) sees an edited plan; a load costs tens of microseconds.
     """
-    raw = str(path or os.environ.get(PLAN_ENV) or "default")
-    plan_path = Path(raw)
-    if not plan_path.suffix:
-        plan_path = PLANS_DIR / f"{raw}.json"
-    return _load(plan_path.resolve())
-
-
-@lru_cache(maxsize=8)
-def _load(plan_path: Path) -> RolloutPlan:
+    path = plan_path(name)
     try:
-        raw = plan_path.read_bytes()
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise PlanError(f"rollout plan {plan_path} does not exist") from None
-    key = _cache_key(raw)
-    cached = _read_cache(plan_path, key) if key else None
-    if cached is not None:
-        return cached
+        raise PlanError(f"rollout plan {path} does not exist") from None
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"rollout plan {plan_path} is not valid JSON: {exc}") from None
-    try:
-        plan = RolloutPlan.model_validate(data)
-    except ValidationError as exc:
-        raise PlanError(_format_errors(plan_path, exc)) from None
-    if key:
-        _write_cache(plan_path, key, plan)
-    return plan
-
-
-# -- the validated-plan cache ---------------------------------------------------------------------
-
-def _cache_key(raw: bytes) -> str | None:
-    """None when this module's source cannot be read (bytecode only): then nothing is cached."""
-    try:
-        digest = hashlib.sha256(Path(__file__).read_bytes())
-    except OSError:
-        return None
-    digest.update(PYDANTIC_VERSION.encode())
-    digest.update(raw)
-    return digest.hexdigest()[:32]
-
-
-def _cache_file(plan_path: Path, key: str) -> Path:
-    return CACHE_DIR / f"plan-{plan_path.stem}-{key}.json"
-
-
-def _read_cache(plan_path: Path, key: str) -> RolloutPlan | None:
-    try:
-        data = json.loads(_cache_file(plan_path, key).read_bytes())
-        return _built(RolloutPlan, data)
-    except Exception:  # no cache, or one that does not fit: validate the plan instead
-        return None
-
-
-def _write_cache(plan_path: Path, key: str, plan: RolloutPlan) -> None:
-    if sys.dont_write_bytecode:
-        return
-    target = _cache_file(plan_path, key)
-    try:
-        target.parent.mkdir(exist_ok=True)
-        for stale in target.parent.glob(f"plan-{plan_path.stem}-*.json"):
-            stale.unlink(missing_ok=True)
-        partial = target.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(plan.model_dump(mode="json")))
-        os.replace(partial, target)
-    except OSError:  # a read-only deployment: every load validates
-        pass
-
-
-def _built(cls: type[BaseModel], data: dict) -> Any:
-    """``cls`` from data this code validated before (the cache): no validation, no validators built."""
-    if set(data) != set(cls.model_fields):  # the cache holds every field (model_dump), nothing else
-        raise ValueError(f"cached {cls.__name__} does not have the model's fields")
-    return cls.model_construct(**{name: _value(cls.model_fields[name].annotation, value)
-                                  for name, value in data.items()})
-
-
-def _value(annotation: Any, value: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return _built(annotation, value)
-    if get_origin(annotation) is tuple:
-        return tuple(_value(get_args(annotation)[0], item) for item in value)
-    return value
+        plan = msgspec.json.decode(raw, type=RolloutPlan, dec_hook=_decode_hook)
+    except msgspec.ValidationError as exc:
+        raise PlanError(_format_error(path, exc)) from None
+    except msgspec.DecodeError as exc:
+        raise PlanError(f"rollout plan {path} is not valid JSON: {exc}") from None
+    source = str(name or os.environ.get(PLAN_ENV) or "default")
+    return msgspec.structs.replace(plan, source=source if Path(source).suffix == "" else str(path))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m image_rollout.plan [PLAN ...]``: validate plans and write their cache, as ``compileall``
-    does for bytecode when a deployment's code is read-only at run time (default: ``$ROLLOUT_PLAN``)."""
-    sys.dont_write_bytecode = False
+    """``python -m image_rollout.plan [PLAN ...]``: validate plans (default: ``$ROLLOUT_PLAN``)."""
     for name in (argv if argv is not None else sys.argv[1:]) or [None]:
         try:
             plan = load_plan(name)
         except PlanError as exc:
             print(exc, file=sys.stderr)
             return 1
-        print(f"{plan.name}: valid; cached in {CACHE_DIR}")
+        print(f"{plan.name}: valid ({plan_path(name)})")
     return 0
 
 

@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--harness-loops", action="store_true",
                         help="keep the stack harness's shortened Airflow loops instead of Airflow's defaults")
     args = parser.parse_args(argv)
+    import msgspec
+
     from image_rollout.plan import load_plan
     from tests.harness.stack import fresh_stack, run_id_for
 
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "canary_soak_poll_production": {"poll": prod.poll, "incident_poll": prod.incident_poll},
         "canary_soak_poll_sandbox": {"poll": sandbox_plan.poll, "incident_poll": sandbox_plan.incident_poll},
         "canary_soak_calls_per_day_production": prod.calls_per_day(),
-        "canary_soak_calls_per_day_before": prod.model_copy(update={"incident_poll": None}).calls_per_day(),
+        "canary_soak_calls_per_day_before": msgspec.structs.replace(prod, incident_poll=None).calls_per_day(),
         "canary_incident": {"id": incident.get("id"), "created_at": incident["created_at"]},
         "canary_restored": {"time": restored["time"], "image_map": restored["image_map"],
                             "comment": restored.get("comment")},

@@ -109,3 +109,33 @@ def test_backout_params_refuse_bad_conf_and_its_writes_share_the_flag_pool(dagba
         _validate(dag, {"build_name": "533-1251-880-20211101"})
     assert dag.get_task("restore_targets").pool == "worker_image_flag"
     assert dag.get_task("approve_backout").defaults is None, "the prod approval must never default to Approve"
+
+
+@pytest.mark.parametrize("plan", [None, "default", "stack"])
+def test_every_task_loads_the_plan_its_dag_was_built_from(monkeypatch, plan):
+    """The tasks load the plan again when they run. The production plan's name ("production") is not
+    its file's ("default"): the tasks once asked for ``production.json`` and every task failed."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from image_rollout.operators.base import RolloutOperator
+    from image_rollout.plan import load_plan
+
+    if plan is None:
+        monkeypatch.delenv("ROLLOUT_PLAN", raising=False)
+    else:
+        monkeypatch.setenv("ROLLOUT_PLAN", plan)
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    expected = load_plan()
+    checked = 0
+    for dag_id in ("immutable_image_rollout", "immutable_image_backout"):
+        for task in bag.dags[dag_id].tasks:
+            operator = getattr(task, "operator_class", type(task))
+            if isinstance(operator, type) and issubclass(operator, RolloutOperator):
+                partial_kwargs = getattr(task, "partial_kwargs", None)
+                plan_name = partial_kwargs["plan_name"] if partial_kwargs else task.plan_name
+                assert load_plan(plan_name) == expected, task.task_id
+                checked += 1
+    assert checked >= 25
+    monkeypatch.setenv("ROLLOUT_PLAN", "sandbox")  # an operator's plan does not follow the environment later
+    assert load_plan(plan_name) == expected

@@ -104,77 +104,95 @@ def test_missing_and_malformed_plan_files(tmp_path):
         load_plan(bad)
 
 
-# -- the validated-plan cache (what a dag-processor parse pays) -------------------------------------------
-@pytest.fixture
-def plan_cache(tmp_path, monkeypatch):
-    from image_rollout import plan as plan_module
-
-    monkeypatch.setattr(plan_module, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr("sys.dont_write_bytecode", False)
-    plan_module._load.cache_clear()
-    yield plan_module
-    plan_module._load.cache_clear()
-
-
-@pytest.mark.parametrize("name", ["default", "sandbox", "stack", "bench"])
-def test_a_cached_plan_equals_the_validated_one_and_skips_validation(plan_cache, name, monkeypatch):
-    validated = load_plan(name)
-    assert len(list(plan_cache.CACHE_DIR.glob(f"plan-{name}-*.json"))) == 1
-    plan_cache._load.cache_clear()
-
-    def refuse(*_a, **_k):
-        raise AssertionError("validated again although the cache holds this plan")
-
-    monkeypatch.setattr(plan_cache.RolloutPlan, "model_validate", refuse)
-    cached = load_plan(name)
-    assert cached == validated and cached.stages == validated.stages
-    assert isinstance(cached.stages, tuple) and isinstance(cached.approvers.users, tuple)
-    assert cached.stage("bake").wait == validated.stage("bake").wait
-
-
-def test_a_changed_plan_is_validated_again_and_a_bad_one_refused(plan_cache, tmp_path):
+# -- loading --------------------------------------------------------------------------------------------
+def test_a_changed_plan_is_read_again_and_a_bad_one_refused(tmp_path):
     path = _write(tmp_path, lambda d: None)
-    load_plan(path)
+    assert load_plan(path).reloads.required == 3
     path.write_text(path.read_text().replace('"required": 3', '"required": 0'))
-    plan_cache._load.cache_clear()
     with pytest.raises(PlanError, match="reloads.required"):
         load_plan(path)
 
 
-@pytest.mark.parametrize("corrupt", [
-    lambda d: d.update(unexpected=1),
-    lambda d: d.pop("soak"),
-    lambda d: d["stages"][0].pop("kind"),
-    lambda d: d.clear(),
-])
-def test_a_corrupt_cache_falls_back_to_validation(plan_cache, corrupt, monkeypatch):
-    validated = load_plan("default")
-    validations = []
-    real = plan_cache.RolloutPlan.model_validate
-    monkeypatch.setattr(plan_cache.RolloutPlan, "model_validate",
-                        lambda data: validations.append(1) or real(data))
-    for cached in plan_cache.CACHE_DIR.glob("plan-default-*.json"):
-        data = json.loads(cached.read_text())
-        corrupt(data)
-        cached.write_text(json.dumps(data))
-    plan_cache._load.cache_clear()
-    assert load_plan("default") == validated and validations == [1]
+@pytest.mark.parametrize("bad", ["[]", '{"name": "x"}', "null"])
+def test_a_plan_that_is_not_a_whole_plan_is_refused(tmp_path, bad):
+    path = tmp_path / "plan.json"
+    path.write_text(bad)
+    with pytest.raises(PlanError, match="plan.json is invalid"):
+        load_plan(path)
 
 
-def test_no_cache_is_written_where_bytecode_is_not(plan_cache, monkeypatch):
-    monkeypatch.setattr("sys.dont_write_bytecode", True)
-    load_plan("default")
-    assert not plan_cache.CACHE_DIR.exists()
+def test_durations_are_seconds_and_every_plan_part_is_read_only():
+    plan = load_plan("default")
+    assert plan.retry_delay == 120 and plan.reloads.grace == 3600 and plan.stage("bake").wait == 86400
+    assert all(isinstance(v, float) for v in (plan.soak.poll, plan.soak.incident_poll, plan.freeze.poll))
+    with pytest.raises(AttributeError):
+        plan.soak.poll = 1  # type: ignore[misc]
+    assert isinstance(plan.stages, tuple) and isinstance(plan.approvers.users, tuple)
 
 
-def test_the_cache_can_be_written_ahead_like_bytecode(plan_cache, monkeypatch, capsys):
-    monkeypatch.setattr("sys.dont_write_bytecode", True)  # main() writes it whatever the environment says
-    assert plan_cache.main(["default", "sandbox"]) == 0
-    assert sorted(p.name.split("-")[1] for p in plan_cache.CACHE_DIR.glob("plan-*.json")) == ["default", "sandbox"]
-    assert plan_cache.main(["no-such-plan"]) == 1 and "does not exist" in capsys.readouterr().err
+@pytest.mark.parametrize("name", ["default", "sandbox", "stack", "bench"])
+def test_a_plan_loads_again_from_its_source(name, monkeypatch):
+    """The operators load the plan again at run time from ``source``; the production plan's name
+    ("production") is not its file's, so the name cannot be what they load from."""
+    monkeypatch.delenv("ROLLOUT_PLAN", raising=False)
+    plan = load_plan(name)
+    assert plan.source == name
+    assert load_plan(plan.source) == plan
 
 
-def test_without_this_module_s_source_nothing_is_cached(plan_cache, monkeypatch, tmp_path):
-    monkeypatch.setattr(plan_cache, "__file__", str(tmp_path / "gone.py"))  # a bytecode-only deployment
-    assert load_plan("default").name == "production"
-    assert not plan_cache.CACHE_DIR.exists()
+def test_a_plan_given_by_path_is_loaded_again_from_that_path(tmp_path, monkeypatch):
+    path = _write(tmp_path, lambda d: d.update(name="elsewhere"))
+    monkeypatch.chdir(tmp_path)
+    plan = load_plan("plan.json")
+    assert plan.source == str(path.resolve())
+    monkeypatch.chdir("/")
+    assert load_plan(plan.source).name == "elsewhere"
+
+
+def test_without_a_name_the_environment_s_plan_is_loaded(monkeypatch):
+    monkeypatch.setenv("ROLLOUT_PLAN", "stack")
+    assert load_plan().source == "stack" and load_plan().name == "stack"
+    monkeypatch.delenv("ROLLOUT_PLAN")
+    assert load_plan().source == "default" and load_plan().name == "production"
+
+
+def test_plans_are_validated_from_the_command_line(capsys):
+    from image_rollout.plan import main
+
+    assert main(["default", "sandbox"]) == 0
+    assert "production: valid" in capsys.readouterr().out
+    assert main(["no-such-plan"]) == 1 and "does not exist" in capsys.readouterr().err
+
+
+# -- the name and duration checks are written without regular expressions (none is compiled in a parse);
+# -- these are the patterns they stand for, compared on every string of a generated set ----------------
+_SAMPLES = sorted({
+    *("", " ", "5", "5s", " 5s ", "5 s", "5ms", "5m", "5h", "5d", "1.5h", "1.h", ".5h", "1..5h", "٣s", "5S", "5sec",
+      "-5s", "+5s", "5e3s", "0s", "0.0s", "1_000s", "5\n", "5s\n", "10mss", "m", "ms"),
+    *("a", "a-b", "-a", "a_b", "_a", "ab1", "1ab", "A", "aB", "a b", "é", "a.b", "a@b", "a" * 100, "a" * 101,
+      "U1", "U12", "U12AB", "W0X", "u12", "UAB" + "C" * 18, "UAB" + "C" * 19, "U1-2", "Ü12", "ab_c9", "x-", "٣"),
+})
+
+
+@pytest.mark.parametrize("text", _SAMPLES)
+def test_the_duration_parser_reads_what_its_pattern_says(text):
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", text)
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    if match and match.group(1).isascii():
+        assert parse_duration(text) == float(match.group(1)) * units[match.group(2)]
+    else:
+        with pytest.raises(ValueError):
+            parse_duration(text)
+
+
+@pytest.mark.parametrize("text", _SAMPLES)
+def test_names_are_checked_as_their_patterns_say(text):
+    import re
+
+    from image_rollout import plan
+
+    for check in (plan.is_target_name, plan.is_stage_id, plan.is_airflow_user, plan.is_slack_user):
+        pattern = check.__doc__.strip("`")  # each check's docstring is the pattern it stands for
+        assert check(text) == (re.fullmatch(pattern, text, re.ASCII) is not None), (check.__name__, text)
