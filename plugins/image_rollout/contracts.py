@@ -1,4 +1,5 @@
-"""What the rollout's tasks agree on: task ids, the payloads they pass, times, and the shared constants.
+"""What the rollout's tasks agree on: task ids, times, and the shared constants (the payloads they pass
+are typed in ``image_rollout.payloads``).
 
 One home, so renaming a task is one edit here: the DAG builders (``rollout_dag``, ``backout_dag``)
 create tasks under these ids, and the operators, the rollback, the backout and the status page
@@ -12,9 +13,8 @@ Imported when a DAG file is parsed: standard library only.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from image_rollout.plan import RolloutPlan, StagePlan
@@ -29,17 +29,16 @@ BACKOUT_DAG_ID = "immutable_image_backout"
 IMAGE_KEYS = ("dev", "prod", "prodfr2", "stage")
 
 # Python's ``\d`` also matches non-ASCII digits ("٣") and ``$`` matches before a trailing newline, so
-# the patterns are ASCII-only and used with ``fullmatch``.
-_BUILD_NAME = r"[0-9]+-[0-9]+-[0-9]+-[0-9]{8}"
-_IMAGE_ID = r"[0-9]{1,12}"
+# the patterns are ASCII digits only and used with ``re.fullmatch``. Kept as text: ``re`` compiles (and
+# caches) a pattern at its first use, which is when a task runs, not in every parse of the DAG files.
 #: An oceanPI/immutable_image build name, ``NNN-NNNN-NNN-YYYYMMDD``.
-BUILD_NAME = re.compile(_BUILD_NAME, re.ASCII)
+BUILD_NAME_PATTERN = r"[0-9]+-[0-9]+-[0-9]+-[0-9]{8}"
 #: An image id: 1-12 ASCII digits.
-IMAGE_ID = re.compile(_IMAGE_ID, re.ASCII)
+IMAGE_ID_PATTERN = r"[0-9]{1,12}"
 # The same rules for the Params JSON schema (checked by Python's ``re.search`` in Airflow and by the
 # browser's RegExp in the trigger form): ``(?!\n)$`` refuses a trailing newline in both dialects.
-BUILD_NAME_SCHEMA_PATTERN = rf"^{_BUILD_NAME}(?!\n)$"
-IMAGE_ID_SCHEMA_PATTERN = rf"^{_IMAGE_ID}(?!\n)$"
+BUILD_NAME_SCHEMA_PATTERN = rf"^{BUILD_NAME_PATTERN}(?!\n)$"
+IMAGE_ID_SCHEMA_PATTERN = rf"^{IMAGE_ID_PATTERN}(?!\n)$"
 
 
 def run_id_for(build_name: str) -> str:
@@ -129,7 +128,7 @@ def file_request_task_id(stage: StagePlan) -> str:
 
 
 def apply_request_task_id(stage: StagePlan) -> str:
-    """Applies the stage's approved change requests (:class:`Promotion`)."""
+    """Applies the stage's approved change requests (:class:`image_rollout.payloads.Promotion`)."""
     return _in(stage.id, f"apply_change_request_{stage.id}")
 
 
@@ -239,93 +238,3 @@ def approver_name(user: Any, default: str | None = "unknown") -> str | None:
     """Who answered a Human-in-the-loop request (its ``responded_by_user``): the name, else the id."""
     user = user if isinstance(user, dict) else {}
     return user.get("name") or user.get("id") or default
-
-
-# -- payloads between tasks (XCom ``return_value``; JSON) -------------------------------------------
-
-ImageMap = dict[str, str]
-"""One image id per :data:`IMAGE_KEYS` entry."""
-
-
-class BuildRecord(TypedDict):
-    """The build a task writes: what the rollout verified, or the backout's record of it."""
-
-    name: str
-    images: ImageMap
-    console_url: str
-    console_text: str
-    number: NotRequired[int | None]
-    url: NotRequired[str | None]
-
-
-class VerifiedBuild(BuildRecord):
-    """``build_verification.verify_build``: the Jenkins build, checked, and the rules before the rollout."""
-
-    job: str
-    dry_run: bool
-    verified_at: str
-    approval_settings: dict | None
-    #: target -> the image map its rule served at verification
-    baseline: dict[str, ImageMap | None]
-
-
-class NoopRerun(TypedDict):
-    """``verify_build`` of a build whose rollout already finished: nothing is written."""
-
-    name: str
-    noop: dict
-    dry_run: bool
-
-
-class Promotion(TypedDict):
-    """One target's promotion (a promote or apply task; a list of them when the task is mapped)."""
-
-    target: str
-    #: False when the target already served the build from our own write
-    changed: bool
-    previous: ImageMap | None
-    new: ImageMap
-    #: the system's time (LaunchDarkly ``appliedDate``) when there is one: bakes and soaks count from it
-    promoted_at: str
-    request_id: NotRequired[str | None]
-    evidence_sha: NotRequired[str | None]
-
-
-class FiledChangeRequest(TypedDict):
-    """A filed train (``file_change_request_<stage>``), or the target already served the build."""
-
-    target: str
-    request_id: str | None
-    previous: ImageMap | None
-    already_serving: bool
-    evidence_sha: NotRequired[str]
-    evidence_link: NotRequired[str]
-    review_status: NotRequired[str | None]
-
-
-class GateDecision(TypedDict):
-    """A gate's verdict (XCom key ``decision``): why it passed or failed, for the rollback and the page."""
-
-    verdict: Literal["pass", "fail"]
-    reason: str
-    figures: NotRequired[dict]
-    decided_by: NotRequired[str]
-    decided_at: NotRequired[str]
-
-
-class SoakVerdict(GateDecision):
-    """The canary soak's ``return_value`` (and ``decision``) when it passed."""
-
-    region: str
-    build: str
-    image_map: ImageMap
-    since: str
-
-
-class EvidenceCommit(TypedDict):
-    """An evidence commit (``commit_evidence``, ``update_evidence``)."""
-
-    path: str
-    sha: str
-    url: str
-    mode: Literal["initial", "stage_reloads"]

@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from image_rollout import preconditions as pc
-from image_rollout.contracts import BuildRecord, reload_check_task_id
+from image_rollout.contracts import reload_check_task_id
 from image_rollout.evidence_file import Evidence, Record, escape_markdown, reloads_from, render
 from image_rollout.plan import RolloutPlan
 
 if TYPE_CHECKING:
     from image_rollout.hooks.github import GitHubEvidenceHook
+    from image_rollout.payloads import BuildRecord
 
 #: The reload sections a record written after the stage reloads may show.
 ALL_SECTIONS = ("dev", "prestage", "stage")

@@ -12,21 +12,22 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from image_rollout.contracts import BUILD_NAME, IMAGE_ID, IMAGE_KEYS
+from image_rollout.contracts import BUILD_NAME_PATTERN, IMAGE_ID_PATTERN, IMAGE_KEYS
 
-BUILD_NUMBER = re.compile(r"[0-9]{1,10}", re.ASCII)
+#: A Jenkins build number (text, compiled at first use: see ``contracts``).
+BUILD_NUMBER_PATTERN = r"[0-9]{1,10}"
 
 
 def is_image_id(value: Any) -> bool:
     """1-12 ASCII digits and nothing else (an int is read as its decimal digits; a bool is not a number)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         return False
-    return IMAGE_ID.fullmatch(str(value)) is not None
+    return re.fullmatch(IMAGE_ID_PATTERN, str(value), re.ASCII) is not None
 
 
 def is_build_name(value: Any) -> bool:
     """``NNN-NNNN-NNN-YYYYMMDD`` in ASCII digits, nothing before or after it."""
-    return isinstance(value, str) and BUILD_NAME.fullmatch(value) is not None
+    return isinstance(value, str) and re.fullmatch(BUILD_NAME_PATTERN, value, re.ASCII) is not None
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:

@@ -10,6 +10,8 @@ read again: only a rule that serves the build being backed out is changed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import lazy_module
@@ -19,7 +21,6 @@ from image_rollout.contracts import (
     BACKOUT_RESOLVE_TASK,
     ROLLOUT_DAG_ID,
     VERIFY_TASK,
-    BuildRecord,
     iso,
     promotion_task_ids,
     utcnow,
@@ -33,6 +34,9 @@ from image_rollout.operators.base import (
 )
 from image_rollout.operators.promote import _WriteOperator
 from image_rollout.slack_messages import escape_mrkdwn
+
+if TYPE_CHECKING:
+    from image_rollout.payloads import BuildRecord
 
 bo = lazy_module("image_rollout.backout")
 pc = lazy_module("image_rollout.preconditions")

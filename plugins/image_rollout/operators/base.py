@@ -12,16 +12,19 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator, Variable
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import lazy_module
-from image_rollout.contracts import VERIFY_TASK, BuildRecord, approver_name, iso, utcnow
+from image_rollout.contracts import VERIFY_TASK, approver_name, iso, utcnow
 from image_rollout.plan import RolloutPlan, load_plan
 from image_rollout.slack_messages import escape_mrkdwn, notify
+
+if TYPE_CHECKING:
+    from image_rollout.payloads import BuildRecord
 
 verdicts = lazy_module("image_rollout.verdicts")
 pc = lazy_module("image_rollout.preconditions")

@@ -12,8 +12,8 @@ from airflow.sdk import Variable
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import lazy_module
-from image_rollout.contracts import IMAGE_KEYS, NoopRerun, VerifiedBuild, iso, utcnow
-from image_rollout.inputs import BUILD_NUMBER, is_build_name, is_image_id, parse_image_ids
+from image_rollout.contracts import IMAGE_KEYS, iso, utcnow
+from image_rollout.inputs import BUILD_NUMBER_PATTERN, is_build_name, is_image_id, parse_image_ids
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
     RolloutOperator,
@@ -23,10 +23,11 @@ from image_rollout.slack_messages import escape_mrkdwn
 ev = lazy_module("image_rollout.evidence_file")
 verdicts = lazy_module("image_rollout.verdicts")
 
-TIMEOUT_MARKER = re.compile(r"Build timed out \(after \d+ minutes\)")
+TIMEOUT_MARKER = r"Build timed out \(after \d+ minutes\)"
 
 if TYPE_CHECKING:
     from image_rollout.hooks.jenkins import JenkinsHook
+    from image_rollout.payloads import NoopRerun, VerifiedBuild
 
 
 KNOWN_CONF = {"build_name", "build_number", "image_ids", "dry_run"}
@@ -49,7 +50,7 @@ def validate_request(params: dict, conf: dict | None = None) -> dict:
         )
     number = params.get("build_number")
     if number not in (None, ""):
-        if isinstance(number, bool) or not isinstance(number, str | int) or not BUILD_NUMBER.fullmatch(str(number)):
+        if isinstance(number, bool) or not isinstance(number, str | int) or not re.fullmatch(BUILD_NUMBER_PATTERN, str(number), re.ASCII):
             raise AirflowFailException(f"conf build_number {number!r} is not a Jenkins build number"[:300])
     image_ids = params.get("image_ids") or {}
     if not isinstance(image_ids, dict):
@@ -108,7 +109,7 @@ class VerifyBuildOperator(RolloutOperator):
         console = jenkins.get_console_text(job, number)
         if jenkins_build["result"] != "SUCCESS":
             rebuilds = int(state.get("rebuilds", 0))
-            if TIMEOUT_MARKER.search(console) and rebuilds < self.plan.jenkins.rebuilds_on_timeout:
+            if re.search(TIMEOUT_MARKER, console) and rebuilds < self.plan.jenkins.rebuilds_on_timeout:
                 new_number = self._rebuild_once(jenkins, job, name, number)
                 self.say(f"Image build {name} #{number} timed out; rebuilding as #{new_number}")
                 context["ti"].xcom_push(key="follow", value={"number": new_number, "rebuilds": rebuilds + 1})

@@ -4,11 +4,14 @@ decision recorded in it. How a commit is made once is ``image_rollout.evidence_c
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from image_rollout import lazy_module
-from image_rollout.contracts import EvidenceCommit, approver_name, iso
+from image_rollout.contracts import approver_name, iso
 from image_rollout.operators.base import RolloutOperator
+
+if TYPE_CHECKING:
+    from image_rollout.payloads import EvidenceCommit
 
 ev = lazy_module("image_rollout.evidence_file")
 pc = lazy_module("image_rollout.preconditions")

@@ -15,23 +15,18 @@ the rollback restores) or "Keep waiting" (the gate holds and keeps trying). Evid
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import lazy_module
-from image_rollout.contracts import (
-    ROLLBACK_TASK,
-    GateDecision,
-    SoakVerdict,
-    approver_name,
-    iso,
-    parse_time,
-    utcnow,
-)
+from image_rollout.contracts import ROLLBACK_TASK, approver_name, iso, parse_time, utcnow
 from image_rollout.operators.base import RolloutOperator
 from image_rollout.slack_messages import escape_mrkdwn
 from image_rollout.triggers import ReloadsTrigger, ReportBuildTrigger, SoakTrigger, is_permanent
+
+if TYPE_CHECKING:
+    from image_rollout.payloads import GateDecision, SoakVerdict
 
 verdicts = lazy_module("image_rollout.verdicts")
 reports = lazy_module("image_rollout.reports")

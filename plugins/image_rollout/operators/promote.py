@@ -17,22 +17,12 @@ build and a soak measured since ap-south's latest promotion. A failed preconditi
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import lazy_module
-from image_rollout.contracts import (
-    ROLLBACK_TASK,
-    BuildRecord,
-    FiledChangeRequest,
-    Promotion,
-    from_ms,
-    iso,
-    parse_time_or_none,
-    soak_task_id,
-    utcnow,
-)
+from image_rollout.contracts import ROLLBACK_TASK, from_ms, iso, parse_time_or_none, soak_task_id, utcnow
 from image_rollout.operators.base import (
     FLAG_POOL,
     RolloutOperator,
@@ -41,6 +31,9 @@ from image_rollout.operators.base import (
 from image_rollout.plan import RolloutPlan
 from image_rollout.slack_messages import escape_mrkdwn
 from image_rollout.triggers import ChangeRequestTrigger
+
+if TYPE_CHECKING:
+    from image_rollout.payloads import BuildRecord, FiledChangeRequest, Promotion
 
 pc = lazy_module("image_rollout.preconditions")
 
