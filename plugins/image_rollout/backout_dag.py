@@ -67,9 +67,9 @@ def build_backout_dag(plan: RolloutPlan, *, dag_id: str = BACKOUT_DAG_ID, doc_md
                              description="Show the plan (task log, Slack); write nothing."),
         },
     ) as dag:
-        resolve = ResolveBackoutOperator(task_id=BACKOUT_RESOLVE_TASK, plan_name=plan.source)
+        resolve = ResolveBackoutOperator(task_id=BACKOUT_RESOLVE_TASK)
         proceed = ShortCircuitOperator(task_id=BACKOUT_PROCEED_TASK, python_callable=_proceed)
-        file = FileBackoutRequestsOperator(task_id=BACKOUT_FILE_TASK, plan_name=plan.source)
+        file = FileBackoutRequestsOperator(task_id=BACKOUT_FILE_TASK)
         approve = BackoutApprovalOperator(
             task_id=BACKOUT_APPROVE_TASK,
             file_task_id=BACKOUT_FILE_TASK,
@@ -93,7 +93,7 @@ def build_backout_dag(plan: RolloutPlan, *, dag_id: str = BACKOUT_DAG_ID, doc_md
             )],
             retries=2,  # the machinery only: a decision is never retried (see ProdChangeApprovalOperator)
         )
-        restore = RestoreTargetsOperator(task_id=BACKOUT_RESTORE_TASK, plan_name=plan.source, execution_timeout=None,
+        restore = RestoreTargetsOperator(task_id=BACKOUT_RESTORE_TASK, execution_timeout=None,
                                          trigger_rule=TriggerRule.NONE_FAILED)
         resolve >> proceed >> file >> approve >> restore
     return dag

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from image_rollout.plan import RolloutPlan
+from image_rollout.plan import PLAN_DEFAULT_ARG, RolloutPlan
 from image_rollout.slack_notifiers import RolloutFailureNotifier
 
 
 def task_defaults(plan: RolloutPlan, *, what: str = "rollout") -> dict:
-    """Every task's retries, backoff and failure escalation, for the rollout and the backout DAG."""
+    """Every task's retries, backoff and failure escalation, for the rollout and the backout DAG, and the
+    plan the tasks load again when they run."""
     return {
+        PLAN_DEFAULT_ARG: plan.source,
         "owner": "sre-cfs-patching",
         "retries": 3,
         "retry_delay": timedelta(seconds=plan.retry_delay),

@@ -27,6 +27,8 @@ from msgspec import Meta, Struct, field
 
 PLANS_DIR = Path(__file__).resolve().parents[2] / "include" / "plans"
 PLAN_ENV = "ROLLOUT_PLAN"
+#: The key of a DAG's ``default_args`` that names the plan it was built from (its ``source``).
+PLAN_DEFAULT_ARG = "rollout_plan"
 #: Longest unit first: "5ms" is milliseconds, not "5m" followed by "s".
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # Names are checked with sets, not regular expressions: a pattern is compiled afresh in every parse of

@@ -82,8 +82,8 @@ def _direct_promotion(plan: RolloutPlan, stage: StagePlan, targets: list[str]):
     """Flag writes: one task, mapped over the stage's targets when it has several."""
     task_id = local_id(promote_task_id(stage))
     if len(targets) > 1:
-        return PromoteTargetOperator.partial(task_id=task_id, plan_name=plan.source).expand(target=targets)
-    return PromoteTargetOperator(task_id=task_id, target=targets[0], plan_name=plan.source)
+        return PromoteTargetOperator.partial(task_id=task_id).expand(target=targets)
+    return PromoteTargetOperator(task_id=task_id, target=targets[0])
 
 
 def _waits_before_apply(plan: RolloutPlan, stage: StagePlan) -> dict:
@@ -103,13 +103,13 @@ def _change_request_promotion(plan: RolloutPlan, stage: StagePlan, targets: list
     stage needs one (recorded in the evidence), then apply once the change board approved."""
     earlier = _earlier(plan, stage)
     file_kwargs = dict(
-        task_id=local_id(file_request_task_id(stage)), evidence_hash=stage.evidence_hash, plan_name=plan.source,
+        task_id=local_id(file_request_task_id(stage)), evidence_hash=stage.evidence_hash,
         evidence_task_id=next((evidence_task_id(s) for s in reversed(earlier) if s.kind == "evidence_commit"), None),
         previous_deployment_task_id=next(
             (promotion_task_id(s) for s in reversed(earlier) if s.kind == "promote" and s.change_request), None),
     )
     apply_kwargs = dict(task_id=local_id(apply_request_task_id(stage)), file_task_id=file_request_task_id(stage),
-                        plan_name=plan.source, execution_timeout=None, **_waits_before_apply(plan, stage))
+                        execution_timeout=None, **_waits_before_apply(plan, stage))
     if len(targets) > 1:
         filed = FileChangeRequestOperator.partial(**file_kwargs).expand(target=targets)
         applied = ApplyChangeRequestOperator.partial(**apply_kwargs).expand(target=targets)
@@ -124,7 +124,7 @@ def _change_request_promotion(plan: RolloutPlan, stage: StagePlan, targets: list
     approve = _approval(plan, stage, targets[0])
     record = RecordApprovalOperator(
         task_id=local_id(record_approval_task_id(stage)), approval_task_id=approve_task_id(stage),
-        file_task_id=file_request_task_id(stage), target=targets[0], plan_name=plan.source,
+        file_task_id=file_request_task_id(stage), target=targets[0],
     )
     filed >> approve >> record >> applied
     return applied
@@ -138,17 +138,17 @@ def _promote_stage(plan: RolloutPlan, stage: StagePlan) -> None:
     if stage.carrier:
         promoted >> ReloadCheckOperator(
             task_id=local_id(reload_check_task_id(stage)), carrier=stage.carrier,
-            image_key=stage.targets[0].image_key, promote_task_id=promotion_task_id(stage), plan_name=plan.source,
+            image_key=stage.targets[0].image_key, promote_task_id=promotion_task_id(stage),
             execution_timeout=None,
         )
 
 
 def _evidence_commit_stage(plan: RolloutPlan, stage: StagePlan) -> None:
-    CommitEvidenceOperator(task_id=local_id(evidence_task_id(stage)), mode="initial", plan_name=plan.source)
+    CommitEvidenceOperator(task_id=local_id(evidence_task_id(stage)), mode="initial")
 
 
 def _evidence_update_stage(plan: RolloutPlan, stage: StagePlan) -> None:
-    CommitEvidenceOperator(task_id=local_id(evidence_task_id(stage)), mode="stage_reloads", plan_name=plan.source)
+    CommitEvidenceOperator(task_id=local_id(evidence_task_id(stage)), mode="stage_reloads")
 
 
 def _bake_stage(plan: RolloutPlan, stage: StagePlan) -> None:
@@ -169,13 +169,12 @@ def _soak_stage(plan: RolloutPlan, stage: StagePlan) -> None:
     region = plan.soak.region
     SoakGateOperator(
         task_id=local_id(soak_gate_task_id(stage)), region=region, image_key=plan.image_key(region),
-        promote_task_id=promotion_task_id(plan, region), plan_name=plan.source, execution_timeout=None,
+        promote_task_id=promotion_task_id(plan, region), execution_timeout=None,
     )
 
 
 def _adoption_stage(plan: RolloutPlan, stage: StagePlan) -> None:
-    MonitorAdoptionOperator(task_id=local_id(monitor_adoption_task_id(stage)), plan_name=plan.source,
-                            execution_timeout=None)
+    MonitorAdoptionOperator(task_id=local_id(monitor_adoption_task_id(stage)), execution_timeout=None)
 
 
 #: One builder per kind of stage: it creates the stage's tasks inside the stage's TaskGroup.
@@ -252,8 +251,8 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
         },
     ) as dag:
         with TaskGroup(BUILD_GROUP, tooltip="Verify the Jenkins immutable_image build") as first:
-            verify = VerifyBuildOperator(task_id=local_id(VERIFY_TASK), plan_name=plan.source, execution_timeout=None)
-            show = PlanRolloutOperator(task_id=local_id(PLAN_TASK), plan_name=plan.source)
+            verify = VerifyBuildOperator(task_id=local_id(VERIFY_TASK), execution_timeout=None)
+            show = PlanRolloutOperator(task_id=local_id(PLAN_TASK))
             proceed = ShortCircuitOperator(task_id=local_id(PROCEED_TASK), python_callable=_proceed)
             verify >> show >> proceed
         previous = first
@@ -270,11 +269,11 @@ def build_dag(plan: RolloutPlan, *, dag_id: str = DAG_ID, doc_md: str | None = N
             # run is green only when every target does.
             # Both report for themselves: the failed task that stopped the run has escalated already,
             # so their own failure must not post a second, misleading alarm.
-            verify_fleet = VerifyFleetOperator(task_id=local_id(FLEET_TASK), plan_name=plan.source,
+            verify_fleet = VerifyFleetOperator(task_id=local_id(FLEET_TASK),
                                                trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
-            rollback = RollbackOperator(task_id=local_id(ROLLBACK_TASK), plan_name=plan.source,
+            rollback = RollbackOperator(task_id=local_id(ROLLBACK_TASK),
                                         trigger_rule=TriggerRule.ONE_FAILED)
-            superseded = SupersededCheckOperator(task_id=local_id(SUPERSEDED_TASK), plan_name=plan.source,
+            superseded = SupersededCheckOperator(task_id=local_id(SUPERSEDED_TASK),
                                                  trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
             done = EmptyOperator(task_id=local_id(COMPLETE_TASK))
             verify_fleet >> done

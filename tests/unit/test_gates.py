@@ -182,7 +182,7 @@ def _context(ti=None):
 
 def _soak_gate():
     return gate_operators.SoakGateOperator(task_id="soak_gate", region="ap-south", image_key="prod",
-                                   promote_task_id=APPLY, plan_name="sandbox")
+                                   promote_task_id=APPLY)
 
 
 @pytest.fixture
@@ -316,7 +316,7 @@ def test_execute_defers_to_the_soak_trigger_with_no_deadline():
 
 def _reload_check():
     return gate_operators.ReloadCheckOperator(task_id="reload_check_dev_sjc04_carrier12", carrier="dev-sjc04-carrier12",
-                                      image_key="dev", promote_task_id=APPLY, plan_name="sandbox")
+                                      image_key="dev", promote_task_id=APPLY)
 
 
 def test_a_reload_check_whose_own_read_fails_holds_instead_of_retrying(slack):

@@ -110,7 +110,7 @@ def _promote(monkeypatch, variables: dict):
     monkeypatch.setattr(base, "github_hook", lambda: mock.Mock(get_file=lambda path: None))
     said: list[str] = []
     monkeypatch.setattr(base.RolloutOperator, "say", lambda self, text, escalate=False: said.append(text))
-    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south", plan_name="sandbox")
+    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south")
     context = {"ti": FakeTI(), "run_id": "manual__1", "dag_run": mock.Mock(triggering_user_name="jenkins")}
     return op, context, flags, said
 
@@ -227,7 +227,7 @@ def test_a_run_takes_over_from_an_ended_one_and_the_ended_one_then_writes_nothin
     assert "manual__b took over" in claim.holder(github, plan, BUILD, "rollout__a")
     # a cleared task of the ended run comes back to life: its next write stops
     monkeypatch.setattr(base, "github_hook", lambda: github)
-    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south", plan_name="sandbox")
+    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south")
     with pytest.raises(AirflowFailException, match="manual__b took over"):
         op.stop_if_taken_over({"run_id": "rollout__a"}, BUILD)
     # b finishes; a third run is a no-op rerun

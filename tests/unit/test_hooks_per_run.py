@@ -12,7 +12,7 @@ from image_rollout.operators.promote import PromoteTargetOperator
 def test_one_hook_per_task_run_and_a_new_one_for_the_next(monkeypatch):
     made = []
     monkeypatch.setattr(base, "flags_hook", lambda: made.append(object()) or made[-1])
-    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south", plan_name="sandbox")
+    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south")
     first = {"ti": SimpleNamespace(), "run_id": "r"}
     assert op.flags(first) is op.flags(first)
     assert len(made) == 1
@@ -28,7 +28,7 @@ def test_the_build_record_is_pulled_once_per_task_run():
         pulls.append(kwargs)
         return {"name": "1-2-3-20260101", "images": {"dev": "1"}}
 
-    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south", plan_name="sandbox")
+    op = PromoteTargetOperator(task_id="promote_dev_south", target="dev-south")
     context = {"ti": SimpleNamespace(xcom_pull=xcom_pull), "run_id": "r"}
     assert op.build_record(context) is op.build_record(context)
     op.build_record({"ti": SimpleNamespace(xcom_pull=xcom_pull), "run_id": "r"})

@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from image_rollout import lazy_module
 from image_rollout.contracts import VERIFY_TASK, approver_name, iso, utcnow
-from image_rollout.plan import RolloutPlan, load_plan
+from image_rollout.plan import PLAN_DEFAULT_ARG, RolloutPlan, load_plan
 from image_rollout.slack_messages import escape_mrkdwn, notify
 
 if TYPE_CHECKING:
@@ -65,7 +65,10 @@ def chlorine_hook():
 class RolloutOperator(BaseOperator):
     """Base for the rollout's tasks.
 
-    :param plan_name: plan name or path; default ``$ROLLOUT_PLAN`` or ``default``.
+    Its plan is the one its DAG was built from (``default_args[PLAN_DEFAULT_ARG]``, set by
+    ``dag_defaults.task_defaults``), else ``$ROLLOUT_PLAN``'s. No ``__init__`` of its own on purpose: Airflow
+    wraps every ``__init__`` of an operator's class hierarchy, and each wrapper copies the DAG's Params form
+    again for every task of every parse.
     """
 
     ui_color = "#e8f0fe"
@@ -73,13 +76,9 @@ class RolloutOperator(BaseOperator):
     build_task_id = VERIFY_TASK
     build_key = "return_value"
 
-    def __init__(self, *, plan_name: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.plan_name = plan_name
-
     @cached_property
     def plan(self) -> RolloutPlan:
-        return load_plan(self.plan_name)
+        return load_plan(self.dag.default_args.get(PLAN_DEFAULT_ARG) if self.has_dag() else None)
 
     # -- what one task run keeps: the build record and one instance of each hook -----------------
     def per_run(self, context) -> dict[str, Any]:
