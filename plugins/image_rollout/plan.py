@@ -86,7 +86,11 @@ def parse_duration(value: str | int | float) -> float:
 
 
 class Seconds(float):
-    """A duration in seconds; the plan file gives ``"24h"``, ``"30m"``, ``"5s"``, ``"250ms"`` or seconds."""
+    """A duration in seconds; the plan file gives ``"24h"``, ``"30m"``, ``"5s"``, ``"250ms"`` or seconds.
+
+    Only while a plan is read: ``load_plan`` hands out plain floats (``_plain_floats``), because values of
+    the plan end up in the parsed DAG, and the dag-processor's msgpack encoder refuses a float subclass.
+    """
 
 
 def _decode_hook(kind: type, value: object) -> object:
@@ -426,7 +430,22 @@ def load_plan(name: str | os.PathLike | None = None) -> RolloutPlan:
     except msgspec.DecodeError as exc:
         raise PlanError(f"rollout plan {path} is not valid JSON: {exc}") from None
     source = str(name or os.environ.get(PLAN_ENV) or "default")
-    return msgspec.structs.replace(plan, source=source if Path(source).suffix == "" else str(path))
+    return _plain_floats(msgspec.structs.replace(plan, source=source if Path(source).suffix == "" else str(path)))
+
+
+def _plain_floats(part):
+    """``part`` with every ``Seconds`` turned into a plain float (in place: the structs are fresh)."""
+    if isinstance(part, tuple):
+        for item in part:
+            _plain_floats(item)
+    elif isinstance(part, Struct):
+        for name in part.__struct_fields__:
+            value = getattr(part, name)
+            if isinstance(value, Seconds):
+                msgspec.structs.force_setattr(part, name, float(value))
+            else:
+                _plain_floats(value)
+    return part
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,3 +139,23 @@ def test_every_task_loads_the_plan_its_dag_was_built_from(monkeypatch, plan):
     monkeypatch.setenv("ROLLOUT_PLAN", "sandbox")  # the environment may say otherwise when the task runs
     for operator in operators:
         assert operator.plan == expected, operator.task_id
+
+
+@pytest.mark.parametrize("plan", ["default", "sandbox"])
+@pytest.mark.parametrize("name", ["immutable_image_rollout.py", "immutable_image_backout.py", "immutable_image_watcher.py"])
+def test_the_dag_processor_can_send_each_parsed_file(monkeypatch, plan, name):
+    """What the dag-processor's parser process does with a file: parse, serialize, and send the result to
+    its manager as one msgpack frame. A plan duration once reached the frame as a float subclass, the
+    encoder refused it, and the real dag-processor never listed the DAGs (no DagBag test saw it)."""
+    import structlog
+    from airflow.dag_processing.processor import DagFileParseRequest, _parse_file
+    from airflow.sdk.execution_time.comms import _RequestFrame
+
+    monkeypatch.setenv("ROLLOUT_PLAN", plan)
+    request = DagFileParseRequest(file=str(DAGS / name), bundle_path=DAGS, bundle_name="dags-folder",
+                                  callback_requests=[])
+    result = _parse_file(request, structlog.get_logger())
+    assert result is not None and not result.import_errors, result and result.import_errors
+    assert result.serialized_dags
+    frame = _RequestFrame(id=0, body=result.model_dump(), context_carrier=None).as_bytes()
+    assert len(frame) > 1000
