@@ -22,7 +22,8 @@ DAGS = ROOT / "dags"
 RUN_TIME_ONLY = (
     "requests", "aiohttp", "tenacity", "slack_sdk", "airflow.providers.http", "airflow.providers.slack",
     "image_rollout.hooks", "image_rollout.preconditions", "image_rollout.verdicts", "image_rollout.evidence_file",
-    "image_rollout.backout", "image_rollout.reports", "image_rollout.watcher",
+    "image_rollout.backout", "image_rollout.reports", "image_rollout.watcher", "image_rollout.triggers",
+    "image_rollout.inputs", "image_rollout.operators.claim", "image_rollout.payloads",
 )
 
 # Parses each file in the order given, in one fresh interpreter, and prints the modules each parse added.

@@ -111,7 +111,7 @@ def _run(monkeypatch, *, decision=APPROVED, bake_left=0.0, override=None, trigge
     op = ApplyChangeRequestOperator(task_id="apply_change_request_ap_south", target="ap-south",
                                     file_task_id="ap_south.file_change_request_ap_south",
                                     approval_task_id="ap_south.approve_ap_south", bake_target="stage-south",
-                                    bake_seconds=86400, plan_name="sandbox")
+                                    bake_seconds=86400)
     op.task_id = "ap_south.apply_change_request_ap_south"
     context = {"ti": ti, "run_id": "r", "dag_run": mock.Mock(triggering_user_name=trigger), "params": {}}
     return op, context, flags, said, ti

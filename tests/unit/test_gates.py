@@ -154,6 +154,7 @@ from airflow.sdk.exceptions import AirflowFailException, TaskAwaitingInput, Task
 
 from image_rollout.operators import base  # noqa: E402
 from image_rollout.operators import gates as gate_operators  # noqa: E402
+from image_rollout.triggers import SoakTrigger  # noqa: E402
 
 BUILD = {"name": "532-1250-879-20210818", "images": {"dev": "1", "prod": NEW, "prodfr2": "3", "stage": "4"}}
 APPLY = "ap_south.apply_change_request_ap_south"
@@ -250,7 +251,7 @@ def test_keep_waiting_resumes_the_gate(slack):
     with pytest.raises(TaskDeferred) as deferred:
         op.execute_decision(ctx, _answer("Keep waiting"), resume={"holding": False}, unreadable=UNREADABLE)
     trigger = deferred.value.trigger
-    assert isinstance(trigger, gate_operators.SoakTrigger) and trigger.escalated and trigger.unreadable_since
+    assert isinstance(trigger, SoakTrigger) and trigger.escalated and trigger.unreadable_since
     assert "decision" not in ctx["ti"].pushed
     assert "chose Keep waiting" in _channels(slack)[0][1]
 

@@ -24,9 +24,9 @@ from airflow.sdk.exceptions import AirflowFailException
 from image_rollout import lazy_module
 from image_rollout.contracts import approver_name, iso, utcnow
 from image_rollout.slack_messages import escape_mrkdwn, notify
-from image_rollout.triggers import ChangeRequestTrigger
 
 pc = lazy_module("image_rollout.preconditions")
+triggers = lazy_module("image_rollout.triggers")
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class ProdChangeApprovalOperator(ApprovalOperator):
             if request.get("reviewStatus") != "approved" and request.get("status") != "completed":
                 self.log.info("Waiting for the change board to approve %s before asking for the start", request_id)
                 self.defer(
-                    trigger=ChangeRequestTrigger(poll=self.board_poll, deadline=_iso_in(self.board_timeout),
+                    trigger=triggers.ChangeRequestTrigger(poll=self.board_poll, deadline=_iso_in(self.board_timeout),
                                                  request_id=request_id),
                     method_name="execute",
                 )

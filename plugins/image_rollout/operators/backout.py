@@ -25,7 +25,6 @@ from image_rollout.contracts import (
     promotion_task_ids,
     utcnow,
 )
-from image_rollout.inputs import is_build_name
 from image_rollout.operators.approval import ProdChangeApprovalOperator
 from image_rollout.operators.base import (
     FLAG_POOL,
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
 
 bo = lazy_module("image_rollout.backout")
 pc = lazy_module("image_rollout.preconditions")
+inputs = lazy_module("image_rollout.inputs")
 
 
 def owner(build_name: str) -> str:
@@ -64,13 +64,13 @@ class ResolveBackoutOperator(RolloutOperator):
 
     def _resolve(self, context, params) -> dict:
         name = params.get("build_name")
-        if not is_build_name(name):
+        if not inputs.is_build_name(name):
             raise bo.BackoutRefused(f"build_name {name!r} is not a build name (NNN-NNNN-NNN-YYYYMMDD)")
         reason = bo.check_reason(params.get("reason"))
         targets = bo.resolve_targets(params.get("targets", bo.ALL), [t.target for t in self.plan.targets])
         dry_run = bool(params.get("dry_run"))
         to_build = params.get("to_build") or None
-        if to_build is not None and (not is_build_name(to_build) or to_build == name):
+        if to_build is not None and (not inputs.is_build_name(to_build) or to_build == name):
             raise bo.BackoutRefused(f"to_build {to_build!r} must be another build's name, not the one backed out")
         runs = self.rollout_records(context, name)
         build = self._build_record(context, name, runs)

@@ -13,7 +13,6 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from image_rollout import lazy_module
 from image_rollout.contracts import IMAGE_KEYS, iso, utcnow
-from image_rollout.inputs import BUILD_NUMBER_PATTERN, is_build_name, is_image_id, parse_image_ids
 from image_rollout.operators.base import (
     ACTIVE_BUILD_VARIABLE,
     RolloutOperator,
@@ -22,6 +21,7 @@ from image_rollout.slack_messages import escape_mrkdwn
 
 ev = lazy_module("image_rollout.evidence_file")
 verdicts = lazy_module("image_rollout.verdicts")
+inputs = lazy_module("image_rollout.inputs")
 
 TIMEOUT_MARKER = r"Build timed out \(after \d+ minutes\)"
 
@@ -44,13 +44,14 @@ def validate_request(params: dict, conf: dict | None = None) -> dict:
     if unknown:
         raise AirflowFailException(f"conf has unknown key(s) {unknown}; known: {sorted(KNOWN_CONF)}")
     build_name = params.get("build_name")
-    if not is_build_name(build_name):
+    if not inputs.is_build_name(build_name):
         raise AirflowFailException(
             f"conf build_name {build_name!r} is not an ASCII build name NNN-NNNN-NNN-YYYYMMDD"[:300]
         )
     number = params.get("build_number")
     if number not in (None, ""):
-        if isinstance(number, bool) or not isinstance(number, str | int) or not re.fullmatch(BUILD_NUMBER_PATTERN, str(number), re.ASCII):
+        if (isinstance(number, bool) or not isinstance(number, str | int)
+                or not re.fullmatch(inputs.BUILD_NUMBER_PATTERN, str(number), re.ASCII)):
             raise AirflowFailException(f"conf build_number {number!r} is not a Jenkins build number"[:300])
     image_ids = params.get("image_ids") or {}
     if not isinstance(image_ids, dict):
@@ -58,7 +59,7 @@ def validate_request(params: dict, conf: dict | None = None) -> dict:
     for key, value in image_ids.items():
         if key not in IMAGE_KEYS:
             raise AirflowFailException(f"conf image_ids has unknown environment {key!r}"[:300])
-        if not is_image_id(value):
+        if not inputs.is_image_id(value):
             raise AirflowFailException(
                 f"conf image_ids.{key} {value!r} is not an image id (1-12 ASCII digits, nothing else)"[:300]
             )
@@ -119,7 +120,7 @@ class VerifyBuildOperator(RolloutOperator):
                 f"Jenkins {job} #{number} ({name}) ended {jenkins_build['result']}; not rolling out. "
                 f"Console: {jenkins.build_url(job, number)}console"
             )
-        images = parse_image_ids(jenkins.get_artifact_text(job, number, "image_ids.json"))
+        images = inputs.parse_image_ids(jenkins.get_artifact_text(job, number, "image_ids.json"))
         images = self._check_images(images, request["image_ids"])
         verified_at = iso(utcnow())
         flags = self.flags(context)
@@ -206,7 +207,7 @@ class VerifyBuildOperator(RolloutOperator):
         if not isinstance(images, dict) or set(images) != set(IMAGE_KEYS):
             raise AirflowFailException(f"Jenkins image_ids.json must have keys {list(IMAGE_KEYS)}: {images!r}"[:300])
         for key, value in images.items():
-            if not is_image_id(value):
+            if not inputs.is_image_id(value):
                 raise AirflowFailException(
                     f"Jenkins image_ids.json {key} {value!r} is not an image id (1-12 ASCII digits, nothing else)"[:300]
                 )

@@ -23,13 +23,13 @@ from image_rollout import lazy_module
 from image_rollout.contracts import ROLLBACK_TASK, approver_name, iso, parse_time, utcnow
 from image_rollout.operators.base import RolloutOperator
 from image_rollout.slack_messages import escape_mrkdwn
-from image_rollout.triggers import ReloadsTrigger, ReportBuildTrigger, SoakTrigger, is_permanent
 
 if TYPE_CHECKING:
     from image_rollout.payloads import GateDecision, SoakVerdict
 
 verdicts = lazy_module("image_rollout.verdicts")
 reports = lazy_module("image_rollout.reports")
+triggers = lazy_module("image_rollout.triggers")
 
 ROLL_BACK = "Roll back"
 KEEP_WAITING = "Keep waiting"
@@ -102,7 +102,7 @@ class _GateOperator(RolloutOperator):
 
     def _on_read_error(self, context, exc: Exception, resume: dict) -> None:
         """A read the operator made itself failed: permanent fails the gate, transient holds it."""
-        if is_permanent(exc):
+        if triggers.is_permanent(exc):
             self._fail(context, self.where(), {"verdict": "fail", "reason": f"malformed data: {exc}"[:500]})
         self.log.warning("%s: data unreadable (%s); holding", self.where(), exc)
         self._redefer(context, resume, unreadable_since=iso(utcnow()), escalated=False)
@@ -214,7 +214,7 @@ class ReloadCheckOperator(_GateOperator):
         build = self.build_record(context)
         deadline = parse_time(since) + timedelta(seconds=seconds)
         self.defer(
-            trigger=ReloadsTrigger(
+            trigger=triggers.ReloadsTrigger(
                 poll=self.plan.reloads.poll, deadline=iso(max(deadline, utcnow())), carrier=self.carrier,
                 image_id=build["images"][self.image_key], since=since, required=self.plan.reloads.required,
                 max_failed=self.plan.reloads.max_failed,
@@ -318,7 +318,7 @@ class SoakGateOperator(_GateOperator):
         build = self.build_record(context)
         soak = self.plan.soak
         self.defer(
-            trigger=SoakTrigger(
+            trigger=triggers.SoakTrigger(
                 poll=soak.poll, incident_poll=soak.incident_poll, deadline=None, region=self.region,
                 image_map=build["images"],
                 image_id=build["images"][self.image_key], floors=self.floors(context),
@@ -413,8 +413,8 @@ class MonitorAdoptionOperator(RolloutOperator):
                 f"adoption {figures['percent']}% below {self.plan.adoption.threshold_percent}% at the time limit"
             )
         self.defer(
-            trigger=ReportBuildTrigger(poll=self.plan.adoption.poll, deadline=iso(deadline), job=job,
-                                       after_number=number),
+            trigger=triggers.ReportBuildTrigger(poll=self.plan.adoption.poll, deadline=iso(deadline), job=job,
+                                                after_number=number),
             method_name="execute",
         )
         return figures

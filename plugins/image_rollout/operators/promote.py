@@ -30,12 +30,12 @@ from image_rollout.operators.base import (
 )
 from image_rollout.plan import RolloutPlan
 from image_rollout.slack_messages import escape_mrkdwn
-from image_rollout.triggers import ChangeRequestTrigger
 
 if TYPE_CHECKING:
     from image_rollout.payloads import BuildRecord, FiledChangeRequest, Promotion
 
 pc = lazy_module("image_rollout.preconditions")
+triggers = lazy_module("image_rollout.triggers")
 
 
 def check_approval_settings(settings: dict | None, plan: RolloutPlan | None = None) -> None:
@@ -97,7 +97,7 @@ class _WriteOperator(RolloutOperator):
             return
         deadline = utcnow() + timedelta(seconds=self.plan.change_request.timeout)
         self.defer(
-            trigger=ChangeRequestTrigger(poll=self.plan.change_request.poll, deadline=iso(deadline),
+            trigger=triggers.ChangeRequestTrigger(poll=self.plan.change_request.poll, deadline=iso(deadline),
                                          request_id=request["_id"]),
             method_name="resume_request",
         )

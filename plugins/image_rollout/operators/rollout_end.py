@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from image_rollout import lazy_module
 from image_rollout.contracts import END_GROUP, SUPERSEDED_TASK, adoption_task_id, gate_task_ids
 from image_rollout.operators.base import RolloutOperator
-from image_rollout.operators.claim import mark_finished
 from image_rollout.slack_messages import escape_mrkdwn
+
+claim = lazy_module("image_rollout.operators.claim")
 
 SUPERSEDED_PREFIX = "SUPERSEDED"
 
@@ -56,7 +58,7 @@ class VerifyFleetOperator(RolloutOperator):
         # The build's rollout record says it finished (GitHub), so a later run of it is a no-op rerun.
         self.hold_if_held(context, build["name"])
         self.stop_if_taken_over(context, build["name"])
-        mark_finished(self.github(context), self.plan, build["name"], context["run_id"])
+        claim.mark_finished(self.github(context), self.plan, build["name"], context["run_id"])
         self.say(
             f":white_check_mark: Rollout of immutable image build {build['name']} complete: all "
             f"{len(self.plan.targets)} targets serve it, every gate passed; {adoption.get('percent')}% of prod "
