@@ -26,6 +26,21 @@ def _serves(state: dict, target: str, which: str) -> bool:
     return state["flag"]["rules"][target] == state["images"][which]
 
 
+def _mark_failed(live, run_id: str) -> None:
+    """The operator marks the soak failed, and again if the mark did not hold: Airflow answers 200 and then
+    loses a mark made as the soak's trigger fires (the triggerer sets the task back to scheduled; seen
+    once, 2026-11-26). An SRE who sees the soak still deferred marks it again."""
+    for _ in range(5):
+        status, body = live.admin.mark(run_id, SOAK, "failed", note="monitoring down: soak failed")
+        assert 200 <= status < 300, (status, body)
+        time.sleep(3)
+        state = live.admin.task_state(run_id, SOAK)
+        if state == "failed":
+            return
+        assert state != "success", "the soak passed although PagerDuty could not be read"
+    raise AssertionError(f"the soak did not stay failed after 5 marks (it is {state})")
+
+
 def _good_canary_reloads(live, since: str) -> int:
     """Succeeded autorecovery reloads of ap-south with the new prod image since ``since``."""
     state = live.sandbox.state(autorecovery=True)
@@ -58,8 +73,7 @@ def test_clear_after_a_rollback_never_promotes_past_a_restored_canary(live):
         soak = live.admin.task_state(run_id, SOAK)
         assert soak != "success", "the soak passed although PagerDuty could not be read"
         if soak != "failed":
-            status, body = live.admin.mark(run_id, SOAK, "failed", note="monitoring down: soak failed")
-            assert 200 <= status < 300, (status, body)
+            _mark_failed(live, run_id)
     finally:
         if not pagerduty_down:
             live.stack.start_component("triggerer")
