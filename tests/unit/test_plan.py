@@ -83,6 +83,7 @@ def _write(tmp_path, mutate):
         (lambda d: d["stages"][1]["targets"][0].update(image_key="qa"), "image_key"),
         (lambda d: d["stages"][8].update(wait="forever"), "not a duration"),
         (lambda d: d.update(unexpected=1), "unexpected"),
+        (lambda d: d.update(source="sandbox"), "source: set by load_plan"),
         (lambda d: d["evidence"].update(directory="../../etc"), "relative path"),
         (lambda d: d["soak"].update(incident_poll="10m"), "incident_poll must not be longer than soak.poll"),
         (lambda d: d["soak"].update(incident_poll="0s"), "soak.incident_poll"),
