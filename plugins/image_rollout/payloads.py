@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal, NotRequired, TypedDict
 
 ImageMap = dict[str, str]
-"""One image id per :data:`IMAGE_KEYS` entry."""
+"""One image id per :data:`image_rollout.contracts.IMAGE_KEYS` entry."""
 
 
 class BuildRecord(TypedDict):
