@@ -18,11 +18,21 @@ from image_rollout.contracts import BUILD_NAME_PATTERN, IMAGE_ID_PATTERN, IMAGE_
 BUILD_NUMBER_PATTERN = r"[0-9]{1,10}"
 
 
-def is_image_id(value: Any) -> bool:
-    """1-12 ASCII digits and nothing else (an int is read as its decimal digits; a bool is not a number)."""
+def _is_number(value: Any, pattern: str) -> bool:
+    """``pattern`` (ASCII digits) and nothing else; an int is read as its decimal digits, a bool is no number."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         return False
-    return re.fullmatch(IMAGE_ID_PATTERN, str(value), re.ASCII) is not None
+    return re.fullmatch(pattern, str(value), re.ASCII) is not None
+
+
+def is_image_id(value: Any) -> bool:
+    """1-12 ASCII digits and nothing else."""
+    return _is_number(value, IMAGE_ID_PATTERN)
+
+
+def is_build_number(value: Any) -> bool:
+    """A Jenkins build number: 1-10 ASCII digits and nothing else."""
+    return _is_number(value, BUILD_NUMBER_PATTERN)
 
 
 def is_build_name(value: Any) -> bool:

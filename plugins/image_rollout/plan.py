@@ -402,10 +402,15 @@ def _format_error(path: Path, err: msgspec.ValidationError) -> str:
     return f"rollout plan {path} is invalid:\n  - {where}: {match['msg']}"
 
 
+def _asked_for(name: str | os.PathLike | None) -> str:
+    """The plan ``name`` stands for: itself, else ``$ROLLOUT_PLAN``, else ``default``."""
+    return str(name or os.environ.get(PLAN_ENV) or "default")
+
+
 def plan_path(name: str | os.PathLike | None = None) -> Path:
     """The file of a plan: ``name`` (default ``$ROLLOUT_PLAN`` or ``default``); a bare name means
     ``include/plans/<name>.json``."""
-    raw = str(name or os.environ.get(PLAN_ENV) or "default")
+    raw = _asked_for(name)
     path = Path(raw)
     if not path.suffix:
         path = PLANS_DIR / f"{raw}.json"
@@ -431,8 +436,10 @@ def load_plan(name: str | os.PathLike | None = None) -> RolloutPlan:
         raise PlanError(f"rollout plan {path} is not valid JSON: {exc}") from None
     if plan.source is not None:
         raise PlanError(f"rollout plan {path} is invalid:\n  - source: set by load_plan, not a key of the plan file")
-    source = str(name or os.environ.get(PLAN_ENV) or "default")
-    return _plain_floats(msgspec.structs.replace(plan, source=source if Path(source).suffix == "" else str(path)))
+    asked = _asked_for(name)
+    # The struct is fresh and was checked by the decode: set, not ``replace`` (which would check it again).
+    msgspec.structs.force_setattr(plan, "source", asked if Path(asked).suffix == "" else str(path))
+    return _plain_floats(plan)
 
 
 def _plain_floats(part):

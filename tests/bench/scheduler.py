@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     watched = {t: slots.get(t, {"samples": 0, "max_running": 0}) for t in (BAKE_TASK, SOAK_TASK)}
     import msgspec
 
-    from image_rollout.plan import Seconds, load_plan
+    from image_rollout.plan import load_plan
 
     windows = calendar_model.mandated_windows(
         plan=load_plan(PLAN), state=state, hitl=recorded["hitl"], adoption_report_time=report_time,
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     prod_plan = load_plan("default")
     production = calendar_model.production_estimate(compressed["overhead_seconds"], prod_plan)
     # What-if: the one production poll that dominates, at 5 minutes.
-    faster = msgspec.structs.replace(prod_plan, adoption=msgspec.structs.replace(prod_plan.adoption, poll=Seconds(300.0)))
+    faster = msgspec.structs.replace(prod_plan, adoption=msgspec.structs.replace(prod_plan.adoption, poll=300.0))
     production["percent_expected_if_adoption_poll_5m"] = calendar_model.production_estimate(
         compressed["overhead_seconds"], faster)["percent_expected"]
     # Where the compressed overhead sits: between task instances (scheduler/executor latency) or inside them.

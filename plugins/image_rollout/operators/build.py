@@ -50,8 +50,7 @@ def validate_request(params: dict, conf: dict | None = None) -> dict:
         )
     number = params.get("build_number")
     if number not in (None, ""):
-        if (isinstance(number, bool) or not isinstance(number, str | int)
-                or not re.fullmatch(inputs.BUILD_NUMBER_PATTERN, str(number), re.ASCII)):
+        if not inputs.is_build_number(number):
             raise AirflowFailException(f"conf build_number {number!r} is not a Jenkins build number"[:300])
     image_ids = params.get("image_ids") or {}
     if not isinstance(image_ids, dict):
