@@ -45,9 +45,11 @@ test-deps: $(BIN)/.installed-test $(OCTOKIT_DIR)/.installed-$(OCTOKIT_OPENAPI_VE
 #: (``load``) one worker once ran the last 5+ minutes of fault-matrix scenarios alone while three idled
 #: (the lane: 26 min in make test; alone, 15+ min against 11 min 23 s with worksteal).
 #: The real-scheduler and status-page tests each start Airflow components over one home or database:
-#: they run in two lanes of their own, one test at a time in each, beside the workers: the live tests
-#: (one shared stack), and the production-shaped stack plus the status page (homes of their own).
+#: they run in lanes of their own beside the workers: the live tests (LIVE_WORKERS xdist workers, each
+#: with its own stack, sandbox and database, one test at a time on each), and the production-shaped
+#: stack plus the status page (one test at a time, homes of their own).
 TEST_WORKERS ?= 4
+LIVE_WORKERS ?= 2
 LIVE_TESTS := tests/live
 SERIAL_TESTS := tests/stack tests/status_page
 FAST_TESTS := tests/unit tests/dags tests/hooks tests/sandbox tests/contracts tests/test_compose.py
@@ -56,7 +58,7 @@ FAST_TESTS := tests/unit tests/dags tests/hooks tests/sandbox tests/contracts te
 test: export ROLLOUT_REQUIRE_CONTRACTS = 1
 test: venv test-deps lint
 	@mkdir -p build; rm -f build/junit-*.xml
-	@ROLLOUT_TEST_LANE=live $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 \
+	@ROLLOUT_TEST_LANE=live $(BIN)/python -m pytest -q -p no:cacheprovider -n $(LIVE_WORKERS) --dist worksteal --durations=10 \
 		--junitxml=build/junit-live.xml $(LIVE_TESTS) > build/test-live.log 2>&1 & live=$$!; \
 	ROLLOUT_TEST_LANE=serial $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 \
 		--junitxml=build/junit-serial.xml $(SERIAL_TESTS) > build/test-serial.log 2>&1 & serial=$$!; \

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-#: One Airflow home per pytest process (each xdist worker, and the lane ``make test`` runs beside them):
+#: One Airflow home per pytest process (each xdist worker of each lane ``make test`` runs side by side):
 #: each has its own SQLite DB and session sandbox.
-_LANE = os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("ROLLOUT_TEST_LANE", "main")
+_LANE = "-".join(filter(None, (os.environ.get("ROLLOUT_TEST_LANE"), os.environ.get("PYTEST_XDIST_WORKER")))) or "main"
 HOME = ROOT / "build" / f"airflow-pytest-{_LANE}"
 HOME.mkdir(parents=True, exist_ok=True)
 for p in (str(ROOT / "plugins"), str(ROOT)):

@@ -30,6 +30,8 @@ HOME = BUILD / "airflow-parse"
 SHAPE_DIR = BUILD / "shape-dags"
 #: The second baseline: the same shape with the same Params form (Airflow copies it into every task).
 PARAMS_DIR = BUILD / "shape-dags-params"
+#: ``--what-if-operator-shells``: the project with its operator classes reduced to their declarations.
+SHELLS_DIR = BUILD / "operator-shells"
 
 
 def _setup_env() -> None:
@@ -196,6 +198,27 @@ def _per_file_ratios(real: list[Path], per_file: dict[str, list[float]], suffix:
     return ratios
 
 
+def _write_operator_shells() -> Path:
+    """A copy of ``plugins/`` whose operator classes keep their ``__init__`` and class attributes and lose
+    every other method: what a parse would import if the operators' code were imported only when a task
+    runs (a what-if for a redesign, not a figure; the copy is never run)."""
+    import ast
+    import shutil
+
+    shutil.rmtree(SHELLS_DIR, ignore_errors=True)
+    shutil.copytree(ROOT / "plugins" / "image_rollout", SHELLS_DIR / "plugins" / "image_rollout",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (SHELLS_DIR / "include").symlink_to(ROOT / "include")  # plan.py finds include/plans/ beside plugins/
+    for path in (SHELLS_DIR / "plugins" / "image_rollout" / "operators").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                node.body = [n for n in node.body if not isinstance(n, ast.FunctionDef) or n.name == "__init__"]
+                node.body = node.body or [ast.Pass()]
+        path.write_text(ast.unparse(tree))
+    return SHELLS_DIR / "plugins"
+
+
 def _what_if_preimport(modules: list[str]) -> None:
     """Import ``modules`` in the parent (after the heap is frozen, so only their own cost is taken away)."""
     import gc
@@ -213,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--what-if-preimported", nargs="*", default=[], metavar="MODULE",
                         help="a what-if, not the figure: import these project modules in the parent, so the "
                              "parses do not pay for them (e.g. image_rollout.plan)")
+    parser.add_argument("--what-if-operator-shells", action="store_true",
+                        help="a what-if, not the figure: parse with operator classes that keep only their "
+                             "__init__ and class attributes (a copy under build/bench/operator-shells)")
     args = parser.parse_args(argv)
     _setup_env()
     shape = in_child(_write_shape)  # before the parent imports anything: the child starts clean
@@ -221,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _prepare_parent()
     assert not any(m.startswith("image_rollout") for m in sys.modules), "parent must not import the project"
+    if args.what_if_operator_shells:
+        sys.path.insert(0, str(_write_operator_shells()))
+        found = in_child(lambda: {"origin": __import__("importlib.util").util.find_spec("image_rollout").origin})
+        assert found.get("origin", "").startswith(str(SHELLS_DIR)), f"the shells are not what a parse imports: {found}"
     _what_if_preimport(args.what_if_preimported)
     folders = {"real": ROOT / "dags", "shape": SHAPE_DIR, "shape_params": PARAMS_DIR}
     files = {kind: sorted(folder.glob("*.py")) for kind, folder in folders.items()}
@@ -255,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "dag_parse_cpu_ratio_same_params": round(median(real_cpu) / median(same_params_cpu), 3),
         "dag_parse_rounds": args.rounds,
         "dag_parse_what_if_preimported": args.what_if_preimported,
+        "dag_parse_what_if_operator_shells": args.what_if_operator_shells,
         "dag_parse_samples": {kind: [round(x, 4) for x in xs] for kind, xs in samples.items()},
         "dag_parse_access": touched,
         "dag_parse_dags": info,

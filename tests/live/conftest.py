@@ -1,5 +1,6 @@
 """One real Airflow (scheduler, triggerer, dag-processor, api-server; LocalExecutor on a fresh PostgreSQL
-database) and one sandbox for every live test; each test resets the sandbox and gets its own run.
+database) and one sandbox for every live test of a pytest process; each test resets the sandbox and gets
+its own run. ``make test`` runs the live tests on two xdist workers: two stacks side by side, nothing shared.
 
 Plan ``stack``: the sandbox plan with a 40 s bake, long enough that a bake cut short is visible
 (with the sandbox plan's 5 s, the approval alone outlasts the bake).
@@ -8,6 +9,7 @@ Plan ``stack``: the sandbox plan with a 40 s bake, long enough that a bake cut s
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -38,7 +40,9 @@ def live_stack(request):
     started = time.monotonic()
     server, sandbox_url = serve_in_thread(port=0)
     try:
-        with fresh_stack(BUILD / "live-test", sandbox_url, plan=PLAN) as stack:
+        # One stack per xdist worker (make test runs two side by side), each with its own home and database.
+        home = BUILD / "-".join(filter(None, ("live-test", os.environ.get("PYTEST_XDIST_WORKER"))))
+        with fresh_stack(home, sandbox_url, plan=PLAN) as stack:
             live = Live(stack, SandboxControl(sandbox_url), Operator.of(stack, "admin"),
                         Operator.of(stack, "jenkins"), Operator.of(stack, "sre-approver"))
             print(f"\n[live] stack up in {time.monotonic() - started:.0f}s")
