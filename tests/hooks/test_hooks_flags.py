@@ -173,6 +173,10 @@ def test_change_request_survives_conflicts(flags, sandbox):
     assert flags.apply_change_request(request["_id"], "go")["status"] == "completed"
 
 
+def test_a_missing_change_request_is_none_when_asked(flags):
+    assert flags.get_change_request("no-such-request", missing_ok=True) is None
+
+
 def test_a_4xx_names_system_call_and_status(flags, secrets):
     with pytest.raises(ExternalSystemError) as info:
         flags.get_change_request("no-such-request")

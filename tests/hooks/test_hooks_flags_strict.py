@@ -192,3 +192,7 @@ def test_delete_change_request(required_env):
     assert fake.requests == {}
     assert flags.find_change_request("ap-south", BUILD, NEW_MAP) is None
     assert flags.delete_change_request(request["_id"]) is False, "deleted already"
+    assert flags.get_change_request(request["_id"], missing_ok=True) is None
+    with pytest.raises(ExternalSystemError) as info:
+        flags.get_change_request(request["_id"])
+    assert info.value.status == 404

@@ -12,6 +12,7 @@ Invariant -> test:
 * 5/8 superseded + failed canary -> test_soak::test_a_superseded_rollout_still_restores_its_failed_canary
 * 6 strict input -> test_input_and_keys::test_loose_image_ids_fail_verification_before_any_write
 * 7 idempotency keys -> test_input_and_keys::test_a_commit_with_the_rollout_message_but_not_its_key_is_not_taken_as_ours
+* the prod start rejected, then cleared by an operator -> test_reject::test_a_rejected_prod_start_withdraws_the_train_and_a_clear_cannot_start_the_canary
 """
 
 from __future__ import annotations

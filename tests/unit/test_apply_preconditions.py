@@ -41,6 +41,7 @@ class FakeFlags:
         self.rules = rules
         self.stage_applied_ms = stage_applied_ms
         self.applied = []
+        self.deleted = set()
 
     def approval_settings(self):
         return {"required": False}
@@ -53,7 +54,11 @@ class FakeFlags:
             return {"_id": "s", "status": "completed", "appliedDate": self.stage_applied_ms}
         return None
 
-    def get_change_request(self, request_id):
+    def get_change_request(self, request_id, *, missing_ok=False):
+        if request_id in self.deleted:  # LaunchDarkly answers 404 for a deleted request
+            if missing_ok:
+                return None
+            raise AssertionError(f"GET of deleted request {request_id} without missing_ok: a 404 the task retries")
         return {"_id": request_id, "reviewStatus": "approved", "status": "pending"}
 
     def apply_change_request(self, request_id, comment=""):
@@ -194,6 +199,16 @@ def test_the_map_written_is_proved_against_jenkins_not_xcom(monkeypatch):
     op.execute(context)
     assert flags.applied == ["r1"]
     assert jenkins.read == [("smith-immutable-image", 434, "image_ids.json")]
+
+
+def test_a_withdrawn_train_fails_for_good_and_names_the_way_out(monkeypatch):
+    """The train was deleted (a rejected start withdraws it) and the apply was cleared: no retry can help."""
+    op, context, flags, _said, _ti = _run(monkeypatch)
+    flags.deleted.add("r1")
+    with pytest.raises(AirflowFailException, match=r"request r1 was withdrawn or deleted.*clear "
+                                                   r"ap_south\.file_change_request_ap_south"):
+        op.execute(context)
+    assert flags.applied == [] and flags.rules["ap-south"] == OLD
 
 
 def test_an_image_map_edited_in_xcom_is_never_written(monkeypatch):

@@ -131,6 +131,35 @@ def test_the_approval_has_approvers_and_no_default():
         ProdChangeApprovalOperator(approvers=["sre-approver"], defaults=["Approve"], **common)
 
 
+def test_a_cleared_approval_of_a_withdrawn_train_fails_for_good(monkeypatch):
+    """Reject withdraws the train (LaunchDarkly DELETE); an operator who clears the approval gets a named,
+    final failure (no retries of a 404), and nothing is asked: there is no train left to start."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from image_rollout.hooks import flags as flags_module
+    from image_rollout.operators.approval import ProdChangeApprovalOperator
+
+    asked = []
+
+    class WithdrawnTrain:
+        def get_change_request(self, request_id, *, missing_ok=False):
+            assert missing_ok, "a deleted train read without missing_ok is a 404 the task retries"
+            return None
+
+    class TI:
+        def xcom_pull(self, task_ids, key="return_value"):
+            return {"request_id": "r1"} if task_ids == "ap_south.file_change_request_ap_south" else None
+
+    monkeypatch.setattr(flags_module, "FlagsHook", WithdrawnTrain)
+    op = ProdChangeApprovalOperator(task_id="approve_ap_south", file_task_id="ap_south.file_change_request_ap_south",
+                                    target="ap-south", patching_channel="#c", subject="s", approvers=["sre-approver"])
+    monkeypatch.setattr(ProdChangeApprovalOperator.__mro__[1], "execute", lambda self, context: asked.append(1))
+    with pytest.raises(AirflowFailException, match=r"change request r1 for ap-south no longer exists.*clear "
+                                                   r"ap_south\.file_change_request_ap_south"):
+        op.execute({"ti": TI(), "params": {"build_name": "533-1251-880-20211101"}})
+    assert asked == []
+
+
 def test_a_rerun_keeps_our_evidence_for_the_same_build_and_refuses_another_builds():
     """A rerun renders the step again with its own reload times: our keyed commit for the same build and
     image ids stands; a keyed commit holding another build's ids is someone else's."""

@@ -555,14 +555,19 @@ class FlagsHook(RolloutHttpHook):
         self.log.info("Deleted change request %s", request_id)
         return True
 
-    def get_change_request(self, request_id: str) -> dict[str, Any]:
+    def get_change_request(self, request_id: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
         """
         Return one change request (``reviewStatus``, ``status``, ``allReviews``, ...).
 
         :param request_id: the request's ``_id``.
+        :param missing_ok: return None when LaunchDarkly has no such request (404: it was deleted, e.g.
+            withdrawn when the prod start was rejected) instead of raising.
         """
         path = f"{self._approvals_path}/{quote(request_id, safe='')}"
-        request = self.request_json("GET", path)
+        response = self.request("GET", path, allowed_status=(404,) if missing_ok else ())
+        if response.status_code == 404:
+            return None
+        request = self.decode_json(response, f"GET {path}")
         self.require(request, "_id", str, f"GET {path}")
         return request
 
