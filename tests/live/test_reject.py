@@ -2,9 +2,9 @@
 
 Runbook: the SRE's go starts the canary. *Reject* stops the rollout before ap-south changes and withdraws
 the prod train (LaunchDarkly's DELETE of the pending request). An operator who then clears the approval
-task, as the README's recovery step does for a failed gate, and whose approver approves whatever is
-asked, must still not start the canary: the train the go was for is gone, and LaunchDarkly says so, not
-the task states.
+task, and whose approver approves whatever is asked, must still not start the canary: the train the go
+was for is gone, and LaunchDarkly says so, not the task states. The README's way back (clear the file
+task: a new train for the change board) then works.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from tests.live.common import (
     APPLY_AP_SOUTH,
     APPROVE,
+    FILE_AP_SOUTH,
     PATCHING,
     REMAINING_PROD,
     bake_seconds,
@@ -72,3 +73,16 @@ def test_a_rejected_prod_start_withdraws_the_train_and_a_clear_cannot_start_the_
     # a final failure: the try after the clear, not retried against LaunchDarkly's 404
     assert (approve["state"], approve["try_number"]) == ("failed", 2), approve
     assert live.admin.task_state(run_id, APPLY_AP_SOUTH) != "success"
+
+    # The README's way back: clear the file task, so a new train goes to the change board; once the board
+    # approved it, the approver's go starts the canary as on a first run.
+    status, body = live.admin.clear(run_id, [FILE_AP_SOUTH])
+    assert 200 <= status < 300, (status, body)
+    restarted = live.drive(run_id, lambda state, tis: promotions(state, "ap-south"), timeout=240,
+                           what="ap-south promoted from a new train")
+    trains = _ap_south_requests(restarted)
+    withdrawn = [r for r in trains if r.get("deleted")]
+    applied = [r for r in trains if not r.get("deleted")]
+    assert len(withdrawn) == 1 and withdrawn[0].get("status") != "completed", trains
+    assert len(applied) == 1 and applied[0].get("status") == "completed", trains
+    assert restarted["flag"]["rules"]["ap-south"] == restarted["images"]["new"]
