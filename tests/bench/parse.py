@@ -219,6 +219,13 @@ def _write_operator_shells() -> Path:
     return SHELLS_DIR / "plugins"
 
 
+def _where_image_rollout_is() -> dict:
+    """The file a parse would import ``image_rollout`` from (found, not imported)."""
+    import importlib.util
+
+    return {"origin": importlib.util.find_spec("image_rollout").origin}
+
+
 def _what_if_preimport(modules: list[str]) -> None:
     """Import ``modules`` in the parent (after the heap is frozen, so only their own cost is taken away)."""
     import gc
@@ -249,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     assert not any(m.startswith("image_rollout") for m in sys.modules), "parent must not import the project"
     if args.what_if_operator_shells:
         sys.path.insert(0, str(_write_operator_shells()))
-        found = in_child(lambda: {"origin": __import__("importlib.util").util.find_spec("image_rollout").origin})
+        found = in_child(_where_image_rollout_is)
         assert found.get("origin", "").startswith(str(SHELLS_DIR)), f"the shells are not what a parse imports: {found}"
     _what_if_preimport(args.what_if_preimported)
     folders = {"real": ROOT / "dags", "shape": SHAPE_DIR, "shape_params": PARAMS_DIR}
