@@ -4,7 +4,8 @@
   remaining prod is never promoted while ap-south serves the previous build;
 * a PagerDuty outage shorter than ``gates.inconclusive_timeout`` does not restore a healthy canary;
 * a newer build takes over during the soak and the canary then fails: ap-south is restored (the
-  newer build does not own it yet) and the run is not green.
+  newer build does not own it yet) and the run is not green;
+* an outage past ``gates.inconclusive_timeout`` asks a person, and their "Roll back" restores ap-south.
 """
 
 from __future__ import annotations
@@ -15,11 +16,21 @@ import pytest
 
 from tests.harness.operator_api import ApiError
 from tests.harness.stack import wait_for
-from tests.live.common import REMAINING_PROD, ROLLBACK, SOAK, bake_seconds, promotions
+from tests.live.common import (
+    REMAINING_PROD,
+    ROLLBACK,
+    SOAK,
+    bake_seconds,
+    plan_json,
+    plan_seconds,
+    promotions,
+)
 
 NEWER_BUILD = "999-9999-999-20991231"
 #: Longer than the stack plan's soak timeout (60 s), shorter than its gates.inconclusive_timeout (>= 120 s).
 OUTAGE_SECONDS = 75
+#: The stack plan's gates.inconclusive_timeout.
+INCONCLUSIVE_SECONDS = plan_seconds(plan_json()["gates"]["inconclusive_timeout"])
 
 
 def _serves(state: dict, target: str, which: str) -> bool:
@@ -130,6 +141,43 @@ def test_a_pagerduty_outage_shorter_than_the_inconclusive_timeout_keeps_a_health
     assert not restored, f"a healthy canary was rolled back: {restored}"
     assert _serves(state, "ap-south", "new")
     assert live.admin.task_state(run_id, SOAK) == "success"
+
+
+def test_an_outage_past_the_inconclusive_timeout_asks_and_roll_back_restores_the_canary(live):
+    """PagerDuty stays unreadable past ``gates.inconclusive_timeout``: nothing is restored until a person
+    chooses; the plan's approver answers "Roll back" over the REST API, and the rollback restores ap-south.
+    The triggering user cannot make that choice."""
+    run_id = live.start()
+    live.drive(run_id, lambda state, tis: promotions(state, "ap-south"), timeout=bake_seconds() + 240,
+               what="ap-south promoted")
+    try:
+        def asked(state, tis):
+            live.sandbox.faults("pagerduty_5xx")  # re-armed every poll: one long outage
+            return _serves(state, "ap-south", "previous") or any(
+                d["task_instance"]["task_id"] == SOAK for d in live.approver.pending_hitl(run_id))
+
+        state = live.drive(run_id, asked, timeout=INCONCLUSIVE_SECONDS + 120, what="the soak to ask a person")
+        assert _serves(state, "ap-south", "new"), "ap-south restored before anyone chose to roll back"
+        detail = next(d for d in live.approver.pending_hitl(run_id) if d["task_instance"]["task_id"] == SOAK)
+        assert sorted(detail["options"]) == ["Keep waiting", "Roll back"], detail["options"]
+        live.wait_settled(run_id, detail)
+        status, _body = live.jenkins.answer_hitl(run_id, SOAK, "Roll back")
+        assert status == 403, f"the triggering user chose for the soak ({status})"
+        status, body = live.approver.answer_hitl(run_id, SOAK, "Roll back")
+        assert 200 <= status < 300, (status, body)
+
+        def rolled_back(state, tis):
+            return _serves(state, "ap-south", "previous") and tis.get(ROLLBACK) in ("success", "failed")
+
+        state = live.drive(run_id, rolled_back, timeout=150, what="the canary rolled back")
+    finally:
+        live.sandbox.clear_faults()
+    assert live.admin.task_state(run_id, SOAK) == "failed"
+    assert live.admin.task_state(run_id, ROLLBACK) == "success"
+    assert not any(promotions(state, t) for t in REMAINING_PROD)
+    texts = [m["text"] for m in state["slack"]]
+    assert any(t.startswith("Decision needed: ") and "ap-south" in t for t in texts), texts
+    assert any("sre-approver chose Roll back" in t for t in texts), texts
 
 
 def test_a_superseded_rollout_still_restores_its_failed_canary(live):
