@@ -273,6 +273,14 @@ def check_approval_settings(settings: Mapping | None, *, board_approvals: int = 
         )
 
 
+def train_withdrawn(request_id: str, target: str, file_task_id: str) -> str:
+    """Why a filed change request that LaunchDarkly no longer has (404) cannot be started or applied, and the
+    way back: no retry brings it back, a new train must go to the change board."""
+    return (f"change request {request_id} for {target} no longer exists in LaunchDarkly (withdrawn when the "
+            f"prod start was rejected, or deleted): there is no train to start; clear {file_task_id} to file a "
+            "new one for the change board")
+
+
 def requests_required(settings: Mapping | None) -> bool:
     return bool(isinstance(settings, Mapping) and settings.get("required"))
 

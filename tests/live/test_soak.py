@@ -24,6 +24,7 @@ from tests.live.common import (
     plan_json,
     plan_seconds,
     promotions,
+    slack_texts,
 )
 
 NEWER_BUILD = "999-9999-999-20991231"
@@ -175,7 +176,7 @@ def test_an_outage_past_the_inconclusive_timeout_asks_and_roll_back_restores_the
     assert live.admin.task_state(run_id, SOAK) == "failed"
     assert live.admin.task_state(run_id, ROLLBACK) == "success"
     assert not any(promotions(state, t) for t in REMAINING_PROD)
-    texts = [m["text"] for m in state["slack"]]
+    texts = slack_texts(state)
     assert any(t.startswith("Decision needed: ") and "ap-south" in t for t in texts), texts
     assert any("sre-approver chose Roll back" in t for t in texts), texts
 

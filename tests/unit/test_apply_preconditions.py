@@ -205,8 +205,8 @@ def test_a_withdrawn_train_fails_for_good_and_names_the_way_out(monkeypatch):
     """The train was deleted (a rejected start withdraws it) and the apply was cleared: no retry can help."""
     op, context, flags, _said, _ti = _run(monkeypatch)
     flags.deleted.add("r1")
-    with pytest.raises(AirflowFailException, match=r"request r1 was withdrawn or deleted.*clear "
-                                                   r"ap_south\.file_change_request_ap_south"):
+    with pytest.raises(AirflowFailException, match=r"change request r1 for ap-south no longer exists in LaunchDarkly"
+                                                   r".*clear ap_south\.file_change_request_ap_south"):
         op.execute(context)
     assert flags.applied == [] and flags.rules["ap-south"] == OLD
 

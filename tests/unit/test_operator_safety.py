@@ -134,6 +134,7 @@ def test_the_approval_has_approvers_and_no_default():
 def test_a_cleared_approval_of_a_withdrawn_train_fails_for_good(monkeypatch):
     """Reject withdraws the train (LaunchDarkly DELETE); an operator who clears the approval gets a named,
     final failure (no retries of a 404), and nothing is asked: there is no train left to start."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
     from airflow.sdk.exceptions import AirflowFailException
 
     from image_rollout.hooks import flags as flags_module
@@ -153,7 +154,7 @@ def test_a_cleared_approval_of_a_withdrawn_train_fails_for_good(monkeypatch):
     monkeypatch.setattr(flags_module, "FlagsHook", WithdrawnTrain)
     op = ProdChangeApprovalOperator(task_id="approve_ap_south", file_task_id="ap_south.file_change_request_ap_south",
                                     target="ap-south", patching_channel="#c", subject="s", approvers=["sre-approver"])
-    monkeypatch.setattr(ProdChangeApprovalOperator.__mro__[1], "execute", lambda self, context: asked.append(1))
+    monkeypatch.setattr(ApprovalOperator, "execute", lambda self, context: asked.append(1))  # would ask
     with pytest.raises(AirflowFailException, match=r"change request r1 for ap-south no longer exists.*clear "
                                                    r"ap_south\.file_change_request_ap_south"):
         op.execute({"ti": TI(), "params": {"build_name": "533-1251-880-20211101"}})

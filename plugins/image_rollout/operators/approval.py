@@ -92,10 +92,7 @@ class ProdChangeApprovalOperator(ApprovalOperator):
                 hook = hook or FlagsHook()
                 request = hook.get_change_request(request_id, missing_ok=True)
             if request is None:  # withdrawn when a start was rejected, or deleted by hand: never retried
-                raise AirflowFailException(
-                    f"change request {request_id} for {target} no longer exists in LaunchDarkly (withdrawn when "
-                    f"the prod start was rejected, or deleted): there is no train to start; clear "
-                    f"{self.file_task_id} to file a new one for the change board")
+                raise AirflowFailException(pc.train_withdrawn(request_id, target, self.file_task_id))
             if request.get("reviewStatus") == "declined":
                 notify(f"The change board declined the prod train {escape_mrkdwn(str(request_id))} for {target}: "
                        f"{escape_mrkdwn(self.stopped(context))} stopped before {target} changed",

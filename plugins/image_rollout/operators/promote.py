@@ -290,13 +290,14 @@ class ApplyChangeRequestOperator(_WriteOperator):
             self.pass_wait(context, self._bake_hold(flags, build))
         if self.soak_region:
             self.pass_wait(context, self._soak_hold(context, flags, build))
-        request = (flags.get_change_request(filed["request_id"], missing_ok=True) if filed.get("request_id")
-                   else find_request(flags, self.target, build["name"], build["images"]))
-        if not request:
-            raise AirflowFailException(
-                f"no change request of ours for {self.target} in LaunchDarkly"
-                + (f" (request {filed['request_id']} was withdrawn or deleted)" if filed.get("request_id") else "")
-                + f": clear {self.file_task_id} to file one")
+        if filed.get("request_id"):
+            request = flags.get_change_request(filed["request_id"], missing_ok=True)
+            if request is None:  # withdrawn when a start was rejected, or deleted by hand: never retried
+                raise AirflowFailException(pc.train_withdrawn(filed["request_id"], self.target, self.file_task_id))
+        else:
+            request = find_request(flags, self.target, build["name"], build["images"])
+            if not request:
+                raise AirflowFailException(f"no change request of ours for {self.target}: file it first")
         self.wait_for_board(context, request)
         applied = self.apply(context, flags, request, build)
         self.say(f"Promoted immutable image build {build['name']} to {self.target} "
