@@ -38,6 +38,9 @@ REMAINING_PROD = ("ap-north", "eu-central", "uk-south", "us-east", "us-south", "
 ANSWER_AFTER = 4.0
 PARKED_SETTLE = 5.0
 VARIABLES = ("image_rollout_active_build", "image_rollout_freeze", "image_rollout_override")
+#: How long the sandbox must hear nothing before the next test may reset it: longer than a task's heartbeat
+#: (when a task of an ended run learns it is to stop).
+QUIET_SECONDS = 8
 
 
 def plan_seconds(value: str) -> float:
@@ -102,6 +105,22 @@ class Live:
         self.runs.clear()
         with contextlib.suppress(Exception):
             self.sandbox.clear_faults()
+        self.wait_quiet()
+
+    def wait_quiet(self, *, timeout: float = 90) -> None:
+        """Wait until no task of an ended run still calls the sandbox. Ending a run kills its running tasks
+        only at their next heartbeat, and a write already under way still lands: under load one landed after
+        the next test had reset the sandbox (a dev-sjc04-carrier12 promotion in a no-op rerun's state)."""
+        last, since = None, time.monotonic()
+
+        def quiet():
+            nonlocal last, since
+            calls = self.sandbox.state()["calls"]
+            if calls != last:
+                last, since = calls, time.monotonic()
+            return time.monotonic() - since >= QUIET_SECONDS
+
+        wait_for(quiet, timeout=timeout, interval=1, what=f"{QUIET_SECONDS}s without a call to the sandbox")
 
     def approve_if_asked(self, run_id: str) -> list[dict]:
         """Answer the prod-start approval as the assigned approver (only requests that offer "Approve")."""

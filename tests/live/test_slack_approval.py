@@ -34,13 +34,23 @@ def _post(request: dict) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def _decision_message(state: dict, run_id: str) -> dict | None:
+def _decision_message(state: dict, run_id: str, try_number: int) -> dict | None:
+    """The Slack message whose buttons answer this try's request (a try retried after Airflow's race asks
+    again, in a message of its own)."""
     for message in state["slack"]:
         for block in message.get("blocks") or []:
             for element in block.get("elements") or [] if block.get("type") == "actions" else []:
-                if json.loads(element.get("value") or "{}").get("run_id") == run_id:
+                value = json.loads(element.get("value") or "{}")
+                if value.get("run_id") == run_id and value.get("try_number") == try_number:
                     return message
     return None
+
+
+def _pending(live, run_id: str) -> dict:
+    """The approval's request, once it is waiting for an answer."""
+    return wait_for(lambda: next((d for d in live.approver.pending_hitl(run_id)
+                                  if d["task_instance"]["task_id"] == APPROVE), None),
+                    timeout=120, interval=0.5, what="the prod approval waiting for an answer")
 
 
 def _unanswered(live, run_id: str) -> bool:
@@ -52,10 +62,12 @@ def test_the_prod_start_is_decided_from_slack(live):
     url = live.stack.slack_interaction_url
     live.drive(run_id, lambda state, tis: _unanswered(live, run_id), approve=False, timeout=420,
                what="the prod approval to be asked")
-    message = _decision_message(live.sandbox.state(), run_id)
+    # Airflow 3.3.2 can fail a task resuming from a wait before it processed the worker's exit; the approval
+    # then retries and asks again (ProdChangeApprovalOperator): the person answers the request standing.
+    live.wait_settled(run_id, _pending(live, run_id))  # a person reads the request first (see PARKED_SETTLE)
+    pending = _pending(live, run_id)
+    message = _decision_message(live.sandbox.state(), run_id, pending["task_instance"]["try_number"])
     assert message is not None and message["channel"] == PATCHING, "no Slack message with the decision's buttons"
-    pending = [d for d in live.approver.pending_hitl(run_id) if d["task_instance"]["task_id"] == APPROVE]
-    live.wait_settled(run_id, pending[0])  # a person reads the request first (see PARKED_SETTLE)
 
     # a non-approver clicks Approve: told so, nothing changes
     refused = live.sandbox.slack_click(message["ts"], "Approve", NOT_APPROVER, url=url)
